@@ -1,0 +1,114 @@
+"""``create_app(settings)``: routes, middleware and the lifespan that owns every resource."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.middleware import ApiKeyAuth
+from app.routes.completions import chat_completions
+from app.routes.generate import generate
+from app.routes.ops import healthz, readyz
+from app.runtime import Runtime
+from app.settings import Settings, settings_from_json
+from app.shutdown import on_shutdown_signal
+from app.streaming.generation import Timeouts, Upstream
+from app.streaming.respond import LiveRequests
+from app.streaming.upstreams import mock
+from app.streaming.upstreams.http1 import Client
+from app.types import ASGIApp, Receive, Scope, Send
+
+logger = logging.getLogger("token_relay")
+
+# The parent process hands its validated settings to worker processes in this variable.
+SETTINGS_ENV = "TOKEN_RELAY_SETTINGS_JSON"
+
+
+class _Endpoint:
+    """Marks a plain ASGI function as an ASGI app for Starlette's ``Route``."""
+
+    def __init__(self, handler: ASGIApp) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    body = {"error": {"message": exc.detail, "type": "invalid_request_error", "code": code, "param": None}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(settings: Settings) -> Starlette:
+    live = LiveRequests()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with contextlib.AsyncExitStack() as stack:
+            base_url, models = settings.upstream, settings.models
+            if base_url is None:
+                base_url = await stack.enter_async_context(embedded_mock(settings))
+                models = models or mock.MODELS
+            client = Client()
+            stack.push_async_callback(client.aclose)
+            timeouts = Timeouts(settings.connect_timeout, settings.first_token_timeout, settings.idle_timeout, settings.total_timeout)
+            upstream = Upstream("default", base_url, client, timeouts, settings.upstream_api_key)
+            if not settings.api_keys:
+                logger.warning("RELAY_API_KEYS is not set: the /v1 routes are open to anyone who can reach %s:%d", settings.host, settings.port)
+            logger.info("relaying to %s (%s)", base_url, settings.protocol)
+            stack.enter_context(on_shutdown_signal(live.shut_down))
+            yield {"runtime": Runtime(settings, upstream, models, live, client)}
+
+    routes = [
+        Route("/v1/chat/completions", _Endpoint(chat_completions), methods=["POST"]),
+        Route("/v1/generate", _Endpoint(generate), methods=["POST"]),
+        Route("/healthz", _Endpoint(healthz), methods=["GET"]),
+        Route("/readyz", _Endpoint(readyz), methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(ApiKeyAuth, keys=settings.api_keys)],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    app.state.live = live
+    return app
+
+
+def create_app_from_environment() -> Starlette:
+    """The app factory each worker process calls (``--workers N``): settings come from the parent."""
+    return create_app(settings_from_json(os.environ[SETTINGS_ENV]))
+
+
+@contextlib.asynccontextmanager
+async def embedded_mock(settings: Settings) -> AsyncIterator[str]:
+    """Serve the mock model server on a free loopback port for as long as the context lasts."""
+    model = mock.MockModel(ttft=settings.mock_ttft, interval=settings.mock_interval, tokens=settings.mock_tokens)
+    config = uvicorn.Config(model, lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config.load()
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[sock])
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        await server.shutdown()
+        sock.close()

@@ -1,0 +1,64 @@
+"""``POST /v1/chat/completions``: the OpenAI-compatible endpoint, streaming and not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.errors import RequestError
+from app.routes.http import (
+    SSE_HEADERS,
+    ClientGone,
+    convert,
+    decode,
+    json_body,
+    read_body,
+    request_id,
+    send_error,
+    send_json,
+    send_upstream_failure,
+)
+from app.runtime import Runtime
+from app.schemas import ChatRequest, json_decoder
+from app.streaming.encoders import OpenAIChunks, openai_completion
+from app.streaming.events import Error
+from app.streaming.request import GenerationRequest
+from app.streaming.respond import relay_collected, relay_stream
+from app.types import Receive, Scope, Send
+
+# What the relay decides itself; every other field the client sent goes to the upstream as sent.
+_RELAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+
+
+async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+    runtime: Runtime = scope["state"]["runtime"]
+    settings = runtime.settings
+    rid = request_id(scope)
+    headers = [(b"x-request-id", rid.encode())]
+    try:
+        raw = decode(await read_body(scope, receive, settings.max_body_bytes), json_decoder)
+        if not isinstance(raw, dict):
+            raise RequestError(422, "invalid_request", "the request body must be a JSON object", param="$")
+        chat = convert(raw, ChatRequest)
+        runtime.admit(chat.max_completion_tokens or chat.max_tokens)
+        upstream = runtime.upstream_for(chat.model)
+    except ClientGone:
+        return
+    except RequestError as exc:
+        await send_error(send, exc)
+        return
+    extra: dict[str, Any] = {key: value for key, value in raw.items() if key not in _RELAY_FIELDS}
+    request = GenerationRequest(rid, chat.model, raw["messages"], extra=extra)
+    completion_id = "chatcmpl-" + rid
+    if chat.stream:
+        include_usage = chat.stream_options is not None and chat.stream_options.include_usage
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
+        encoder = OpenAIChunks(completion_id, chat.model, include_usage)
+        await relay_stream(receive, send, upstream, request, encoder, settings, runtime.live)
+        return
+    result = await relay_collected(receive, upstream, request, runtime.live)
+    if result is None:
+        return
+    if isinstance(result.terminal, Error):
+        await send_upstream_failure(send, result.terminal, headers)
+    else:
+        await send_json(send, 200, json_body(openai_completion(completion_id, chat.model, result)), headers)

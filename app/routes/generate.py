@@ -1,0 +1,57 @@
+"""``POST /v1/generate``: the native API, ``{prompt, max_tokens, temperature, stream}``."""
+
+from __future__ import annotations
+
+from app.errors import RequestError
+from app.routes.http import (
+    SSE_HEADERS,
+    ClientGone,
+    decode,
+    json_body,
+    read_body,
+    request_id,
+    send_error,
+    send_json,
+    send_upstream_failure,
+)
+from app.runtime import Runtime
+from app.schemas import generate_decoder
+from app.streaming.encoders import NativeEvents, native_completion
+from app.streaming.events import Error
+from app.streaming.request import GenerationRequest
+from app.streaming.respond import relay_collected, relay_stream
+from app.types import Receive, Scope, Send
+
+
+async def generate(scope: Scope, receive: Receive, send: Send) -> None:
+    runtime: Runtime = scope["state"]["runtime"]
+    settings = runtime.settings
+    rid = request_id(scope)
+    headers = [(b"x-request-id", rid.encode())]
+    try:
+        body = decode(await read_body(scope, receive, settings.max_body_bytes), generate_decoder)
+        runtime.admit(body.max_tokens)
+        model = body.model or runtime.default_model
+        if model is None:
+            raise RequestError(422, "invalid_request", "model is required: this relay has no default model", param="$.model")
+        upstream = runtime.upstream_for(model)
+    except ClientGone:
+        return
+    except RequestError as exc:
+        await send_error(send, exc)
+        return
+    request = GenerationRequest(
+        rid, model, [{"role": "user", "content": body.prompt}],
+        max_tokens=body.max_tokens, temperature=body.temperature,
+    )
+    if body.stream:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
+        await relay_stream(receive, send, upstream, request, NativeEvents(), settings, runtime.live)
+        return
+    result = await relay_collected(receive, upstream, request, runtime.live)
+    if result is None:
+        return
+    if isinstance(result.terminal, Error):
+        await send_upstream_failure(send, result.terminal, headers)
+    else:
+        await send_json(send, 200, json_body(native_completion(result)), headers)

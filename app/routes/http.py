@@ -1,0 +1,115 @@
+"""Plain-ASGI helpers the routes share: reading a bounded body, decoding it, answering JSON."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, TypeVar
+
+import msgspec
+
+from app.errors import RequestError
+from app.schemas import ErrorBody, ErrorEnvelope, encoder
+from app.streaming.events import Error
+from app.types import Receive, Scope, Send
+
+T = TypeVar("T")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_JSON = (b"content-type", b"application/json")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request body was being read."""
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def request_id(scope: Scope) -> str:
+    given = header(scope, b"x-request-id")
+    return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    too_large = RequestError(413, "request_too_large", f"the request body is larger than {limit} bytes")
+    length = header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise too_large
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise too_large
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise invalid(exc) from exc
+    except msgspec.DecodeError as exc:
+        raise RequestError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from exc
+
+
+def convert(value: Any, type_: type[T]) -> T:
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        raise invalid(exc) from exc
+
+
+def invalid(exc: msgspec.ValidationError) -> RequestError:
+    message = str(exc)
+    match = re.search(r" - at `(\$[^`]*)`$", message)
+    param = match.group(1) if match else None
+    return RequestError(422, "invalid_request", message, param=param)
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [_JSON, (b"content-length", str(len(body)).encode()), *(headers or [])],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+def json_body(value: Any) -> bytes:
+    return encoder.encode(value)
+
+
+async def send_error(send: Send, exc: RequestError) -> None:
+    body = encoder.encode(ErrorEnvelope(ErrorBody(message=exc.message, type=exc.type, code=exc.code, param=exc.param)))
+    headers = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
+    await send_json(send, exc.status, body, headers)
+
+
+def upstream_failure_status(error: Error) -> int:
+    """The HTTP status for a generation that failed before anything was sent (``stream: false``)."""
+    if error.type == "timeout":
+        return 504
+    if error.code == "shutting_down":
+        return 503
+    if error.code == "upstream_status_429":
+        return 429
+    return 502
+
+
+async def send_upstream_failure(send: Send, error: Error, extra_headers: list[tuple[bytes, bytes]]) -> None:
+    body = encoder.encode(ErrorEnvelope(ErrorBody(message=error.message, type=error.type, code=error.code, phase=error.phase)))
+    await send_json(send, upstream_failure_status(error), body, extra_headers)

@@ -1,0 +1,155 @@
+"""Configuration: one frozen Struct, built once at start-up and passed to whatever needs it.
+
+Sources, later ones winning: defaults, a TOML file (``--config``), ``RELAY_*`` environment
+variables, command-line flags. ``load_settings`` validates everything and raises
+``SettingsError`` with one line naming the setting and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "RELAY_"
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Serving.
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    workers: Positive = 1
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = True
+
+    # Upstream. With no upstream, the embedded mock model server is started and used.
+    upstream: str | None = None
+    protocol: Literal["openai"] = "openai"
+    upstream_api_key: str | None = None
+    # Model names clients may ask for; empty means "whatever the upstream serves".
+    models: tuple[str, ...] = ()
+
+    # Clients.
+    api_keys: tuple[str, ...] = ()
+    max_body_bytes: Positive = 1_048_576
+    max_tokens_limit: Positive = 32_768
+    default_max_tokens: Positive = 512
+    max_concurrent_requests: Positive = 10_000
+
+    # Timeouts per phase, in seconds; total_timeout is off unless set.
+    connect_timeout: Seconds = 10.0
+    first_token_timeout: Seconds = 120.0
+    idle_timeout: Seconds = 60.0
+    total_timeout: Seconds | None = None
+
+    # Streams.
+    heartbeat_interval: Seconds = 15.0
+    slow_consumer_lag_bytes: Positive = 262_144
+    slow_consumer_grace: Seconds = 5.0
+    drain_timeout: Seconds = 10.0
+
+    # The embedded mock model server.
+    mock_ttft: Annotated[float, msgspec.Meta(ge=0)] = 0.2
+    mock_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.02
+    mock_tokens: Positive = 64
+
+    def __post_init__(self) -> None:
+        if self.upstream is not None and not re.match(r"^https?://[^/\s]+", self.upstream):
+            raise ValueError("upstream: must be an http:// or https:// base URL, such as http://127.0.0.1:8001/v1")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("default_max_tokens: must not exceed max_tokens_limit")
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message is one line naming it."""
+
+
+_FIELDS = {field.name: field for field in msgspec.structs.fields(Settings)}
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, field in _FIELDS.items():
+        raw = environ.get(env_name(name))
+        if raw is None:
+            continue
+        if field.type == tuple[str, ...]:
+            values[name] = tuple(part.strip() for part in raw.split(",") if part.strip())
+        elif raw == "" and type(None) in typing.get_args(field.type):
+            values[name] = None
+        else:
+            values[name] = raw
+    return values
+
+
+def _from_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path}: {exc}") from exc
+    # Accept both a flat file and one with a [relay] table.
+    relay = data.get("relay", data)
+    if not isinstance(relay, dict):
+        raise SettingsError(f"config file {path}: [relay] must be a table")
+    return relay
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Merge defaults, the TOML file, the environment and ``overrides`` (flags), and validate."""
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get(env_name("config")) or None
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(_from_toml(config_file))
+    values.update(_from_env(environ))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise SettingsError(f"unknown setting {unknown[0]!r}")
+    try:
+        # strict=False turns the environment's strings into numbers and booleans.
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_describe(str(exc))) from exc
+
+
+def _describe(message: str) -> str:
+    """Turn msgspec's ``Expected `float`, got `str` - at `$.idle_timeout``` into one line naming the setting."""
+    match = re.search(r" - at `\$\.(\w+)", message)
+    if match:
+        name = match.group(1)
+        what = message[: match.start()]
+        return f"invalid setting {name} ({env_name(name)}): {what}"
+    field, _, what = message.partition(": ")
+    if field in _FIELDS:
+        return f"invalid setting {field} ({env_name(field)}): {what}"
+    return f"invalid settings: {message}"
+
+
+def settings_to_json(settings: Settings) -> str:
+    return msgspec.json.encode(settings).decode()
+
+
+def settings_from_json(data: str) -> Settings:
+    return msgspec.json.decode(data, type=Settings)

@@ -1,0 +1,1 @@
+"""The relay core: normalised events, upstream generations, and the client-facing streams."""

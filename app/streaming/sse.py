@@ -1,0 +1,98 @@
+"""Server-Sent Events on the wire: an incremental parser (WHATWG rules) and constant frames.
+
+The parser takes bytes in chunks split anywhere (inside a UTF-8 character, between CR and
+LF) and returns the events completed so far. Lines end in CR, LF or CRLF and nothing else;
+a leading BOM is dropped; comments are ignored; several ``data`` lines join with LF; an
+``id`` containing NUL is ignored; ``retry`` is taken only when it is all ASCII digits; an
+event is dispatched at a blank line, and only if it has data; a trailing block without a
+blank line is never dispatched.
+"""
+
+from __future__ import annotations
+
+HEARTBEAT = b": ping\n\n"
+BOM = b"\xef\xbb\xbf"
+
+
+class SSEEvent:
+    __slots__ = ("data", "event", "id", "retry")
+
+    def __init__(self, event: str, data: str, id: str, retry: int | None) -> None:
+        self.event = event
+        self.data = data
+        self.id = id
+        self.retry = retry
+
+    def __repr__(self) -> str:
+        return f"SSEEvent(event={self.event!r}, data={self.data!r}, id={self.id!r}, retry={self.retry!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SSEEvent):
+            return NotImplemented
+        return (self.event, self.data, self.id, self.retry) == (other.event, other.data, other.id, other.retry)
+
+
+class SSEParser:
+    """Feed bytes, get the completed events; ``last_event_id`` persists across events."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._started = False
+        self._skip_lf = False
+        self._data: list[str] = []
+        self._event = ""
+        self._retry: int | None = None
+        self.last_event_id = ""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not self._started:
+            chunk = self._tail + chunk
+            self._tail = b""
+            if len(chunk) < 3 and BOM.startswith(chunk):
+                self._tail = chunk
+                return []
+            self._started = True
+            if chunk.startswith(BOM):
+                chunk = chunk[3:]
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
+        if b"\r" in chunk:
+            # A CR at the very end may be the first half of a CRLF split across chunks.
+            if chunk.endswith(b"\r"):
+                self._skip_lf = True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if self._tail:
+            chunk = self._tail + chunk
+        lines = chunk.split(b"\n")
+        self._tail = lines.pop()
+        events: list[SSEEvent] = []
+        for raw in lines:
+            self._line(raw, events)
+        return events
+
+    def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
+        if not raw:
+            if self._data:
+                events.append(SSEEvent(self._event or "message", "\n".join(self._data), self.last_event_id, self._retry))
+            self._data = []
+            self._event = ""
+            self._retry = None
+            return
+        line = raw.decode("utf-8", "replace")
+        if line[0] == ":":
+            return
+        name, colon, value = line.partition(":")
+        if colon and value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self.last_event_id = value
+        elif name == "retry":
+            if value.isascii() and value.isdigit():
+                self._retry = int(value)

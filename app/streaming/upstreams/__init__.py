@@ -1,0 +1,1 @@
+"""Upstream model-server protocols (one module each) and the HTTP client they share."""

@@ -1,0 +1,287 @@
+"""A small HTTP/1.1 client for streaming responses from model servers.
+
+Why not httpx: with 1,000 open streams httpx spends most of its time in its connection
+pool, which it scans on every chunk read (bench/RESULTS.md has the comparison). Here each
+connection is an ``asyncio.Protocol`` whose bytes go through httptools (C) straight into a
+``ResponseHandler``'s callbacks: no task switch, no queue, no pool work per chunk. Idle
+connections are kept per origin in a LIFO list and reused; a reused connection that turns
+out to be closed before answering is retried once on a new one.
+
+``Client.request`` connects, sends the request and waits for the response head; the body
+then arrives through the handler. It raises ``UpstreamConnectError`` when the model server
+cannot be reached, ``UpstreamTimeout`` when connecting or waiting for the head takes too
+long, ``UpstreamProtocolError`` when the connection breaks before the head, and is
+cancellable at every await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Protocol, cast
+from urllib.parse import urlsplit
+
+import anyio
+import httptools
+
+from app.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+
+
+class ResponseHandler(Protocol):
+    def on_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def on_body(self, data: bytes) -> None: ...
+    def on_end(self) -> None: ...
+    def on_lost(self, exc: Exception) -> None: ...
+
+
+class Origin:
+    """Scheme, host and port of an upstream, with the path prefix of its base URL."""
+
+    __slots__ = ("base_path", "host", "host_header", "port", "scheme")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        default_port = 443 if parts.scheme == "https" else 80
+        self.port = parts.port or default_port
+        self.base_path = parts.path.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = host if self.port == default_port else f"{host}:{self.port}"
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.scheme, self.host, self.port)
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection; carries one exchange at a time."""
+
+    def __init__(self, client: Client, origin: Origin) -> None:
+        self._client = client
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._handler: ResponseHandler | None = None
+        self._head: asyncio.Future[int] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._received = False
+        self._until_eof = False
+        self._complete = False
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._handler is None:  # bytes on an idle connection: the server is confused
+            self.abort()
+            return
+        self._received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._lost(UpstreamProtocolError("upstream_malformed_http", f"malformed HTTP from the model server: {exc}", "stream"))
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._handler is None or self._complete:
+            return
+        if exc is None and self._until_eof:
+            self.on_message_complete()
+            return
+        message = "the model server closed the connection" + (f": {exc}" if exc else " before the response ended")
+        self._lost(UpstreamProtocolError("upstream_disconnected", message, "first_token" if self._head is not None and not self._head.done() else "stream"))
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        headers = self._headers
+        names = {name for name, _ in headers}
+        self._until_eof = b"content-length" not in names and b"transfer-encoding" not in names
+        status = self._parser.get_status_code()
+        assert self._handler is not None
+        self._handler.on_response(status, headers)
+        if self._head is not None and not self._head.done():
+            self._head.set_result(status)
+
+    def on_body(self, body: bytes) -> None:
+        if self._handler is not None:
+            self._handler.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+        handler, self._handler = self._handler, None
+        if self._parser.should_keep_alive() and not self.closed:
+            self._client._release(self)
+        else:
+            self.abort()
+        if handler is not None:
+            handler.on_end()
+
+    # exchange
+
+    def start(self, request: bytes, handler: ResponseHandler) -> asyncio.Future[int]:
+        assert self.transport is not None
+        self._handler = handler
+        self._headers = []
+        self._received = False
+        self._complete = False
+        self._head = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return self._head
+
+    def _lost(self, exc: Exception) -> None:
+        handler, self._handler = self._handler, None
+        self.abort()
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(exc)
+        elif handler is not None:
+            handler.on_lost(exc)
+
+    @property
+    def received_anything(self) -> bool:
+        return self._received
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    def detach(self) -> None:
+        """The owner is done with the exchange: an unfinished one is aborted."""
+        if not self._complete:
+            self._handler = None
+            self.abort()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Exchange:
+    """One request in flight; ``close()`` aborts it if the response has not ended."""
+
+    __slots__ = ("_connection", "headers", "status")
+
+    def __init__(self, connection: _Connection, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._connection = connection
+        self.status = status
+        self.headers = headers
+
+    def close(self) -> None:
+        self._connection.detach()
+
+    @property
+    def closed(self) -> bool:
+        return self._connection.closed or self._connection.complete
+
+
+class Client:
+    """Opens exchanges with upstream origins, keeping idle connections for reuse."""
+
+    def __init__(self, *, max_idle_per_origin: int = 256, idle_expiry: float = 4.0) -> None:
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._max_idle = max_idle_per_origin
+        self._idle_expiry = idle_expiry
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    async def request(
+        self,
+        origin: Origin,
+        method: str,
+        path: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        handler: ResponseHandler,
+        *,
+        connect_timeout: float,
+        head_timeout: float,
+    ) -> Exchange:
+        head = [f"{method} {origin.base_path}{path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+        head.extend(f"{name}: {value}\r\n" for name, value in headers)
+        head.append(f"Content-Length: {len(body)}\r\n\r\n")
+        request = "".join(head).encode("latin-1") + body
+        for attempt in (1, 2):
+            try:
+                with anyio.fail_after(connect_timeout):
+                    connection = await self._acquire(origin)
+            except TimeoutError:
+                raise UpstreamTimeout("connect", connect_timeout) from None
+            try:
+                with anyio.fail_after(head_timeout):
+                    status = await connection.start(request, handler)
+            except TimeoutError:
+                connection.abort()
+                raise UpstreamTimeout("first_token", head_timeout) from None
+            except UpstreamProtocolError:
+                connection.abort()
+                if attempt == 1 and connection.reused and not connection.received_anything:
+                    continue  # the server closed an idle connection as we reused it
+                raise
+            except BaseException:
+                connection.abort()
+                raise
+            return Exchange(connection, status, connection._headers)
+        raise AssertionError("unreachable")
+
+    async def _acquire(self, origin: Origin) -> _Connection:
+        if self._closed:
+            raise UpstreamConnectError("the relay is shutting down")
+        idle = self._idle.get(origin.key)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and now - connection.idle_since < self._idle_expiry:
+                connection.reused = True
+                return connection
+            connection.abort()
+        loop = asyncio.get_running_loop()
+        context: ssl.SSLContext | None = None
+        if origin.scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
+        try:
+            _, protocol = await loop.create_connection(
+                lambda: _Connection(self, origin), origin.host, origin.port, ssl=context
+            )
+        except OSError as exc:
+            raise UpstreamConnectError(f"cannot connect to the model server at {origin.host_header}: {exc.strerror or exc}") from exc
+        return protocol
+
+    def _release(self, connection: _Connection) -> None:
+        if self._closed:
+            connection.abort()
+            return
+        idle = self._idle.setdefault(connection.origin.key, [])
+        if len(idle) >= self._max_idle:
+            idle.pop(0).abort()
+        connection.idle_since = time.monotonic()
+        idle.append(connection)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.abort()
+        self._idle.clear()
