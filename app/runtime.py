@@ -14,7 +14,7 @@ class Runtime:
         self.settings = settings
         self.upstream = upstream
         self.models = frozenset(models)
-        self.default_model = models[0] if models else None
+        self.default_model = settings.default_model or (models[0] if models else None)
         self.live = live
         self.client = client
 

@@ -33,25 +33,35 @@ class ChatRequest(msgspec.Struct, frozen=True):
 
 
 class GenerateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The native API's request."""
+    """The native API's request; ``max_tokens`` defaults to 512 (or the relay's limit, if lower)."""
 
     prompt: Annotated[str, msgspec.Meta(min_length=1)]
-    max_tokens: TokenCount = 512
+    max_tokens: TokenCount | None = None
     temperature: Temperature = 0.7
     stream: bool = False
     model: str | None = None
 
 
-class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
+class ErrorBody(msgspec.Struct, frozen=True):
+    """The OpenAI error shape, used by every route for a refused request."""
+
     message: str
     type: str
     code: str
     param: str | None = None
-    phase: str | None = None
+
+
+class FailureBody(msgspec.Struct, frozen=True):
+    """A generation that failed before anything was sent: the terminal error's fields."""
+
+    message: str
+    type: str
+    code: str
+    phase: str
 
 
 class ErrorEnvelope(msgspec.Struct, frozen=True):
-    error: ErrorBody
+    error: ErrorBody | FailureBody
 
 
 json_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()

@@ -37,12 +37,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     upstream_api_key: str | None = None
     # Model names clients may ask for; empty means "whatever the upstream serves".
     models: tuple[str, ...] = ()
+    # The model /v1/generate uses when a request names none (default: the first of models).
+    default_model: str | None = None
 
     # Clients.
     api_keys: tuple[str, ...] = ()
     max_body_bytes: Positive = 1_048_576
     max_tokens_limit: Positive = 32_768
-    default_max_tokens: Positive = 512
     max_concurrent_requests: Positive = 10_000
 
     # Timeouts per phase, in seconds; total_timeout is off unless set.
@@ -65,8 +66,6 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.upstream is not None and not re.match(r"^https?://[^/\s]+", self.upstream):
             raise ValueError("upstream: must be an http:// or https:// base URL, such as http://127.0.0.1:8001/v1")
-        if self.default_max_tokens > self.max_tokens_limit:
-            raise ValueError("default_max_tokens: must not exceed max_tokens_limit")
 
 
 class SettingsError(Exception):

@@ -22,6 +22,8 @@ from app.streaming.request import GenerationRequest
 from app.streaming.respond import relay_collected, relay_stream
 from app.types import Receive, Scope, Send
 
+DEFAULT_MAX_TOKENS = 512
+
 
 async def generate(scope: Scope, receive: Receive, send: Send) -> None:
     runtime: Runtime = scope["state"]["runtime"]
@@ -31,6 +33,7 @@ async def generate(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         body = decode(await read_body(scope, receive, settings.max_body_bytes), generate_decoder)
         runtime.admit(body.max_tokens)
+        max_tokens = body.max_tokens or min(DEFAULT_MAX_TOKENS, settings.max_tokens_limit)
         model = body.model or runtime.default_model
         if model is None:
             raise RequestError(422, "invalid_request", "model is required: this relay has no default model", param="$.model")
@@ -42,7 +45,7 @@ async def generate(scope: Scope, receive: Receive, send: Send) -> None:
         return
     request = GenerationRequest(
         rid, model, [{"role": "user", "content": body.prompt}],
-        max_tokens=body.max_tokens, temperature=body.temperature,
+        max_tokens=max_tokens, temperature=body.temperature,
     )
     if body.stream:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from app.errors import RequestError
-from app.schemas import ErrorBody, ErrorEnvelope, encoder
+from app.schemas import ErrorBody, ErrorEnvelope, FailureBody, encoder
 from app.streaming.events import Error
 from app.types import Receive, Scope, Send
 
@@ -77,6 +77,9 @@ def invalid(exc: msgspec.ValidationError) -> RequestError:
     message = str(exc)
     match = re.search(r" - at `(\$[^`]*)`$", message)
     param = match.group(1) if match else None
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+    if unknown:
+        param = f"{param or '$'}.{unknown.group(1)}"
     return RequestError(422, "invalid_request", message, param=param)
 
 
@@ -111,5 +114,5 @@ def upstream_failure_status(error: Error) -> int:
 
 
 async def send_upstream_failure(send: Send, error: Error, extra_headers: list[tuple[bytes, bytes]]) -> None:
-    body = encoder.encode(ErrorEnvelope(ErrorBody(message=error.message, type=error.type, code=error.code, phase=error.phase)))
+    body = encoder.encode(ErrorEnvelope(FailureBody(message=error.message, type=error.type, code=error.code, phase=error.phase)))
     await send_json(send, upstream_failure_status(error), body, extra_headers)

@@ -77,10 +77,9 @@ class Generation:
                 connect_timeout=min(timeouts.connect, self._total_left()),
                 head_timeout=min(timeouts.first_token, self._total_left()),
             )
-        except UpstreamTimeout:
-            if self._total_left() <= 0:
-                exc = UpstreamTimeout("total", timeouts.total or 0.0)
-            self._emit(exc.event())
+        except UpstreamTimeout as exc:
+            fired = UpstreamTimeout("total", timeouts.total or 0.0) if self._total_left() <= 0 else exc
+            self._emit(fired.event())
             return
         except UpstreamError as exc:
             self._emit(exc.event())

@@ -24,11 +24,13 @@ request id, tokens sent); ``GET /mock/stats`` returns the records and the reques
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections import deque
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from app.types import Receive, Scope, Send
@@ -89,6 +91,18 @@ class MockModel:
         self.tokens = tokens
         self.requests = 0
         self.disconnects: deque[dict[str, Any]] = deque(maxlen=max_records)
+        self._recorded = threading.Condition()
+
+    def wait_for_disconnect(self, request_id: str, timeout: float) -> dict[str, Any]:
+        """Block until the disconnect of ``request_id`` is recorded (for tests, from another thread)."""
+        with self._recorded:
+            found = self._recorded.wait_for(lambda: self.disconnect_of(request_id), timeout)
+        if not found:
+            raise TimeoutError(f"no disconnect recorded for {request_id!r} within {timeout} s")
+        return found
+
+    def disconnect_of(self, request_id: str) -> dict[str, Any] | None:
+        return next((record for record in self.disconnects if record["request_id"] == request_id), None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -166,7 +180,9 @@ class MockModel:
         if not record.get("finished"):
             record["at"] = time.monotonic()
             record["wall"] = time.time()
-            self.disconnects.append(record)
+            with self._recorded:
+                self.disconnects.append(record)
+                self._recorded.notify_all()
             scope.cancel()
 
     async def _stream(
@@ -186,6 +202,7 @@ class MockModel:
         await anyio.sleep(ttft)
         role = head + b'{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]' + tail
         await send({"type": "http.response.body", "body": role, "more_body": True})
+        batch: list[bytes] = []
         for i, token in enumerate(tokens):
             if i == halfway and fault is not None:
                 if fault == "stall-midstream":
@@ -201,11 +218,19 @@ class MockModel:
                     error = {"error": {"message": "mock fault: the model failed mid-stream", "type": "server_error", "code": "mock_fault"}}
                     await send({"type": "http.response.body", "body": b"data: " + _encode(error) + b"\n\ndata: [DONE]\n\n", "more_body": False})
                     return
-            if i:
+            chunk = head + b'{"index":0,"delta":{"content":' + _encode(token) + b'},"finish_reason":null}]' + tail
+            if interval == 0:
+                # Unpaced: write in batches, as a fast model server's socket would deliver them.
+                batch.append(chunk)
+                if len(batch) < 64 and i + 1 < len(tokens) and i + 1 != halfway:
+                    continue
+                chunk = b"".join(batch)
+                batch.clear()
+                await anyio.lowlevel.checkpoint()
+            elif i:
                 # Pace from the start, so that slow wake-ups do not add up.
                 delay = start + ttft + i * interval - anyio.current_time()
                 await anyio.sleep(max(delay, 0))
-            chunk = head + b'{"index":0,"delta":{"content":' + _encode(token) + b'},"finish_reason":null}]' + tail
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             record["tokens_sent"] = i + 1
         end = head + b'{"index":0,"delta":{},"finish_reason":' + _encode(reason) + b"}]" + tail

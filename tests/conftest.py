@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from app.streaming.upstreams.mock import MockModel
+from tests.servers import mock_server, relay_server
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def mock() -> Iterator[tuple[MockModel, str]]:
+    """A fast mock model server shared by a module's tests."""
+    with mock_server(ttft=0.0, interval=0.001, tokens=16) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def relay_url(mock: tuple[MockModel, str]) -> Iterator[str]:
+    """The relay in front of the module's mock, with short timeouts."""
+    with relay_server(mock[1], models=("mock", "mock-fault-http-500"), first_token_timeout=5, idle_timeout=5) as url:
+        yield url
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
+        yield http

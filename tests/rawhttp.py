@@ -1,0 +1,53 @@
+"""A raw HTTP/1.1 client for tests that must control exactly when bytes are read."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import anyio
+import httptools
+from anyio.abc import SocketAttribute, SocketStream
+
+
+class Response:
+    """A response's status and de-chunked body, parsed with httptools as bytes are fed."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.body = bytearray()
+        self.complete = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+async def open_post(url: str, path: str, body: dict[str, Any], *, receive_buffer: int | None = None, request_id: str = "raw") -> SocketStream:
+    """Connect and send a POST; nothing is read until the caller reads."""
+    host, port = url.removeprefix("http://").split(":")
+    stream = await anyio.connect_tcp(host, int(port))
+    if receive_buffer is not None:
+        stream.extra(SocketAttribute.raw_socket).setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    data = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+    head += f"X-Request-Id: {request_id}\r\nConnection: close\r\n\r\n"
+    await stream.send(head.encode() + data)
+    return stream
+
+
+async def read_until(stream: SocketStream, response: Response, *, body_contains: bytes | None = None) -> None:
+    """Read until the response is complete (or the body contains ``body_contains``), or the peer closes."""
+    while not response.complete and not (body_contains and body_contains in response.body):
+        try:
+            chunk = await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return
+        response.parser.feed_data(chunk)

@@ -1,0 +1,43 @@
+"""API keys: with RELAY_API_KEYS set, every /v1 route needs one, by Bearer or X-API-Key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from app.streaming.upstreams.mock import MockModel
+from tests.servers import relay_server
+
+
+@pytest.fixture(scope="module")
+def guarded(mock: tuple[MockModel, str]) -> Iterator[str]:
+    with relay_server(mock[1], api_keys=("key-one", "key-two"), models=("mock",)) as url:
+        yield url
+
+
+@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"}, {"x-api-key": "key-one-but-longer"}, {"authorization": "Basic key-one"}])
+async def test_missing_or_wrong_keys_get_401(guarded: str, client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    response = await client.post(guarded + "/v1/generate", json={"prompt": "x"}, headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("headers", [{"authorization": "Bearer key-one"}, {"authorization": "bearer key-two"}, {"x-api-key": "key-two"}])
+async def test_a_valid_key_by_either_header_is_accepted(guarded: str, client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    response = await client.post(guarded + "/v1/generate", json={"prompt": "x", "max_tokens": 2}, headers=headers)
+    assert response.status_code == 200
+
+
+async def test_health_checks_need_no_key(guarded: str, client: httpx.AsyncClient) -> None:
+    assert (await client.get(guarded + "/healthz")).status_code == 200
+    assert (await client.get(guarded + "/readyz")).json()["status"] == "ready"
+
+
+async def test_an_open_relay_warns_once_at_start_up(mock: tuple[MockModel, str], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="token_relay"), relay_server(mock[1]):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if "RELAY_API_KEYS is not set" in r.getMessage()]
+    assert len(warnings) == 1
