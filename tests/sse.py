@@ -20,8 +20,8 @@ async def read_events(response: httpx.Response) -> list[SSEEvent]:
 
 
 async def post_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], *, headers: dict[str, str] | None = None,
-                      timeout: float = 10) -> tuple[httpx.Response, list[SSEEvent]]:
-    with anyio.fail_after(timeout):
+                      seconds: float = 10) -> tuple[httpx.Response, list[SSEEvent]]:
+    with anyio.fail_after(seconds):
         async with client.stream("POST", url, json=body, headers=headers) as response:
             events = await read_events(response)
     return response, events

@@ -1,0 +1,110 @@
+"""The service as users run it: `python -m app serve` in its own process, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import pytest
+
+from app.streaming.upstreams.mock import MockModel, mock_text
+from tests.servers import bound_socket, mock_server
+from tests.sse import read_events
+
+
+def _free_port() -> int:
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+@pytest.fixture
+def serve() -> Iterator:  # type: ignore[type-arg]
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+        port = _free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(port), *args],
+            env={**os.environ, "RELAY_ACCESS_LOG": "false", **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    return process, url
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the relay did not start: {process.stdout.read() if process.stdout else ''}")
+            time.sleep(0.05)
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        if process.stdout:
+            process.stdout.close()
+
+
+async def test_serve_with_no_upstream_relays_the_embedded_mock(serve, client: httpx.AsyncClient) -> None:  # type: ignore[no-untyped-def]
+    _, url = serve(RELAY_MOCK_TTFT="0", RELAY_MOCK_INTERVAL="0")
+    response = await client.post(url + "/v1/chat/completions", json={"model": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    assert response.json()["choices"][0]["message"]["content"] == "".join(mock_text("hi", 3))
+
+
+async def test_serve_with_several_workers(serve, client: httpx.AsyncClient) -> None:  # type: ignore[no-untyped-def]
+    _, url = serve("--workers", "2", RELAY_MOCK_TTFT="0", RELAY_MOCK_INTERVAL="0")
+    for _ in range(4):
+        response = await client.post(url + "/v1/generate", json={"prompt": "hi", "max_tokens": 2})
+        assert response.json()["output"] == "".join(mock_text("hi", 2))
+
+
+async def test_sigterm_ends_every_stream_with_shutting_down_and_closes_the_upstreams(serve) -> None:  # type: ignore[no-untyped-def]
+    with mock_server(ttft=0.0, interval=0.05, tokens=10_000) as (model, upstream):
+        process, url = serve("--upstream", upstream, RELAY_DRAIN_TIMEOUT="5", RELAY_MAX_TOKENS_LIMIT="10000")
+        async with httpx.AsyncClient(timeout=10) as client, anyio.create_task_group() as tg:
+            results: dict[str, list] = {}  # type: ignore[type-arg]
+
+            async def read(name: str, path: str, body: dict) -> None:  # type: ignore[type-arg]
+                async with client.stream("POST", url + path, json=body, headers={"x-request-id": name}) as response:
+                    results[name] = await read_events(response)
+
+            tg.start_soon(read, "native", "/v1/generate", {"prompt": "x", "model": "m", "stream": True, "max_tokens": 10_000})
+            tg.start_soon(read, "openai", "/v1/chat/completions",
+                          {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True, "max_tokens": 10_000})
+            with anyio.fail_after(10):
+                await anyio.to_thread.run_sync(_wait_for_tokens, model, 2)
+                started = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                await anyio.to_thread.run_sync(process.wait, 10)
+        elapsed = time.monotonic() - started
+        native, openai = results["native"], results["openai"]
+        assert native[-1].event == "error" and json.loads(native[-1].data)["code"] == "shutting_down"
+        assert openai[-1].data == "[DONE]" and json.loads(openai[-2].data)["error"]["code"] == "shutting_down"
+        assert [e.event for e in native].count("error") == 1
+        # uvicorn finishes cleanly, then re-raises the SIGTERM it caught, so the exit status is the conventional one.
+        assert process.returncode == -signal.SIGTERM
+        assert process.stdout is not None and b"Finished server process" in process.stdout.read()
+        assert elapsed < 5
+        for name in ("native", "openai"):
+            assert model.wait_for_disconnect(name, 5)["tokens_sent"] < 10_000
+
+
+def _wait_for_tokens(model: MockModel, streams: int) -> None:
+    # The mock's only signal of progress is its request count; give the streams a moment to produce.
+    deadline = time.monotonic() + 10
+    while model.requests < streams and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)

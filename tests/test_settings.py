@@ -1,0 +1,57 @@
+"""Settings come from defaults, a TOML file, RELAY_* variables and flags, in that order, and are validated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import SettingsError, load_settings
+
+
+def test_later_sources_win(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text('[relay]\nidle_timeout = 7\nheartbeat_interval = 3\nmodels = ["a", "b"]\n')
+    settings = load_settings({"heartbeat_interval": 1.5}, environ={"RELAY_IDLE_TIMEOUT": "9"}, config_file=str(config))
+    assert (settings.idle_timeout, settings.heartbeat_interval, settings.models) == (9.0, 1.5, ("a", "b"))
+
+
+def test_environment_values_are_typed() -> None:
+    settings = load_settings(environ={
+        "RELAY_API_KEYS": "one, two", "RELAY_ACCESS_LOG": "false", "RELAY_TOTAL_TIMEOUT": "30", "RELAY_WORKERS": "3",
+    })
+    assert (settings.api_keys, settings.access_log, settings.total_timeout, settings.workers) == (("one", "two"), False, 30.0, 3)
+    assert load_settings(environ={}).total_timeout is None
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({"RELAY_IDLE_TIMEOUT": "soon"}, "invalid setting idle_timeout (RELAY_IDLE_TIMEOUT): Expected `float`, got `str`"),
+    ({"RELAY_IDLE_TIMEOUT": "0"}, "invalid setting idle_timeout (RELAY_IDLE_TIMEOUT): Expected `float` > 0.0"),
+    ({"RELAY_PORT": "70000"}, "invalid setting port (RELAY_PORT): Expected `int` <= 65535"),
+    ({"RELAY_UPSTREAM": "localhost:8001"}, "invalid setting upstream (RELAY_UPSTREAM): must be an http:// or https:// base URL"),
+    ({"RELAY_LOG_LEVEL": "loud"}, "invalid setting log_level (RELAY_LOG_LEVEL): Invalid enum value 'loud'"),
+])
+def test_a_bad_value_names_the_setting(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environ=environ)
+    assert str(raised.value).startswith(message)
+
+
+def test_unknown_keys_in_a_config_file_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text("idle_timeot = 3\n")
+    with pytest.raises(SettingsError, match="unknown setting 'idle_timeot'"):
+        load_settings(environ={}, config_file=str(config))
+
+
+def test_the_cli_exits_non_zero_with_one_line_on_a_bad_setting() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", "1"], env={"RELAY_HEARTBEAT_INTERVAL": "-5", "PATH": ""},
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "token-relay: invalid setting heartbeat_interval (RELAY_HEARTBEAT_INTERVAL): Expected `float` > 0.0"
+    ]
