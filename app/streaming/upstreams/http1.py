@@ -68,10 +68,11 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
+        self.serial = 0  # counts exchanges, so a finished one cannot touch the next
         self._parser = httptools.HttpResponseParser(self)
         self._handler: ResponseHandler | None = None
         self._head: asyncio.Future[int] | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[bytes, bytes]] = []
         self._received = False
         self._until_eof = False
         self._complete = False
@@ -107,10 +108,10 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        headers = self._headers
+        headers = self.headers
         names = {name for name, _ in headers}
         self._until_eof = b"content-length" not in names and b"transfer-encoding" not in names
         status = self._parser.get_status_code()
@@ -137,8 +138,9 @@ class _Connection(asyncio.Protocol):
 
     def start(self, request: bytes, handler: ResponseHandler) -> asyncio.Future[int]:
         assert self.transport is not None
+        self.serial += 1
         self._handler = handler
-        self._headers = []
+        self.headers = []
         self._received = False
         self._complete = False
         self._head = asyncio.get_running_loop().create_future()
@@ -161,9 +163,9 @@ class _Connection(asyncio.Protocol):
     def complete(self) -> bool:
         return self._complete
 
-    def detach(self) -> None:
-        """The owner is done with the exchange: an unfinished one is aborted."""
-        if not self._complete:
+    def detach(self, serial: int) -> None:
+        """The owner of exchange ``serial`` is done with it: if unfinished, it is aborted."""
+        if serial == self.serial and not self._complete:
             self._handler = None
             self.abort()
 
@@ -176,19 +178,16 @@ class _Connection(asyncio.Protocol):
 class Exchange:
     """One request in flight; ``close()`` aborts it if the response has not ended."""
 
-    __slots__ = ("_connection", "headers", "status")
+    __slots__ = ("_connection", "_serial", "headers", "status")
 
-    def __init__(self, connection: _Connection, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, connection: _Connection, serial: int, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self._connection = connection
+        self._serial = serial
         self.status = status
         self.headers = headers
 
     def close(self) -> None:
-        self._connection.detach()
-
-    @property
-    def closed(self) -> bool:
-        return self._connection.closed or self._connection.complete
+        self._connection.detach(self._serial)
 
 
 class Client:
@@ -213,19 +212,22 @@ class Client:
         connect_timeout: float,
         head_timeout: float,
     ) -> Exchange:
-        head = [f"{method} {origin.base_path}{path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
-        head.extend(f"{name}: {value}\r\n" for name, value in headers)
-        head.append(f"Content-Length: {len(body)}\r\n\r\n")
-        request = "".join(head).encode("latin-1") + body
+        lines = [f"{method} {origin.base_path}{path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+        request = "".join(lines).encode("latin-1") + body
         for attempt in (1, 2):
             try:
                 with anyio.fail_after(connect_timeout):
                     connection = await self._acquire(origin)
             except TimeoutError:
                 raise UpstreamTimeout("connect", connect_timeout) from None
+            head = connection.start(request, handler)
+            # Taken now: once the response ends, the connection may serve another request.
+            serial, response_headers = connection.serial, connection.headers
             try:
                 with anyio.fail_after(head_timeout):
-                    status = await connection.start(request, handler)
+                    status = await head
             except TimeoutError:
                 connection.abort()
                 raise UpstreamTimeout("first_token", head_timeout) from None
@@ -235,9 +237,9 @@ class Client:
                     continue  # the server closed an idle connection as we reused it
                 raise
             except BaseException:
-                connection.abort()
+                connection.detach(serial)
                 raise
-            return Exchange(connection, status, connection._headers)
+            return Exchange(connection, serial, status, response_headers)
         raise AssertionError("unreachable")
 
     async def _acquire(self, origin: Origin) -> _Connection:

@@ -1,0 +1,86 @@
+"""The upstream HTTP client: connection reuse, and an exchange that is over cannot touch the next one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from app.streaming.upstreams.http1 import Client, Origin
+from app.streaming.upstreams.mock import MockModel
+from tests.servers import mock_server
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.status = 0
+        self.body = bytearray()
+        self.ended = anyio.Event()
+        self.lost: Exception | None = None
+
+    def on_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+
+    def on_body(self, data: bytes) -> None:
+        self.body += data
+
+    def on_end(self) -> None:
+        self.ended.set()
+
+    def on_lost(self, exc: Exception) -> None:
+        self.lost = exc
+        self.ended.set()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[tuple[MockModel, str]]:
+    with mock_server(ttft=0.0, interval=0.0, tokens=3) as served:
+        yield served
+
+
+BODY = b'{"model": "mock", "messages": [{"role": "user", "content": "x"}], "stream": true}'
+
+
+async def _exchange(client: Client, origin: Origin, model: str = "mock") -> Collect:
+    handler = Collect()
+    body = BODY.replace(b'"mock"', f'"{model}"'.encode())
+    exchange = await client.request(origin, "POST", "/chat/completions", [("Content-Type", "application/json")], body, handler,
+                                    connect_timeout=5, head_timeout=5)
+    with anyio.fail_after(5):
+        await handler.ended.wait()
+    exchange.close()
+    return handler
+
+
+async def test_a_finished_exchange_returns_its_connection_for_reuse(upstream: tuple[MockModel, str]) -> None:
+    client = Client()
+    origin = Origin(upstream[1])
+    first = await _exchange(client, origin)
+    second = await _exchange(client, origin)
+    idle = list(client._idle[origin.key])
+    await client.aclose()
+    assert first.status == second.status == 200
+    assert first.body.endswith(b"data: [DONE]\n\n") and second.body.endswith(b"data: [DONE]\n\n")
+    assert len(idle) == 1 and idle[0].serial == 2, "both exchanges should have used one connection"
+    assert idle[0].closed
+
+
+async def test_closing_a_finished_exchange_leaves_the_reused_connection_alone(upstream: tuple[MockModel, str]) -> None:
+    client = Client()
+    origin = Origin(upstream[1])
+    handler = Collect()
+    old = await client.request(origin, "POST", "/chat/completions", [], BODY.replace(b"true", b"false"), handler,
+                               connect_timeout=5, head_timeout=5)
+    with anyio.fail_after(5):
+        await handler.ended.wait()
+    # The connection is back in the pool; a new exchange takes it, then the old owner closes late.
+    slow = Collect()
+    await client.request(origin, "POST", "/chat/completions", [("x-mock-interval", "0.05"), ("x-mock-tokens", "20")], BODY, slow,
+                         connect_timeout=5, head_timeout=5)
+    old.close()
+    with anyio.fail_after(5):
+        await slow.ended.wait()
+    await client.aclose()
+    assert slow.lost is None
+    assert slow.body.endswith(b"data: [DONE]\n\n")
