@@ -45,6 +45,12 @@ class SSEParser:
         self.last_event_id = ""
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        # Fast path for the usual chunk from a model server: exactly one whole "data: …" event.
+        if (
+            self._started and not self._tail and not self._skip_lf and not self._data and not self._event and self._retry is None
+            and chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and chunk.count(b"\n") == 2 and b"\r" not in chunk
+        ):
+            return [SSEEvent("message", chunk[6:-2].decode("utf-8", "replace"), self.last_event_id, None)]
         if not self._started:
             chunk = self._tail + chunk
             self._tail = b""
