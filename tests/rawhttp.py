@@ -31,7 +31,12 @@ class Response:
 
 
 async def open_post(url: str, path: str, body: dict[str, Any], *, receive_buffer: int | None = None, request_id: str = "raw") -> SocketStream:
-    """Connect and send a POST; nothing is read until the caller reads."""
+    """Connect and send a POST; nothing is read until the caller reads.
+
+    Keep ``receive_buffer`` well above loopback's MSS (64 KiB): with a smaller one, a reader that
+    resumes after a long pause never advertises a window the sender will use, and the transfer
+    crawls along on the sender's backed-off zero-window probes.
+    """
     host, port = url.removeprefix("http://").split(":")
     stream = await anyio.connect_tcp(host, int(port))
     if receive_buffer is not None:

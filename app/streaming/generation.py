@@ -27,6 +27,9 @@ logger = logging.getLogger("token_relay")
 class Sink(Protocol):
     def push(self, event: Event) -> None: ...
 
+    def flush(self) -> None:
+        """The events pushed since the last flush arrived together: send them now."""
+
 
 class Timeouts:
     __slots__ = ("connect", "first_token", "idle", "total")
@@ -70,7 +73,7 @@ class Generation:
         if timeouts.total is not None:
             self._total_deadline = started + timeouts.total
         path, headers, body = openai.build_request(self._request, self._upstream.api_key)
-        handler = openai.ChatStream(self._emit)
+        handler = openai.ChatStream(self._emit, self._sink.flush)
         try:
             exchange = await self._upstream.client.request(
                 self._upstream.origin, "POST", path, headers, body, handler,

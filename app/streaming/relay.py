@@ -1,13 +1,19 @@
 """Direct streams: one generation relayed to one client, with backpressure and heartbeats.
 
 ``DirectStream`` is the generation's sink and the client's writer. Upstream events arrive
-by callback (``push``) and wait in ``_pending`` only while the writer is blocked sending,
-that is, while the client reads slower than the model writes. The writer then takes
-everything pending at once and the encoder coalesces it into one event. When more than
-``lag_limit`` bytes of text are waiting, the stream ends with a ``slow_consumer`` error,
-the upstream is closed, and the client gets ``grace`` seconds to take the error before the
-writer is cancelled. Memory per stream is therefore bounded by the lag limit plus the
-transport's write buffer, whatever the client does.
+by callback (``push``), and at the end of each upstream read ``flush`` sends what arrived:
+
+- If the writer task is idle, ``flush`` sends right there, in the upstream's callback, by
+  driving the ``send()`` coroutine itself. uvicorn's ``send`` only suspends when the
+  client's socket is full; then the suspended coroutine is handed to the writer task, which
+  finishes it. So a client that keeps up costs no task switch per event.
+- Otherwise events wait in ``_pending`` until the writer is free, and the encoder coalesces
+  everything pending into one event, text concatenated.
+
+When more than ``lag_limit`` bytes of text are pending, the stream ends with a
+``slow_consumer`` error, the upstream is closed, and the client gets ``grace`` seconds to
+take the error before the writer is cancelled. Memory per stream is therefore bounded by
+the lag limit plus the transport's write buffer, whatever the client does.
 
 ``CollectedStream`` is the sink of a ``stream: false`` request: it gathers the text.
 
@@ -17,12 +23,39 @@ The tasks of one request and who cancels whom are drawn in docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, cast
 
 from app.streaming.encoders import Collected, StreamEncoder
 from app.streaming.events import Delta, Error, Event, Finish, Terminal, Usage
 from app.streaming.sse import HEARTBEAT
 from app.types import Send
+
+
+class _Suspended:
+    """A ``send()`` coroutine started in a callback that had to wait: awaiting this finishes it."""
+
+    __slots__ = ("_coro", "_waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        waiting_on = self._waiting_on
+        while True:
+            try:
+                value = yield waiting_on
+            except BaseException as exc:  # cancellation of the awaiting task: pass it in
+                try:
+                    waiting_on = self._coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting_on = self._coro.send(value)
+            except StopIteration:
+                return
 
 
 class DirectStream:
@@ -47,6 +80,10 @@ class DirectStream:
         self._lag = 0
         self._terminal: Terminal | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # No writer task is busy sending (it is parked, or not started yet): callbacks may send.
+        self._idle = True
+        self._suspended: _Suspended | None = None
+        self._failure: BaseException | None = None
         self._beat = False
         self._last_write = self._loop.time()
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -61,13 +98,41 @@ class DirectStream:
             self._lag += len(event.text)
             if self._lag > self._lag_limit:
                 self._end_early(Error("relay_error", "slow_consumer", f"the client fell more than {self._lag_limit} bytes behind the model", "stream"))
-                return
         elif type(event) is Usage:
             self._pending.append(event)
         else:
             assert isinstance(event, (Finish, Error))
             self._terminal = event
+            self._wake()
+
+    def flush(self) -> None:
+        """Send what is pending: inline if the writer is idle, else leave it to the writer."""
+        if not self._pending or self._terminal is not None:
+            return
+        if not self._idle or self._suspended is not None:
+            self._wake()
+            return
+        body = self._take()
+        if body:
+            self._send_inline(body)
+
+    def _send_inline(self, body: bytes) -> None:
+        self._last_write = self._loop.time()
+        coro = cast(Coroutine[Any, Any, None], self._send({"type": "http.response.body", "body": body, "more_body": True}))
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return
+        except BaseException as exc:  # the writer task re-raises it
+            self._failure = exc
+        else:
+            self._suspended = _Suspended(coro, waiting_on)
         self._wake()
+
+    def _take(self) -> bytes:
+        events, self._pending = self._pending, []
+        self._lag = 0
+        return self._encoder.encode(events)
 
     def _end_early(self, error: Error) -> None:
         self._terminal = error
@@ -86,21 +151,28 @@ class DirectStream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def start_heartbeats(self) -> None:
+        self._arm_heartbeat(self._last_write + self._heartbeat_interval)
+
     async def run(self) -> None:
         """Write events to the client until the terminal one has been sent."""
         loop = self._loop
-        self._arm_heartbeat(self._last_write + self._heartbeat_interval)
         try:
             while True:
-                if not self._pending and self._terminal is None and not self._beat:
+                if not self._pending and self._terminal is None and not self._beat and self._suspended is None and self._failure is None:
                     self._waiter = loop.create_future()
-                    await self._waiter
-                    self._waiter = None
-                body = b""
-                if self._pending:
-                    events, self._pending = self._pending, []
-                    self._lag = 0
-                    body = self._encoder.encode(events)
+                    self._idle = True
+                    try:
+                        await self._waiter
+                    finally:
+                        self._idle = False
+                        self._waiter = None
+                if self._failure is not None:
+                    raise self._failure
+                if self._suspended is not None:
+                    suspended, self._suspended = self._suspended, None
+                    await suspended
+                body = self._take() if self._pending else b""
                 terminal = self._terminal
                 if terminal is not None:
                     await self._send({"type": "http.response.body", "body": body + self._encoder.terminal(terminal), "more_body": False})
@@ -113,6 +185,7 @@ class DirectStream:
                     await self._send({"type": "http.response.body", "body": body, "more_body": True})
         finally:
             self.finished = True
+            self._idle = False
             if self._heartbeat is not None:
                 self._heartbeat.cancel()
 
@@ -123,8 +196,11 @@ class DirectStream:
         due = self._last_write + self._heartbeat_interval
         now = self._loop.time()
         if now >= due:
-            self._beat = True
-            self._wake()
+            if self._idle and self._waiter is None and self._suspended is None and self._terminal is None:
+                self._send_inline(HEARTBEAT)  # the request task is still busy starting the upstream
+            else:
+                self._beat = True
+                self._wake()
             due = now + self._heartbeat_interval
         self._arm_heartbeat(due)
 
@@ -145,6 +221,9 @@ class CollectedStream:
         elif not self._done.done():
             assert isinstance(event, (Finish, Error))
             self._done.set_result(event)
+
+    def flush(self) -> None:
+        pass
 
     async def result(self) -> Collected:
         terminal = await self._done

@@ -1,10 +1,11 @@
 """One client request relayed from start to end: the tasks, and who cancels whom.
 
-A streaming request runs three tasks in one task group (docs/architecture.md draws them):
+A streaming request runs two tasks in one task group (docs/architecture.md draws them):
 
-- the request's own task writes to the client (``DirectStream.run``) until the terminal event;
-- ``Generation.start`` connects and sends the upstream request, then returns: from there
-  the upstream's bytes arrive by callback, with no task of their own;
+- the request's own task first runs ``Generation.start``, which connects and sends the
+  upstream request and waits for its head, then ``DirectStream.run``, the client writer,
+  until the terminal event. The upstream's bytes arrive by callback, with no task of their
+  own, and are sent from the callback while the writer is idle (or not started yet);
 - ``_watch_disconnect`` waits on ``receive()``; when the client goes it closes the upstream
   connection at once and cancels the group.
 
@@ -80,9 +81,11 @@ async def relay_stream(
         generation = Generation(upstream, request, stream)
         stream.on_abort = generation.close
         tg.start_soon(_watch_disconnect, receive, generation, tg.cancel_scope)
-        tg.start_soon(generation.start)
         with live.track(generation):
+            stream.start_heartbeats()
             try:
+                # Sequential: while start() waits for the upstream, events and heartbeats are sent inline.
+                await generation.start()
                 await stream.run()
             finally:
                 generation.close()

@@ -21,7 +21,7 @@ async def test_a_lagging_reader_gets_fewer_larger_events_with_all_the_text() -> 
             relay_server(upstream, slow_consumer_lag_bytes=50_000_000, max_tokens_limit=ENDLESS) as url:
         with anyio.fail_after(30):
             body = {"prompt": "lag", "stream": True, "model": "mock", "max_tokens": TOKENS}
-            stream = await open_post(url, "/v1/generate", body, receive_buffer=4096)
+            stream = await open_post(url, "/v1/generate", body, receive_buffer=262_144)
             response = Response()
             await read_until(stream, response, body_contains=b"event: token")
             await anyio.sleep(1.0)  # the reader falls behind while the model keeps writing
@@ -39,7 +39,7 @@ async def test_a_reader_that_stops_is_ended_with_slow_consumer_and_the_upstream_
             relay_server(upstream, slow_consumer_lag_bytes=20_000, slow_consumer_grace=10, max_tokens_limit=ENDLESS) as url:
         with anyio.fail_after(30):
             body = {"prompt": "stop", "stream": True, "model": "mock", "max_tokens": ENDLESS}
-            stream = await open_post(url, "/v1/generate", body, receive_buffer=4096, request_id="stops-reading")
+            stream = await open_post(url, "/v1/generate", body, receive_buffer=262_144, request_id="stops-reading")
             response = Response()
             await read_until(stream, response, body_contains=b"event: token")
             # The reader stops here; the relay must give up on it and close the upstream by itself.
@@ -57,7 +57,7 @@ async def test_a_reader_that_never_comes_back_is_dropped_after_the_grace_period(
             relay_server(upstream, slow_consumer_lag_bytes=20_000, slow_consumer_grace=0.2, max_tokens_limit=ENDLESS) as url:
         with anyio.fail_after(30):
             body = {"prompt": "gone", "stream": True, "model": "mock", "max_tokens": ENDLESS}
-            stream = await open_post(url, "/v1/generate", body, receive_buffer=4096, request_id="never-reads")
+            stream = await open_post(url, "/v1/generate", body, receive_buffer=262_144, request_id="never-reads")
             response = Response()
             await read_until(stream, response, body_contains=b"event: token")
             await anyio.to_thread.run_sync(model.wait_for_disconnect, "never-reads", 20)

@@ -71,10 +71,11 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
 
 
 class ChatStream:
-    """Response handler: turns the upstream's bytes into events for ``emit``."""
+    """Response handler: turns the upstream's bytes into events for ``emit``; ``flush`` after each read."""
 
-    def __init__(self, emit: Callable[[Event], None]) -> None:
+    def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         self._emit = emit
+        self._flush = flush
         self._parser = SSEParser()
         self._status = 0
         self._is_sse = True
@@ -99,6 +100,7 @@ class ChatStream:
             self._on_data(event.data)
             if self._ended:
                 return
+        self._flush()
 
     def on_end(self) -> None:
         if self._ended:
