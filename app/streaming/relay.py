@@ -26,10 +26,12 @@ import asyncio
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, cast
 
+import anyio
+
 from app.streaming.encoders import Collected, StreamEncoder
 from app.streaming.events import Delta, Error, Event, Finish, Terminal, Usage
 from app.streaming.sse import HEARTBEAT
-from app.types import Send
+from app.types import Receive, Send
 
 
 class _Suspended:
@@ -79,11 +81,11 @@ class DirectStream:
         self._pending: list[Event] = []
         self._lag = 0
         self._terminal: Terminal | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        # No writer task is busy sending (it is parked, or not started yet): callbacks may send.
-        self._idle = True
+        self._terminal_sent = False
+        self._busy = False  # the request task is sending: callbacks must leave the sending to it
         self._suspended: _Suspended | None = None
         self._failure: BaseException | None = None
+        self._parked: anyio.CancelScope | None = None
         self._beat = False
         self._last_write = self._loop.time()
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -103,33 +105,42 @@ class DirectStream:
         else:
             assert isinstance(event, (Finish, Error))
             self._terminal = event
-            self._wake()
+            self._deliver_terminal()
 
     def flush(self) -> None:
-        """Send what is pending: inline if the writer is idle, else leave it to the writer."""
-        if not self._pending or self._terminal is not None:
-            return
-        if not self._idle or self._suspended is not None:
-            self._wake()
-            return
-        body = self._take()
-        if body:
-            self._send_inline(body)
+        """Send what is pending, from the caller's callback, unless the request task is sending."""
+        if self._pending and self._terminal is None and self._can_send_inline():
+            body = self._take()
+            if body:
+                self._send_inline(body, more=True)
 
-    def _send_inline(self, body: bytes) -> None:
+    def _can_send_inline(self) -> bool:
+        return not self._busy and self._suspended is None and not self.finished
+
+    def _deliver_terminal(self) -> None:
+        assert self._terminal is not None
+        if self._can_send_inline():
+            self._terminal_sent = True
+            self._send_inline(self._take() + self._encoder.terminal(self._terminal), more=False)
+        else:
+            self._wake()
+
+    def _send_inline(self, body: bytes, *, more: bool) -> None:
         self._last_write = self._loop.time()
-        coro = cast(Coroutine[Any, Any, None], self._send({"type": "http.response.body", "body": body, "more_body": True}))
+        coro = cast(Coroutine[Any, Any, None], self._send({"type": "http.response.body", "body": body, "more_body": more}))
         try:
             waiting_on = coro.send(None)
         except StopIteration:
             return
-        except BaseException as exc:  # the writer task re-raises it
+        except BaseException as exc:  # the request task re-raises it
             self._failure = exc
         else:
             self._suspended = _Suspended(coro, waiting_on)
         self._wake()
 
     def _take(self) -> bytes:
+        if not self._pending:
+            return b""
         events, self._pending = self._pending, []
         self._lag = 0
         return self._encoder.encode(events)
@@ -140,54 +151,67 @@ class DirectStream:
         self._lag = 0
         self.on_abort()
         self._loop.call_later(self._grace, self._give_up)
-        self._wake()
+        self._deliver_terminal()
 
     def _give_up(self) -> None:
         if not self.finished:
             self._cancel()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        """Bring the request task out of ``receive()``: there is sending for it to do."""
+        if self._parked is not None:
+            self._parked.cancel()
 
-    def start_heartbeats(self) -> None:
-        self._arm_heartbeat(self._last_write + self._heartbeat_interval)
+    async def run(self, receive: Receive) -> None:
+        """Drive the stream to its end; between sends, wait on ``receive()`` for the client to leave.
 
-    async def run(self) -> None:
-        """Write events to the client until the terminal one has been sent."""
-        loop = self._loop
+        Sends normally happen in the upstream's callbacks (``flush``); this task takes over a send
+        that had to wait for the client, and whatever arrives meanwhile. When the response is
+        complete uvicorn's ``receive()`` returns ``http.disconnect`` too, which ends the wait.
+        """
         try:
             while True:
-                if not self._pending and self._terminal is None and not self._beat and self._suspended is None and self._failure is None:
-                    self._waiter = loop.create_future()
-                    self._idle = True
-                    try:
-                        await self._waiter
-                    finally:
-                        self._idle = False
-                        self._waiter = None
                 if self._failure is not None:
                     raise self._failure
                 if self._suspended is not None:
                     suspended, self._suspended = self._suspended, None
+                    self._busy = True
                     await suspended
-                body = self._take() if self._pending else b""
-                terminal = self._terminal
-                if terminal is not None:
-                    await self._send({"type": "http.response.body", "body": body + self._encoder.terminal(terminal), "more_body": False})
+                    self._busy = False
+                elif self._terminal_sent:
                     return
-                if self._beat:
+                elif self._terminal is not None:
+                    self._busy = self._terminal_sent = True
+                    await self._send({"type": "http.response.body", "body": self._take() + self._encoder.terminal(self._terminal), "more_body": False})
+                    return
+                elif self._pending or self._beat:
+                    self._busy = True
+                    body = self._take() + (HEARTBEAT if self._beat else b"")
                     self._beat = False
-                    body += HEARTBEAT
-                if body:
-                    self._last_write = loop.time()
+                    self._last_write = self._loop.time()
                     await self._send({"type": "http.response.body", "body": body, "more_body": True})
+                    self._busy = False
+                else:
+                    left = False
+                    with anyio.CancelScope() as self._parked:
+                        while (await receive())["type"] != "http.disconnect":
+                            pass
+                        left = True
+                    self._parked = None
+                    if left and not self._terminal_sent and self._suspended is None:
+                        self.on_abort()  # the client left
+                        return
         finally:
             self.finished = True
-            self._idle = False
-            if self._heartbeat is not None:
-                self._heartbeat.cancel()
+            self.stop_heartbeats()
+
+    def start_heartbeats(self) -> None:
+        self._arm_heartbeat(self._last_write + self._heartbeat_interval)
+
+    def stop_heartbeats(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
 
     def _arm_heartbeat(self, when: float) -> None:
         self._heartbeat = self._loop.call_at(when, self._on_heartbeat)
@@ -195,9 +219,9 @@ class DirectStream:
     def _on_heartbeat(self) -> None:
         due = self._last_write + self._heartbeat_interval
         now = self._loop.time()
-        if now >= due:
-            if self._idle and self._waiter is None and self._suspended is None and self._terminal is None:
-                self._send_inline(HEARTBEAT)  # the request task is still busy starting the upstream
+        if now >= due and self._terminal is None:
+            if self._can_send_inline():
+                self._send_inline(HEARTBEAT, more=True)
             else:
                 self._beat = True
                 self._wake()

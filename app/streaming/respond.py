@@ -1,13 +1,14 @@
 """One client request relayed from start to end: the tasks, and who cancels whom.
 
-A streaming request runs two tasks in one task group (docs/architecture.md draws them):
+A streaming request runs on its own task (docs/architecture.md draws it):
 
-- the request's own task first runs ``Generation.start``, which connects and sends the
-  upstream request and waits for its head, then ``DirectStream.run``, the client writer,
-  until the terminal event. The upstream's bytes arrive by callback, with no task of their
-  own, and are sent from the callback while the writer is idle (or not started yet);
-- ``_watch_disconnect`` waits on ``receive()``; when the client goes it closes the upstream
-  connection at once and cancels the group.
+- first ``Generation.start`` connects, sends the upstream request and waits for its head,
+  while a second task, ``_watch_disconnect``, waits on ``receive()``: a client that leaves
+  then closes the upstream at once and cancels everything;
+- then ``DirectStream.run``: the upstream's bytes arrive by callback, with no task of their
+  own, and are sent to the client from that callback; the request task waits on
+  ``receive()`` for the client to leave, and takes over a send only when the client's
+  buffer is full.
 
 A ``stream: false`` request runs the same, with ``CollectedStream`` in place of the writer.
 """
@@ -69,27 +70,30 @@ async def relay_stream(
     live: LiveRequests,
 ) -> None:
     """Relay a generation to the client as a stream; the response head must already be sent."""
-    async with anyio.create_task_group() as tg:
+    with anyio.CancelScope() as scope:
         stream = DirectStream(
             send,
             encoder,
             lag_limit=settings.slow_consumer_lag_bytes,
             heartbeat_interval=settings.heartbeat_interval,
             grace=settings.slow_consumer_grace,
-            cancel=tg.cancel_scope.cancel,
+            cancel=scope.cancel,
         )
         generation = Generation(upstream, request, stream)
         stream.on_abort = generation.close
-        tg.start_soon(_watch_disconnect, receive, generation, tg.cancel_scope)
         with live.track(generation):
             stream.start_heartbeats()
             try:
-                # Sequential: while start() waits for the upstream, events and heartbeats are sent inline.
-                await generation.start()
-                await stream.run()
+                # While connecting, a second task watches for the client leaving; afterwards the
+                # request task itself does, parked in receive() between sends (DirectStream.run).
+                async with anyio.create_task_group() as connecting:
+                    connecting.start_soon(_watch_disconnect, receive, generation, scope)
+                    await generation.start()
+                    connecting.cancel_scope.cancel()
+                await stream.run(receive)
             finally:
                 generation.close()
-        tg.cancel_scope.cancel()
+                stream.stop_heartbeats()
 
 
 async def relay_collected(
