@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -34,6 +35,8 @@ logger = logging.getLogger("token_relay")
 
 # The parent process hands its validated settings to worker processes in this variable.
 SETTINGS_ENV = "TOKEN_RELAY_SETTINGS_JSON"
+
+GC_THRESHOLD = 50_000
 
 
 class _Endpoint:
@@ -93,7 +96,13 @@ def create_app(settings: Settings) -> RelayApp:
                 logger.warning("RELAY_API_KEYS is not set: the /v1 routes are open to anyone who can reach %s:%d", settings.host, settings.port)
             logger.info("relaying to %s (%s)", base_url, settings.protocol)
             stack.enter_context(on_shutdown_signal(live.shut_down))
-            yield {"runtime": Runtime(settings, upstream, models, live, client)}
+            runtime = Runtime(settings, upstream, models, live, client)
+            # Everything built so far lives as long as the process: keep the collector off it,
+            # and collect young objects less often (a stream allocates a little per event).
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+            yield {"runtime": runtime}
 
     routes = [
         Route("/v1/chat/completions", _Endpoint(chat_completions), methods=["POST"]),
