@@ -19,6 +19,9 @@ DONE = b"data: [DONE]\n\n"
 
 
 class StreamEncoder(Protocol):
+    def delta(self, text: str) -> bytes:
+        """One delta alone: the usual case, when the client keeps up."""
+
     def encode(self, events: list[Event]) -> bytes: ...
     def terminal(self, event: Terminal) -> bytes: ...
 
@@ -63,13 +66,16 @@ class OpenAIChunks:
         self._started = True
         return self._head + b'{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n'
 
+    def delta(self, text: str) -> bytes:
+        out = self._head + b'{"index":0,"delta":{"content":' + _encode(text) + b'},"logprobs":null,"finish_reason":null}]}\n\n'
+        return out if self._started else self._open() + out
+
     def encode(self, events: list[Event]) -> bytes:
         self._usage = _usage(events, self._usage)
         text = _text(events)
-        out = b"" if self._started else self._open()
         if text:
-            out += self._head + b'{"index":0,"delta":{"content":' + _encode(text) + b'},"logprobs":null,"finish_reason":null}]}\n\n'
-        return out
+            return self.delta(text)
+        return b"" if self._started else self._open()
 
     def terminal(self, event: Terminal) -> bytes:
         if isinstance(event, Error):
@@ -88,13 +94,14 @@ class NativeEvents:
         self._id = 0
         self._usage: Usage | None = None
 
+    def delta(self, text: str) -> bytes:
+        self._id += 1
+        return b"id: %d\nevent: token\ndata: {\"text\":%b}\n\n" % (self._id, _encode(text))
+
     def encode(self, events: list[Event]) -> bytes:
         self._usage = _usage(events, self._usage)
         text = _text(events)
-        if not text:
-            return b""
-        self._id += 1
-        return b"id: %d\nevent: token\ndata: {\"text\":%b}\n\n" % (self._id, _encode(text))
+        return self.delta(text) if text else b""
 
     def terminal(self, event: Terminal) -> bytes:
         self._id += 1

@@ -143,6 +143,8 @@ class DirectStream:
             return b""
         events, self._pending = self._pending, []
         self._lag = 0
+        if len(events) == 1 and type(events[0]) is Delta:
+            return self._encoder.delta(events[0].text)
         return self._encoder.encode(events)
 
     def _end_early(self, error: Error) -> None:

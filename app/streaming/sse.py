@@ -44,13 +44,23 @@ class SSEParser:
         self._retry: int | None = None
         self.last_event_id = ""
 
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
-        # Fast path for the usual chunk from a model server: exactly one whole "data: …" event.
+    def single_data(self, chunk: bytes) -> bytes | None:
+        """The data of ``chunk`` if it is exactly one whole ``data: …`` event and nothing is pending.
+
+        The usual chunk from a model server; for anything else this returns ``None``, and
+        ``feed`` does the general work.
+        """
         if (
-            self._started and not self._tail and not self._skip_lf and not self._data and not self._event and self._retry is None
-            and chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and chunk.count(b"\n") == 2 and b"\r" not in chunk
+            chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and self._started and not self._tail and not self._skip_lf
+            and not self._data and not self._event and self._retry is None and chunk.count(b"\n") == 2 and b"\r" not in chunk
         ):
-            return [SSEEvent("message", chunk[6:-2].decode("utf-8", "replace"), self.last_event_id, None)]
+            return chunk[6:-2]
+        return None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        data = self.single_data(chunk)
+        if data is not None:
+            return [SSEEvent("message", data.decode("utf-8", "replace"), self.last_event_id, None)]
         if not self._started:
             chunk = self._tail + chunk
             self._tail = b""

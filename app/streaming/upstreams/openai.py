@@ -96,11 +96,16 @@ class ChatStream:
             if len(self._body) < MAX_ERROR_BODY:
                 self._body += data[: MAX_ERROR_BODY - len(self._body)]
             return
-        for event in self._parser.feed(data):
-            self._on_data(event.data)
-            if self._ended:
-                return
-        self._flush()
+        single = self._parser.single_data(data)
+        if single is not None:
+            self._on_data(single)
+        else:
+            for event in self._parser.feed(data):
+                self._on_data(event.data)
+                if self._ended:
+                    break
+        if not self._ended:
+            self._flush()
 
     def on_end(self) -> None:
         if self._ended:
@@ -122,8 +127,8 @@ class ChatStream:
         else:
             self._fail(self._error("upstream_disconnected", f"lost the model server: {exc}"))
 
-    def _on_data(self, data: str) -> None:
-        if data == "[DONE]":
+    def _on_data(self, data: str | bytes) -> None:
+        if data == b"[DONE]" or data == "[DONE]":
             self._end(Finish(self._finish_reason or "stop"))
             return
         try:
@@ -159,7 +164,7 @@ class ChatStream:
         if chunk.error is None and not chunk.choices:
             self._fail(self._error("upstream_malformed", "the model server's answer has no choices"))
             return
-        self._on_data(body.decode("utf-8", "replace"))
+        self._on_data(body)
         if not self._ended:
             self._end(Finish(self._finish_reason or "stop"))
 
