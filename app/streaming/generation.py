@@ -53,6 +53,8 @@ class Upstream:
 
 
 class Generation:
+    __slots__ = ("_deadline", "_exchange", "_loop", "_phase", "_request", "_sink", "_timer", "_total_deadline", "_upstream", "done", "tokens")
+
     def __init__(self, upstream: Upstream, request: GenerationRequest, sink: Sink) -> None:
         self._upstream = upstream
         self._request = request

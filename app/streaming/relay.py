@@ -61,6 +61,12 @@ class _Suspended:
 
 
 class DirectStream:
+    __slots__ = (
+        "_beat", "_busy", "_cancel", "_encoder", "_failure", "_grace", "_heartbeat", "_heartbeat_interval",
+        "_lag", "_lag_limit", "_last_write", "_loop", "_parked", "_pending", "_send", "_suspended",
+        "_terminal", "_terminal_sent", "finished", "on_abort",
+    )
+
     def __init__(
         self,
         send: Send,

@@ -35,6 +35,8 @@ class SSEEvent:
 class SSEParser:
     """Feed bytes, get the completed events; ``last_event_id`` persists across events."""
 
+    __slots__ = ("_data", "_event", "_retry", "_skip_lf", "_started", "_tail", "last_event_id")
+
     def __init__(self) -> None:
         self._tail = b""
         self._started = False

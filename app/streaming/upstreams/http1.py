@@ -61,6 +61,11 @@ class Origin:
 class _Connection(asyncio.Protocol):
     """One TCP connection; carries one exchange at a time."""
 
+    __slots__ = (
+        "_client", "_complete", "_handler", "_head", "_parser", "_received", "_until_eof", "closed",
+        "headers", "idle_since", "origin", "reused", "serial", "transport",
+    )
+
     def __init__(self, client: Client, origin: Origin) -> None:
         self._client = client
         self.origin = origin

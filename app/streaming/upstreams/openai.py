@@ -73,6 +73,8 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
 class ChatStream:
     """Response handler: turns the upstream's bytes into events for ``emit``; ``flush`` after each read."""
 
+    __slots__ = ("_body", "_emit", "_ended", "_finish_reason", "_flush", "_is_sse", "_parser", "_status", "_tokens")
+
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         self._emit = emit
         self._flush = flush
