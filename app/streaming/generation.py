@@ -70,6 +70,8 @@ class Generation:
 
     async def start(self) -> None:
         """Connect and send the request; events then flow to the sink until the terminal one."""
+        if self.done:  # ended before it started (a shutdown, a client already gone)
+            return
         timeouts = self._upstream.timeouts
         started = self._loop.time()
         if timeouts.total is not None:

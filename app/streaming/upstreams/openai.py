@@ -113,21 +113,21 @@ class ChatStream:
         if self._ended:
             return
         if self._status != 200:
-            self._fail(UpstreamStatusError(self._status, _error_message(bytes(self._body), self._status)).event())
+            self._end(UpstreamStatusError(self._status, _error_message(bytes(self._body), self._status)).event())
         elif not self._is_sse:
             self._on_completion(bytes(self._body))
         elif self._finish_reason is not None:
             self._end(Finish(self._finish_reason))
         else:
-            self._fail(self._error("upstream_incomplete", "the model server ended the stream before [DONE]"))
+            self._end(self._error("upstream_incomplete", "the model server ended the stream before [DONE]"))
 
     def on_lost(self, exc: Exception) -> None:
         if self._ended:
             return
         if isinstance(exc, UpstreamError):
-            self._fail(Error(exc.type, exc.code, exc.message, self._phase()))
+            self._end(Error(exc.type, exc.code, exc.message, self._phase()))
         else:
-            self._fail(self._error("upstream_disconnected", f"lost the model server: {exc}"))
+            self._end(self._error("upstream_disconnected", f"lost the model server: {exc}"))
 
     def _on_data(self, data: str | bytes) -> None:
         if data == b"[DONE]" or data == "[DONE]":
@@ -136,15 +136,15 @@ class ChatStream:
         try:
             chunk = _decode_chunk(data)
         except msgspec.DecodeError as exc:
-            self._fail(self._error("upstream_malformed", f"malformed chunk from the model server: {exc}"))
+            self._end(self._error("upstream_malformed", f"malformed chunk from the model server: {exc}"))
             return
         if chunk.error is not None:
             error = chunk.error
             if isinstance(error, str):
-                self._fail(self._error("upstream_error", error))
+                self._end(self._error("upstream_error", error))
             else:
                 code = str(error.code) if error.code is not None else (error.type or "upstream_error")
-                self._fail(self._error(code, error.message))
+                self._end(self._error(code, error.message))
             return
         for choice in chunk.choices:
             delta = choice.delta or choice.message
@@ -161,10 +161,10 @@ class ChatStream:
         try:
             chunk = _decode_chunk(body)
         except msgspec.DecodeError:
-            self._fail(self._error("upstream_malformed", "the model server answered neither SSE nor JSON"))
+            self._end(self._error("upstream_malformed", "the model server answered neither SSE nor JSON"))
             return
         if chunk.error is None and not chunk.choices:
-            self._fail(self._error("upstream_malformed", "the model server's answer has no choices"))
+            self._end(self._error("upstream_malformed", "the model server's answer has no choices"))
             return
         self._on_data(body)
         if not self._ended:
@@ -175,9 +175,6 @@ class ChatStream:
 
     def _error(self, code: str, message: str) -> Error:
         return Error("upstream_error", code, message, self._phase())
-
-    def _fail(self, error: Error) -> None:
-        self._end(error)
 
     def _end(self, event: Finish | Error) -> None:
         self._ended = True
