@@ -109,10 +109,12 @@ async def test_connect_timeout_when_the_upstream_never_accepts(client: httpx.Asy
     assert (error["type"], error["code"], error["phase"]) == ("timeout", "connect_timeout", "connect")
 
 
-async def test_heartbeats_flow_while_waiting_for_the_first_token(client: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize("fault", ["stall-head", "stall-first"])
+async def test_heartbeats_flow_while_waiting_for_the_first_token(fault: str, client: httpx.AsyncClient) -> None:
+    """Whether the model server has not answered at all yet (stall-head) or answered without a token (stall-first)."""
     with mock_server(ttft=0.0) as (_, upstream), relay_server(upstream, heartbeat_interval=0.05, first_token_timeout=0.5) as url:
         with anyio.fail_after(5):
-            async with client.stream("POST", url + "/v1/generate", json={"prompt": "x", "stream": True, "model": "mock-fault-stall-first"}) as r:
+            async with client.stream("POST", url + "/v1/generate", json={"prompt": "x", "stream": True, "model": f"mock-fault-{fault}"}) as r:
                 raw = b"".join([chunk async for chunk in r.aiter_raw()])
     assert raw.count(b": ping\n\n") >= 4
     assert raw.rstrip().endswith(b'"first_token_timeout","phase":"first_token","message":"no first token from the model server within 0.5 s"}')
