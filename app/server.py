@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import os
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
 from app.main import SETTINGS_ENV, create_app
 from app.settings import Settings, settings_to_json
+
+
+def log_config(settings: Settings) -> dict[str, Any]:
+    """uvicorn's logging, with the relay's own logger on the same handler."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["token_relay"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
+    return config
 
 
 def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
@@ -16,6 +26,7 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
+        log_config=log_config(settings),
         log_level=settings.log_level,
         access_log=settings.access_log,
         # Streams are ended by the shutdown drain (app/shutdown.py); this bounds the wait for them.

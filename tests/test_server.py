@@ -59,9 +59,15 @@ def serve() -> Iterator:  # type: ignore[type-arg]
 
 
 async def test_serve_with_no_upstream_relays_the_embedded_mock(serve, client: httpx.AsyncClient) -> None:  # type: ignore[no-untyped-def]
-    _, url = serve(RELAY_MOCK_TTFT="0", RELAY_MOCK_INTERVAL="0")
+    process, url = serve(RELAY_MOCK_TTFT="0", RELAY_MOCK_INTERVAL="0")
     response = await client.post(url + "/v1/chat/completions", json={"model": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
     assert response.json()["choices"][0]["message"]["content"] == "".join(mock_text("hi", 3))
+    process.send_signal(signal.SIGTERM)
+    await anyio.to_thread.run_sync(process.wait, 10)
+    log = process.stdout.read().decode()
+    # The embedded mock's server must not take over the process's logging.
+    for line in ("WARNING:  RELAY_API_KEYS is not set", "INFO:     relaying to http://127.0.0.1:", "Application startup complete", "Finished server process"):
+        assert line in log
 
 
 async def test_serve_with_several_workers(serve, client: httpx.AsyncClient) -> None:  # type: ignore[no-untyped-def]
