@@ -54,7 +54,9 @@ class _Options(msgspec.Struct):
     include_usage: bool = False
 
 
-class _Request(msgspec.Struct):
+class MockRequest(msgspec.Struct):
+    """The part of a chat completions request the mock reads."""
+
     model: str = "mock"
     messages: list[_Message] = []
     stream: bool = False
@@ -63,7 +65,7 @@ class _Request(msgspec.Struct):
     max_completion_tokens: int | None = None
 
 
-_decode = msgspec.json.Decoder(_Request).decode
+decode_request = msgspec.json.Decoder(MockRequest).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -73,7 +75,8 @@ def mock_text(prompt: str, count: int) -> list[str]:
     return [(" " if i else "") + _WORDS[(seed[i % 32] + i * 7) % len(_WORDS)] for i in range(count)]
 
 
-def _prompt(request: _Request) -> str:
+def prompt_of(request: MockRequest) -> str:
+    """The last user message's text: what the mock's answer is derived from."""
     for message in reversed(request.messages):
         if message.role == "user":
             content = message.content
@@ -132,7 +135,7 @@ class MockModel:
             if not message.get("more_body", False):
                 break
         try:
-            request = _decode(body)
+            request = decode_request(body)
         except msgspec.DecodeError as exc:
             await _json(send, 400, {"error": {"message": str(exc), "type": "invalid_request_error", "code": "invalid_json"}})
             return
@@ -152,7 +155,7 @@ class MockModel:
         interval = float(headers.get("x-mock-interval", self.interval))
         natural = int(headers.get("x-mock-tokens", self.tokens))
         limit = request.max_completion_tokens or request.max_tokens or natural
-        prompt = _prompt(request)
+        prompt = prompt_of(request)
         tokens = mock_text(prompt, min(limit, natural))
         reason = "length" if limit < natural else "stop"
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(tokens), "total_tokens": len(prompt.split()) + len(tokens)}
