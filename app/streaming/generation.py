@@ -23,6 +23,9 @@ from app.streaming.upstreams.http1 import Client, Exchange, Origin
 
 logger = logging.getLogger("token_relay")
 
+# Seconds an upstream body may take to end after the model's end marker before its connection is dropped.
+END_OF_BODY_GRACE = 1.0
+
 
 class Sink(Protocol):
     def push(self, event: Event) -> None: ...
@@ -53,7 +56,7 @@ class Upstream:
 
 
 class Generation:
-    __slots__ = ("_deadline", "_exchange", "_loop", "_phase", "_request", "_sink", "_timer", "_total_deadline", "_upstream", "done", "tokens")
+    __slots__ = ("_deadline", "_exchange", "_finished", "_loop", "_phase", "_request", "_sink", "_timer", "_total_deadline", "_upstream", "done", "tokens")
 
     def __init__(self, upstream: Upstream, request: GenerationRequest, sink: Sink) -> None:
         self._upstream = upstream
@@ -66,6 +69,7 @@ class Generation:
         self._deadline = 0.0
         self._total_deadline = float("inf")
         self.done = False
+        self._finished = False
         self.tokens = 0
 
     async def start(self) -> None:
@@ -95,10 +99,10 @@ class Generation:
             logger.exception("generation %s failed to start", self._request.request_id)
             self._emit(Error("relay_error", "internal_error", f"the relay failed: {type(exc).__name__}", self._phase))
             return
-        if self.done:  # the whole response arrived with its head
-            exchange.close()
-            return
         self._exchange = exchange
+        if self.done:  # the whole answer arrived with the head
+            self._release(finished=self._finished)
+            return
         if self._phase == "first_token":
             self._deadline = started + timeouts.first_token
         self._arm(min(self._deadline, self._total_deadline))
@@ -128,16 +132,24 @@ class Generation:
             self._deadline = self._loop.time() + self._upstream.timeouts.idle
         elif isinstance(event, (Finish, Error)):
             self.done = True
-            self._release()
+            self._finished = type(event) is Finish
+            self._release(finished=self._finished)
         self._sink.push(event)
 
-    def _release(self) -> None:
+    def _release(self, *, finished: bool = False) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._exchange is not None:
-            self._exchange.close()
-            self._exchange = None
+        exchange, self._exchange = self._exchange, None
+        if exchange is None:
+            return
+        if finished:
+            # The model's end marker usually comes just before the end of the HTTP body, often
+            # in a later packet: give it a moment, so the connection goes back to the pool. If
+            # the body has ended by then, close() does nothing.
+            self._loop.call_later(END_OF_BODY_GRACE, exchange.close)
+        else:
+            exchange.close()
 
     def _arm(self, when: float) -> None:
         self._timer = self._loop.call_at(when, self._on_timer)

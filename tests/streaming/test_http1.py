@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import anyio
+import httpx
 import pytest
 
 from app.streaming.upstreams.http1 import Client, Origin
@@ -84,3 +85,20 @@ async def test_closing_a_finished_exchange_leaves_the_reused_connection_alone(up
     await client.aclose()
     assert slow.lost is None
     assert slow.body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_the_relay_reuses_its_upstream_connection_across_requests(client: httpx.AsyncClient) -> None:
+    """Even when the body's end arrives after the model's [DONE], in its own packet."""
+    from tests.servers import relay_server
+    from tests.sse import post_stream
+
+    with mock_server(ttft=0.0, interval=0.0, tokens=3) as (model, upstream), relay_server(upstream, default_model="mock") as url:
+        for sent in range(1, 4):
+            _, events = await post_stream(client, url + "/v1/generate", {"prompt": "x", "stream": True})
+            assert events[-1].event == "done"
+            # The body ends 2 ms after [DONE], as with a real server: let it, so the connection is free.
+            await anyio.to_thread.run_sync(model.wait_for_completed, sent, 5)
+        response = await client.post(url + "/v1/generate", json={"prompt": "x"})
+        assert response.status_code == 200
+    assert len(model.peers) == 4
+    assert len(set(model.peers)) == 1, "each request opened a new upstream connection"

@@ -93,7 +93,9 @@ class MockModel:
         self.interval = interval
         self.tokens = tokens
         self.requests = 0
+        self.completed = 0
         self.disconnects: deque[dict[str, Any]] = deque(maxlen=max_records)
+        self.peers: deque[str] = deque(maxlen=max_records)  # each request's client address, to see connection reuse
         self._recorded = threading.Condition()
 
     def wait_for_disconnect(self, request_id: str, timeout: float) -> dict[str, Any]:
@@ -103,6 +105,12 @@ class MockModel:
         if not found:
             raise TimeoutError(f"no disconnect recorded for {request_id!r} within {timeout} s")
         return found
+
+    def wait_for_completed(self, count: int, timeout: float) -> None:
+        """Block until ``count`` responses have been sent to their end (for tests, from another thread)."""
+        with self._recorded:
+            if not self._recorded.wait_for(lambda: self.completed >= count, timeout):
+                raise TimeoutError(f"{self.completed} of {count} responses completed within {timeout} s")
 
     def disconnect_of(self, request_id: str) -> dict[str, Any] | None:
         return next((record for record in self.disconnects if record["request_id"] == request_id), None)
@@ -117,7 +125,7 @@ class MockModel:
         if path.endswith("/chat/completions") and method == "POST":
             await self._chat(scope, receive, send)
         elif path == "/mock/stats" and method == "GET":
-            stats = {"requests": self.requests, "disconnects": list(self.disconnects)}
+            stats = {"requests": self.requests, "connections": len(set(self.peers)), "disconnects": list(self.disconnects)}
             await _json(send, 200, stats)
         elif path.endswith("/models") and method == "GET":
             await _json(send, 200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "mock"} for m in MODELS]})
@@ -126,6 +134,8 @@ class MockModel:
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.requests += 1
+        client = scope.get("client")
+        self.peers.append(f"{client[0]}:{client[1]}" if client else "")
         body = b""
         while True:
             message = await receive()
@@ -175,6 +185,9 @@ class MockModel:
                     "usage": usage,
                 })
             record["finished"] = True
+            with self._recorded:
+                self.completed += 1
+                self._recorded.notify_all()
             tg.cancel_scope.cancel()
 
     async def _watch(self, receive: Receive, record: dict[str, Any], scope: anyio.CancelScope) -> None:
@@ -239,7 +252,10 @@ class MockModel:
         end = head + b'{"index":0,"delta":{},"finish_reason":' + _encode(reason) + b"}]" + tail
         if include_usage:
             end += head + b"]," + b'"usage":' + _encode(usage) + tail
-        await send({"type": "http.response.body", "body": end + b"data: [DONE]\n\n", "more_body": False})
+        # Like Starlette's StreamingResponse (vLLM, TGI…): the last event, then the end of the body on its own.
+        await send({"type": "http.response.body", "body": end + b"data: [DONE]\n\n", "more_body": True})
+        await anyio.sleep(0.002)  # the generator's own end comes a moment later, as its own packet
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _json(send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
