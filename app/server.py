@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from typing import Any
@@ -39,7 +40,10 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT; with ``workers > 1`` in as many processes, on one socket."""
     if settings.workers == 1:
-        uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()
+        # After a clean shutdown uvicorn re-raises the signal it caught; for SIGINT that is a
+        # KeyboardInterrupt, which would print a traceback (uvicorn.run suppresses it too).
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()
         return
     os.environ[SETTINGS_ENV] = settings_to_json(settings)
     config = uvicorn_config(settings, "app.main:create_app_from_environment")

@@ -114,3 +114,12 @@ def _wait_for_tokens(model: MockModel, streams: int) -> None:
     while model.requests < streams and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)
+
+
+async def test_sigint_shuts_down_cleanly_without_a_traceback(serve) -> None:  # type: ignore[no-untyped-def]
+    process, _ = serve(RELAY_MOCK_TTFT="0")
+    process.send_signal(signal.SIGINT)
+    await anyio.to_thread.run_sync(process.wait, 10)
+    log = process.stdout.read().decode()
+    assert "Finished server process" in log
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log
