@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Protocol, cast
 from urllib.parse import urlsplit
@@ -199,7 +200,7 @@ class Client:
     """Opens exchanges with upstream origins, keeping idle connections for reuse."""
 
     def __init__(self, *, max_idle_per_origin: int = 256, idle_expiry: float = 4.0) -> None:
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._max_idle = max_idle_per_origin
         self._idle_expiry = idle_expiry
         self._ssl: ssl.SSLContext | None = None
@@ -276,9 +277,9 @@ class Client:
         if self._closed:
             connection.abort()
             return
-        idle = self._idle.setdefault(connection.origin.key, [])
+        idle = self._idle.setdefault(connection.origin.key, deque())
         if len(idle) >= self._max_idle:
-            idle.pop(0).abort()
+            idle.popleft().abort()  # the longest idle
         connection.idle_since = time.monotonic()
         idle.append(connection)
 

@@ -1,0 +1,689 @@
+"""Runs the benchmark scenarios of the product issue and prints their tables.
+
+Every server is started here as a subprocess: the server under test pinned to core 1, the
+model server (mock) and the load generator to core 0. Each figure is the median of
+``--runs`` runs, and the direct-to-mock baseline is rerun beside every run (targets are
+interleaved within a run), so ratios compare like with like on a noisy machine.
+
+Targets: ``direct`` (the load generator talks to the mock: the baseline), ``token-relay``
+(``python -m app serve``), ``usual-httpx`` / ``usual-httpx2`` / ``usual-aiohttp``
+(bench/usual_relay.py with that client) and ``tcp-proxy`` (bench/tcpproxy.py: the floor
+of any relay, a byte-for-byte proxy). ``token-relay@REV`` runs app/ as committed at git
+revision REV (exported under bench/out/trees/), so that builds can be compared in one run
+while app/ changes underneath.
+
+Scenarios:
+
+- ``steady``: N streams at 50 tokens/s each (mock interval 0.02 s) opened over a ramp, then
+  a steady window: delivered content events/s and tokens/s, gaps between events, server CPU
+  per token (/proc utime+stime over the window) and RSS. Upstream: bench/fastmock.py,
+  because the embedded mock cannot produce 50k tokens/s on a core it shares (``--steady-mock
+  app`` to use it anyway).
+- ``cancel``: streams closed by the client after K content events; per stream, the mock's
+  disconnect time (``GET /mock/stats``) minus the client's close time.
+- ``memory``: N streams held open before their first token (mock ttft 60 s); the server's
+  RSS growth per open stream.
+- ``ttft``: sequential requests, round-robin over all targets at once (so each relayed
+  request has a direct one beside it); TTFT from the request write to the first content
+  event, and the per-pair difference to direct.
+
+    .venv/bin/python bench/run.py            # everything, ~10 minutes
+    .venv/bin/python bench/run.py --quick    # smaller, one run, under a minute
+    .venv/bin/python bench/run.py --scenarios steady --targets direct,token-relay --runs 5
+    .venv/bin/python bench/run.py --profile  # adds a py-spy profile of token-relay (steady)
+
+Raw results go to bench/out/run-<time>.json, the tables to stdout and bench/out/run-<time>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+PYSPY = str(ROOT / ".venv" / "bin" / "py-spy")
+SERVER_CORE = "1"
+LOAD_CORE = "0"
+ALL_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp", "tcp-proxy")
+# tcp-proxy (the floor) is cheap in ttft and always added there; elsewhere name it in --targets
+# (and --steady-targets): it costs another 2 minutes.
+DEFAULT_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp")
+ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return bytes(response.read())
+
+
+class Proc:
+    """A server subprocess pinned to one core; stopped by its own pid only."""
+
+    def __init__(self, name: str, argv: list[str], core: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+        self.name = name
+        self.log = open(BENCH / "out" / f"{name}.log", "ab")  # closed in stop()
+        environ = {**os.environ, **(env or {})}
+        self.popen = subprocess.Popen(["taskset", "-c", core, *argv], cwd=cwd, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+        self.pid = self.popen.pid  # taskset execs the command: same pid
+
+    def wait_ready(self, url: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}; see bench/out/{self.name}.log")
+            try:
+                http_get(url, timeout=1.0)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready at {url} after {timeout} s")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=5)
+        self.log.close()
+
+
+@contextlib.contextmanager
+def running(*procs: Proc | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for proc in reversed(procs):
+            if proc is not None:
+                proc.stop()
+
+
+def start_mock(kind: str, *, ttft: float, interval: float, tokens: int = 100_000) -> tuple[Proc, str]:
+    port = free_port()
+    args = ["--port", str(port), "--ttft", str(ttft), "--interval", str(interval), "--tokens", str(tokens)]
+    if kind == "fast":
+        proc = Proc("fastmock", [PY, str(BENCH / "fastmock.py"), *args], LOAD_CORE)
+    else:
+        proc = Proc("mock", [PY, "-m", "app", "mock", *args], LOAD_CORE, {"RELAY_LOG_LEVEL": "warning"})
+    base = f"http://127.0.0.1:{port}"
+    proc.wait_ready(base + "/mock/stats")
+    return proc, base
+
+
+def start_target(target: str, mock_base: str) -> tuple[Proc | None, str]:
+    """Start the server under test in front of the mock; returns it and its completions URL."""
+    if target == "direct":
+        return None, mock_base + "/v1/chat/completions"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    if target == "token-relay" or target.startswith("token-relay@"):
+        # token-relay@REV runs app/ as committed at REV, exported aside: a fixed build to compare.
+        cwd = export_app(target.partition("@")[2]) if "@" in target else ROOT
+        env = {"RELAY_UPSTREAM": mock_base + "/v1", "RELAY_ACCESS_LOG": "false", "RELAY_LOG_LEVEL": "warning"}
+        proc = Proc(target, [PY, "-m", "app", "serve", "--port", str(port)], SERVER_CORE, env, cwd)
+        proc.wait_ready(base + "/healthz")
+    elif target.startswith("usual-"):
+        client = target.removeprefix("usual-")
+        proc = Proc(target, [PY, str(BENCH / "usual_relay.py"), "--port", str(port), "--upstream", mock_base + "/v1"], SERVER_CORE, {"USUAL_CLIENT": client})
+        proc.wait_ready(base + "/healthz")
+    elif target == "tcp-proxy":
+        proc = Proc(target, [PY, str(BENCH / "tcpproxy.py"), "--port", str(port), "--upstream", mock_base.removeprefix("http://")], SERVER_CORE)
+        proc.wait_ready(base + "/mock/stats")
+    else:
+        raise ValueError(f"unknown target {target!r}")
+    return proc, base + "/v1/chat/completions"
+
+
+def export_app(rev: str) -> Path:
+    """app/ as of git revision ``rev``, exported once under bench/out/trees/."""
+    tree = BENCH / "out" / "trees" / rev
+    if not (tree / "app" / "__main__.py").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", rev, "app"], cwd=ROOT, capture_output=True, check=True, timeout=30).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=30)
+    return tree
+
+
+def loadgen(urls: list[str], *, timeout: float, pids: dict[str, int] | None = None, **options: Any) -> dict[str, Any]:
+    """Run bench/loadgen.py on the load core; options map to its flags (True for a bare flag)."""
+    out = BENCH / "out" / f"loadgen-{os.getpid()}.json"
+    argv = ["taskset", "-c", LOAD_CORE, PY, str(BENCH / "loadgen.py"), "--timeout", str(timeout), "--out", str(out)]
+    for url in urls:
+        argv += ["--url", url]
+    for name, pid in (pids or {}).items():
+        argv += ["--pid", f"{name}={pid}"]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, tuple):
+            argv += [flag, ",".join(str(v) for v in value)]
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
+    subprocess.run(argv, cwd=ROOT, check=True, timeout=timeout + 30)
+    result: dict[str, Any] = json.loads(out.read_text())
+    out.unlink()
+    return result
+
+
+def warm_up(url: str) -> None:
+    loadgen([url], timeout=15, streams=20, ramp=0.2, max_tokens=3)
+
+
+def median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+# Scenarios: each returns one flat dict of figures for one run of one target.
+
+
+def steady(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
+    mock, mock_base = start_mock(cfg.steady_mock, ttft=0.0, interval=cfg.interval)
+    server: Proc | None = None
+    with running(mock):
+        server, url = start_target(target, mock_base)
+        with running(server):
+            warm_up(url)
+            start = cfg.ramp + cfg.settle
+            end = start + cfg.window
+            pids = {"mock": mock.pid, **({"server": server.pid} if server else {})}
+            max_tokens = int((end + cfg.steady_wait + 5) / cfg.interval)
+            r = loadgen(
+                [url],
+                timeout=end + cfg.steady_wait + 20,
+                pids=pids,
+                streams=cfg.streams,
+                ramp=cfg.ramp,
+                max_tokens=max_tokens,
+                window=(start, end),
+                stop_at_window_end=True,
+                steady_wait=cfg.steady_wait,
+            )
+            if cfg.profile_target == target:
+                profile(server, url, cfg)
+    w = r["window"] or {}
+    seconds = w.get("seconds") or float("nan")
+    cpu = w.get("cpu_s", {})
+    tokens = w.get("tokens") or 0
+    server_cpu = cpu.get("server")
+    core0 = w.get("cores", {}).get("cpu" + LOAD_CORE, {})
+    core1 = w.get("cores", {}).get("cpu" + SERVER_CORE, {})
+    return {
+        "tokens_per_s": w.get("tokens_per_s"),
+        "events_per_s": w.get("events_per_s"),
+        "gap_p50_ms": _ms(r["gap_s"].get("p50")),
+        "gap_p99_ms": _ms(r["gap_s"].get("p99")),
+        "gap_max_ms": _ms(r["gap_s"].get("max")),
+        "ttft_p50_ms": _ms(r["ttft_s"].get("p50")),
+        "ttft_p99_ms": _ms(r["ttft_s"].get("p99")),
+        "server_cpu_pct": server_cpu / seconds * 100 if server_cpu is not None else None,
+        "server_us_per_token": server_cpu / tokens * 1e6 if server_cpu is not None and tokens else None,
+        "server_us_per_event": server_cpu / w["events"] * 1e6 if server_cpu is not None and w.get("events") else None,
+        "server_sys_pct_of_cpu": w.get("sys_s", {}).get("server", 0) / server_cpu * 100 if server_cpu else None,
+        "server_rss_mib": w.get("rss_kib", {}).get("server", 0) / 1024 if server else None,
+        # Everything core 1 did (the server pinned there, plus the softirq work of its sends): the honest cost.
+        "core1_busy_pct": core1.get("busy_s", 0) / seconds * 100 if core1 else None,
+        "core1_softirq_pct": core1.get("softirq_s", 0) / seconds * 100 if core1 else None,
+        "core1_us_per_token": core1.get("busy_s", 0) / tokens * 1e6 if core1 and tokens and server else None,
+        "core0_busy_pct": core0.get("busy_s", 0) / seconds * 100 if core0 else None,
+        "mock_cpu_pct": cpu.get("mock", 0) / seconds * 100,
+        "loadgen_cpu_pct": cpu.get("loadgen", 0) / seconds * 100,
+        "mock_us_per_token": cpu.get("mock", 0) / tokens * 1e6 if tokens else None,
+        "window_opened": w.get("opened"),
+        "ends": r["ends"],
+        "connect_errors": r["connect_errors"],
+    }
+
+
+def profile(server: Proc | None, url: str, cfg: argparse.Namespace) -> None:
+    """A second steady run with py-spy attached to the server for 10 s of its window."""
+    if server is None:
+        return
+    start = cfg.ramp + cfg.settle
+    end = start + max(cfg.window, 12)
+    out = profile_path(cfg)
+    load = [PY, str(BENCH / "loadgen.py"), "--url", url, "--streams", str(cfg.streams), "--ramp", str(cfg.ramp)]
+    load += ["--max-tokens", str(int((end + cfg.steady_wait + 5) / cfg.interval)), "--window", f"{start},{end}", "--stop-at-window-end"]
+    load += ["--steady-wait", str(cfg.steady_wait), "--timeout", str(end + cfg.steady_wait + 20), "--out", str(BENCH / "out" / "profile-loadgen.json")]
+    spy = ["taskset", "-c", LOAD_CORE, PYSPY, "record", "--pid", str(server.pid), "--rate", "200", "--nonblocking"]
+    raw = [*spy, "--duration", "10", "--format", "raw", "--function", "--output", str(out)]
+    if cfg.profile_native:  # py-spy must pause the process to unwind native frames
+        raw = [arg for arg in raw if arg != "--nonblocking"] + ["--native"]
+    svg = [*spy, "--duration", "5", "--format", "flamegraph", "--output", str(out.with_suffix(".svg"))]
+    loadgen_proc = subprocess.Popen(["taskset", "-c", LOAD_CORE, *load], cwd=ROOT)
+    try:
+        time.sleep(start + 3)  # the window opens once every stream is streaming: after the ramp's backlog
+        for argv in (raw, svg):
+            subprocess.run(argv, cwd=ROOT, check=False, timeout=40, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        loadgen_proc.wait(timeout=end + 40)
+    print(summarise_profile(out))
+
+
+def profile_path(cfg: argparse.Namespace) -> Path:
+    return BENCH / "out" / f"profile-steady-{cfg.streams}{'-native' if cfg.profile_native else ''}.txt"
+
+
+def summarise_profile(path: Path, top: int = 25) -> str:
+    """Self and inclusive sample shares per function, from py-spy's raw (collapsed) output."""
+    if not path.exists():
+        return f"(no profile at {path})"
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        leaf = frames[-1]
+        own[leaf] = own.get(leaf, 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    lines = [f"py-spy profile ({total} samples): top functions by self time", "", "| self % | incl. % | function |", "|---:|---:|---|"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {n / total * 100:.1f} | {inclusive[frame] / total * 100:.1f} | `{frame}` |")
+    lines += ["", "top by inclusive time:", "", "| incl. % | function |", "|---:|---|"]
+    for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {n / total * 100:.1f} | `{frame}` |")
+    text = "\n".join(lines)
+    path.with_suffix(".md").write_text(text + "\n")
+    return text
+
+
+def cancel(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
+    mock, mock_base = start_mock("app", ttft=0.0, interval=cfg.interval)
+    with running(mock):
+        server, url = start_target(target, mock_base)
+        with running(server):
+            warm_up(url)
+            prefix = f"c{os.getpid()}{target[:3]}{int(time.time() * 1000) % 100000}"
+            r = loadgen(
+                [url],
+                timeout=30,
+                streams=cfg.cancel_streams,
+                ramp=cfg.cancel_ramp,
+                max_tokens=5000,
+                close_after=cfg.close_after,
+                per_stream=True,
+                id_prefix=prefix,
+            )
+            closed = {s["id"]: s["closed_at"] for s in r["per_stream"] if s["end"] == "closed" and s["closed_at"]}
+            seen: dict[str, float] = {}
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:  # disconnects still on their way are waited for, up to 3 s
+                stats = json.loads(http_get(mock_base + "/mock/stats"))
+                seen = {d["request_id"]: d["at"] for d in stats["disconnects"] if d["request_id"] in closed and "at" in d}
+                if len(seen) >= len(closed):
+                    break
+                time.sleep(0.2)
+    latencies = sorted((seen[rid] - closed[rid]) * 1e3 for rid in seen)
+    return {
+        "closed": len(closed),
+        "propagated_pct": len(seen) / len(closed) * 100 if closed else None,
+        "p50_ms": _pct(latencies, 50),
+        "p99_ms": _pct(latencies, 99),
+        "max_ms": latencies[-1] if latencies else None,
+        "ends": r["ends"],
+    }
+
+
+def memory(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
+    mock, mock_base = start_mock("app", ttft=60.0, interval=cfg.interval)
+    with running(mock):
+        server, url = start_target(target, mock_base)
+        with running(server):
+            pids = {"mock": mock.pid, **({"server": server.pid} if server else {})}
+            # Warm-up: open and drop 100 waiting streams, so first-use allocations are not counted.
+            loadgen([url], timeout=20, streams=100, ramp=0.3, max_tokens=10, window=(1.0, 1.2), stop_at_window_end=True)
+            time.sleep(0.3)
+            hold = cfg.memory_ramp + 1.5
+            r = loadgen(
+                [url],
+                timeout=hold + 20,
+                pids=pids,
+                streams=cfg.memory_streams,
+                ramp=cfg.memory_ramp,
+                max_tokens=10,
+                window=(hold, hold + 0.5),
+                stop_at_window_end=True,
+            )
+    samples = r["samples"]
+    name = "server" if server else "mock"
+    before = samples["start"][name]["rss_kib"]
+    after = samples["window_end"][name]["rss_kib"]
+    open_streams = r["heads_200"]
+    return {
+        "measured": name,
+        "open_streams": open_streams,
+        "rss_before_mib": before / 1024,
+        "rss_after_mib": after / 1024,
+        "kib_per_stream": (after - before) / open_streams if open_streams else None,
+        "mock_kib_per_stream": (samples["window_end"]["mock"]["rss_kib"] - samples["start"]["mock"]["rss_kib"]) / open_streams if open_streams else None,
+        "ends": r["ends"],
+    }
+
+
+def ttft(targets: list[str], cfg: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """One run: every target up at once, requests round-robin across them, one at a time."""
+    mock, mock_base = start_mock("app", ttft=0.0, interval=0.002)
+    procs: list[Proc | None] = []
+    urls: list[str] = []
+    with running(mock):
+        try:
+            for target in targets:
+                proc, url = start_target(target, mock_base)
+                procs.append(proc)
+                urls.append(url)
+            for url in urls:
+                warm_up(url)
+            pids = {target: proc.pid for target, proc in zip(targets, procs, strict=True) if proc is not None}
+            r = loadgen(urls, timeout=120, pids=pids, streams=cfg.ttft_requests * len(urls), sequential=True, max_tokens=2, per_stream=True)
+            upstream_connections = json.loads(http_get(mock_base + "/mock/stats")).get("connections")
+        finally:
+            for proc in procs:
+                if proc is not None:
+                    proc.stop()
+    by_target: list[list[float | None]] = [[] for _ in targets]
+    for s in r["per_stream"]:
+        by_target[s["target"]].append(s["ttft"] * 1e3 if s["ttft"] is not None else None)
+    direct = by_target[targets.index("direct")] if "direct" in targets else None
+    out: dict[str, dict[str, Any]] = {}
+    for target, values in zip(targets, by_target, strict=True):
+        present = sorted(v for v in values if v is not None)
+        row: dict[str, Any] = {"n": len(present), "failed": len(values) - len(present), "p50_ms": _pct(present, 50), "p99_ms": _pct(present, 99)}
+        if target in r["samples"]["start"] and target in r["samples"]["end"] and values:
+            row["server_us_per_request"] = (r["samples"]["end"][target]["cpu"] - r["samples"]["start"][target]["cpu"]) / len(values) * 1e6
+        if direct is not None and target != "direct":
+            diffs = sorted(v - d for v, d in zip(values, direct, strict=False) if v is not None and d is not None)
+            row["added_p50_ms"] = _pct(diffs, 50)
+            row["added_p99_ms"] = _pct(diffs, 99)
+        out[target] = row
+    out["_mock"] = {"upstream_connections": upstream_connections, "requests": len(r["per_stream"])}
+    return out
+
+
+def _ms(seconds: float | None) -> float | None:
+    return seconds * 1e3 if seconds is not None else None
+
+
+def _pct(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+# Tables
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def steady_table(runs: list[dict[str, dict[str, Any]]], targets: list[str]) -> str:
+    head = (
+        "| target | tokens/s | vs direct | events/s | gap p50 ms | gap p99 ms | p99 vs direct | server CPU µs/token (kernel share) "
+        "| server CPU % | core 1 busy µs/token (softirq % of core) | server RSS MiB "
+        "| core 0 busy % (mock+loadgen) | ends (run 1) |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for target in targets:
+        rows = [run[target] for run in runs if target in run]
+        if not rows:
+            continue
+        ratios, p99s = [], []
+        for run in runs:
+            if target in run and "direct" in run and run["direct"]["tokens_per_s"] and run[target]["tokens_per_s"] is not None:
+                ratios.append(run[target]["tokens_per_s"] / run["direct"]["tokens_per_s"] * 100)
+                p99s.append(run[target]["gap_p99_ms"] / run["direct"]["gap_p99_ms"])
+        core0 = median([r.get("core0_busy_pct") for r in rows])
+        lines.append(
+            f"| {target} | {fmt(median([r['tokens_per_s'] for r in rows]), 0)} | {fmt(median(ratios))} % | {fmt(median([r['events_per_s'] for r in rows]), 0)} "
+            f"| {fmt(median([r['gap_p50_ms'] for r in rows]))} | {fmt(median([r['gap_p99_ms'] for r in rows]))} | {fmt(median(p99s), 2)}x "
+            f"| {fmt(median([r['server_us_per_token'] for r in rows]))} ({fmt(median([r.get('server_sys_pct_of_cpu') for r in rows]), 0)} %) "
+            f"| {fmt(median([r['server_cpu_pct'] for r in rows]), 0)} "
+            f"| {fmt(median([r.get('core1_us_per_token') for r in rows]))} ({fmt(median([r.get('core1_softirq_pct') for r in rows]), 0)} %) "
+            f"| {fmt(median([r['server_rss_mib'] for r in rows]), 0)} | {fmt(core0, 0)} | {rows[0]['ends']} |"
+        )
+    return "\n".join(lines)
+
+
+def cancel_table(runs: list[dict[str, dict[str, Any]]], targets: list[str]) -> str:
+    lines = ["| target | closed | propagated | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
+    for target in targets:
+        rows = [run[target] for run in runs if target in run]
+        if rows:
+            lines.append(
+                f"| {target} | {rows[0]['closed']} | {fmt(median([r['propagated_pct'] for r in rows]))} % | {fmt(median([r['p50_ms'] for r in rows]), 2)} "
+                f"| {fmt(median([r['p99_ms'] for r in rows]), 2)} | {fmt(median([r['max_ms'] for r in rows]), 2)} |"
+            )
+    return "\n".join(lines)
+
+
+def memory_table(runs: list[dict[str, dict[str, Any]]], targets: list[str]) -> str:
+    lines = [
+        "| target | measured | open streams | RSS before MiB | RSS after MiB | KiB per open stream | mock KiB per stream |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for target in targets:
+        rows = [run[target] for run in runs if target in run]
+        if rows:
+            lines.append(
+                f"| {target} | {rows[0]['measured']} | {fmt(median([r['open_streams'] for r in rows]), 0)} "
+                f"| {fmt(median([r['rss_before_mib'] for r in rows]))} | {fmt(median([r['rss_after_mib'] for r in rows]))} "
+                f"| {fmt(median([r['kib_per_stream'] for r in rows]))} "
+                f"| {fmt(median([r['mock_kib_per_stream'] for r in rows]))} |"
+            )
+    return "\n".join(lines)
+
+
+def ttft_table(runs: list[dict[str, dict[str, Any]]], targets: list[str]) -> str:
+    lines = ["| target | requests | TTFT p50 ms | TTFT p99 ms | added p50 ms | added p99 ms | server CPU µs/request |", "|---|---|---|---|---|---|---|"]
+    for target in targets:
+        rows = [run[target] for run in runs if target in run]
+        if rows:
+            lines.append(
+                f"| {target} | {sum(r['n'] for r in rows)} (+{sum(r['failed'] for r in rows)} failed) | {fmt(median([r['p50_ms'] for r in rows]), 3)} "
+                f"| {fmt(median([r['p99_ms'] for r in rows]), 3)} | {fmt(median([r.get('added_p50_ms') for r in rows]), 3)} "
+                f"| {fmt(median([r.get('added_p99_ms') for r in rows]), 3)} | {fmt(median([r.get('server_us_per_request') for r in rows]), 0)} |"
+            )
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def exclusive(wait: float) -> Iterator[None]:
+    """One benchmark at a time on this machine: two at once would measure each other."""
+    with open(BENCH / "out" / "run.lock", "w") as lock:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"another bench/run.py still holds {lock.name} after {wait:.0f} s") from None
+                time.sleep(2)
+        others = [pid for pid in _bench_processes() if pid != os.getpid()]
+        if others:
+            print(f"warning: other benchmark processes are running ({others}); the figures will be disturbed", flush=True)
+        yield
+
+
+def _bench_processes() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            argv = cmdline.split(b"\0")
+            if b"python" in os.path.basename(argv[0]) and any(a.endswith((b"bench/run.py", b"bench/loadgen.py")) for a in argv[1:3]):
+                pids.append(int(entry.name))
+    return pids
+
+
+def git_state() -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty_app": git("status", "--porcelain", "app")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small counts, one run, short windows: under a minute")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--scenarios", default=",".join(ALL_SCENARIOS))
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"from {', '.join(ALL_TARGETS)}")
+    p.add_argument("--steady-targets", default="all", help="steady runs only these of --targets (default: all of them)")
+    p.add_argument("--streams", type=int, default=1000, help="steady: concurrent streams")
+    p.add_argument("--interval", type=float, default=0.02, help="seconds between tokens of one stream")
+    p.add_argument("--ramp", type=float, default=3.0)
+    p.add_argument("--settle", type=float, default=1.0)
+    p.add_argument("--window", type=float, default=20.0, help="steady: seconds measured")
+    p.add_argument("--steady-wait", type=float, default=6.0, help="steady: wait up to this long after the settle for every stream to be streaming")
+    p.add_argument("--steady-mock", choices=["fast", "app"], default="fast")
+    p.add_argument("--cancel-streams", type=int, default=200)
+    p.add_argument("--cancel-ramp", type=float, default=2.0)
+    p.add_argument("--close-after", type=int, default=5)
+    p.add_argument("--memory-streams", type=int, default=1000)
+    p.add_argument("--memory-ramp", type=float, default=2.0)
+    p.add_argument("--ttft-requests", type=int, default=200, help="per target and run")
+    p.add_argument("--lock-wait", type=float, default=900.0, help="seconds to wait for another run to finish")
+    p.add_argument("--profile", action="store_true", help="py-spy token-relay during one extra steady run")
+    p.add_argument("--profile-native", action="store_true", help="with --profile: include native frames (uvloop, httptools, msgspec)")
+    cfg = p.parse_args(argv)
+    if cfg.quick:
+        cfg.runs, cfg.streams, cfg.ramp, cfg.settle, cfg.window, cfg.steady_wait = 1, 300, 1.0, 0.5, 4.0, 2.0
+        cfg.cancel_streams, cfg.cancel_ramp, cfg.memory_streams, cfg.memory_ramp, cfg.ttft_requests = 50, 0.5, 300, 0.5, 50
+        if cfg.targets == ",".join(DEFAULT_TARGETS):
+            cfg.targets = "direct,token-relay,usual-httpx"
+    targets = [t for t in cfg.targets.split(",") if t]
+    scenarios = [s for s in cfg.scenarios.split(",") if s]
+    for name in targets:
+        if name not in ALL_TARGETS and not name.startswith("token-relay@"):
+            p.error(f"unknown target {name!r}")
+    if "direct" not in targets:
+        targets.insert(0, "direct")
+    cfg.profile_target = None
+    (BENCH / "out").mkdir(exist_ok=True)
+    with exclusive(cfg.lock_wait):
+        return run(cfg, targets, scenarios, argv)
+
+
+def run(cfg: argparse.Namespace, targets: list[str], scenarios: list[str], argv: list[str] | None) -> int:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results: dict[str, Any] = {"config": vars(cfg), "git": git_state(), "started": stamp, "nproc": os.cpu_count()}
+    started = time.monotonic()
+    tables: list[str] = [f"# bench/run.py {' '.join(argv if argv is not None else sys.argv[1:])}", "", f"commit {results['git']['commit']}"]
+    if results["git"]["dirty_app"]:
+        tables.append(f"(app/ has uncommitted changes: {results['git']['dirty_app']!r})")
+
+    def section(title: str, table: str) -> None:
+        tables.extend(["", f"## {title}", "", table])
+        print(f"\n## {title}\n\n{table}\n", flush=True)
+
+    timing: dict[str, float] = {}
+    results["timing_s"] = timing
+    mark = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        timing[name] = time.monotonic() - mark
+        mark = time.monotonic()
+
+    if "steady" in scenarios:
+        steady_targets = targets if cfg.steady_targets == "all" else [t for t in targets if t in cfg.steady_targets.split(",")]
+        runs: list[dict[str, dict[str, Any]]] = []
+        for i in range(cfg.runs):
+            run: dict[str, dict[str, Any]] = {}
+            for target in steady_targets:
+                run[target] = steady(target, cfg)
+                print(f"steady run {i + 1} {target}: {json.dumps(run[target])}", flush=True)
+            runs.append(run)
+        results["steady"] = runs
+        title = f"steady: {cfg.streams} streams x {1 / cfg.interval:.0f} tokens/s, {cfg.window:.0f} s window, median of {cfg.runs}"
+        section(title, steady_table(runs, steady_targets))
+        lap("steady")
+    if "cancel" in scenarios:
+        runs = []
+        for i in range(cfg.runs):
+            run = {}
+            for target in targets:
+                run[target] = cancel(target, cfg)
+                print(f"cancel run {i + 1} {target}: {json.dumps(run[target])}", flush=True)
+            runs.append(run)
+        results["cancel"] = runs
+        section(f"cancel: {cfg.cancel_streams} streams closed after {cfg.close_after} events, median of {cfg.runs}", cancel_table(runs, targets))
+        lap("cancel")
+    if "memory" in scenarios:
+        runs = []
+        for i in range(cfg.runs):
+            run = {}
+            for target in targets:
+                run[target] = memory(target, cfg)
+                print(f"memory run {i + 1} {target}: {json.dumps(run[target])}", flush=True)
+            runs.append(run)
+        results["memory"] = runs
+        section(f"memory: {cfg.memory_streams} streams waiting for their first token, median of {cfg.runs}", memory_table(runs, targets))
+        lap("memory")
+    if "ttft" in scenarios:
+        ttft_targets = targets if "tcp-proxy" in targets or cfg.quick else [*targets, "tcp-proxy"]
+        runs = []
+        for i in range(cfg.runs):
+            runs.append(ttft(ttft_targets, cfg))
+            print(f"ttft run {i + 1}: {json.dumps(runs[-1])}", flush=True)
+        results["ttft"] = runs
+        section(f"ttft: {cfg.ttft_requests} sequential requests per target, round-robin, median of {cfg.runs}", ttft_table(runs, ttft_targets))
+        lap("ttft")
+    relays = [t for t in targets if t.startswith("token-relay")]
+    if cfg.profile and relays:
+        cfg.profile_target = "token-relay" if "token-relay" in relays else relays[-1]
+        results["profile_run"] = steady(cfg.profile_target, cfg)
+        tables.extend(["", "## profile", "", summarise_profile(profile_path(cfg))])
+        lap("profile")
+
+    results["elapsed_s"] = time.monotonic() - started
+    print(f"elapsed {results['elapsed_s']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()))
+    tables.append(f"\nelapsed {results['elapsed_s']:.0f} s")
+    (BENCH / "out" / f"run-{stamp}.json").write_text(json.dumps(results, indent=1))
+    (BENCH / "out" / f"run-{stamp}.md").write_text("\n".join(tables) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
