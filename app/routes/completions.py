@@ -46,19 +46,25 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     except RequestError as exc:
         await send_error(send, exc)
         return
-    extra: dict[str, Any] = {key: value for key, value in raw.items() if key not in _RELAY_FIELDS}
-    request = GenerationRequest(rid, chat.model, raw["messages"], extra=extra)
+    model = chat.model
     completion_id = "chatcmpl-" + rid
     if chat.stream:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
+        del chat  # a stream can last minutes: once sent upstream, the prompt is held by no frame
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
-        encoder = OpenAIChunks(completion_id, chat.model, include_usage)
-        await relay_stream(receive, send, upstream, request, encoder, settings, runtime.live)
+        encoder = OpenAIChunks(completion_id, model, include_usage)
+        await relay_stream(receive, send, upstream, _generation_request(rid, model, raw), encoder, settings, runtime.live)
         return
-    result = await relay_collected(receive, upstream, request, runtime.live)
+    result = await relay_collected(receive, upstream, _generation_request(rid, model, raw), runtime.live)
     if result is None:
         return
     if isinstance(result.terminal, Error):
         await send_upstream_failure(send, result.terminal, headers)
     else:
-        await send_json(send, 200, json_body(openai_completion(completion_id, chat.model, result)), headers)
+        await send_json(send, 200, json_body(openai_completion(completion_id, model, result)), headers)
+
+
+def _generation_request(rid: str, model: str, raw: dict[str, Any]) -> GenerationRequest:
+    """Takes the messages out of ``raw``: what is left of it is only the small extra parameters."""
+    messages = raw.pop("messages")
+    return GenerationRequest(rid, model, messages, extra={key: value for key, value in raw.items() if key not in _RELAY_FIELDS})

@@ -56,11 +56,15 @@ class Upstream:
 
 
 class Generation:
-    __slots__ = ("_deadline", "_exchange", "_finished", "_loop", "_phase", "_request", "_sink", "_timer", "_total_deadline", "_upstream", "done", "tokens")
+    __slots__ = (
+        "_deadline", "_exchange", "_finished", "_loop", "_phase", "_request", "_request_id", "_sink", "_timer",
+        "_total_deadline", "_upstream", "done", "tokens",
+    )
 
     def __init__(self, upstream: Upstream, request: GenerationRequest, sink: Sink) -> None:
         self._upstream = upstream
-        self._request = request
+        self._request: GenerationRequest | None = request  # dropped once sent: a waiting stream keeps no prompt
+        self._request_id = request.request_id
         self._sink = sink
         self._loop = asyncio.get_running_loop()
         self._exchange: Exchange | None = None
@@ -80,7 +84,9 @@ class Generation:
         started = self._loop.time()
         if timeouts.total is not None:
             self._total_deadline = started + timeouts.total
+        assert self._request is not None
         path, headers, body = openai.build_request(self._request, self._upstream.api_key)
+        self._request = None
         handler = openai.ChatStream(self._emit, self._sink.flush)
         try:
             exchange = await self._upstream.client.request(
@@ -96,7 +102,7 @@ class Generation:
             self._emit(exc.event())
             return
         except Exception as exc:  # a defect here must still end the stream with its terminal event
-            logger.exception("generation %s failed to start", self._request.request_id)
+            logger.exception("generation %s failed to start", self._request_id)
             self._emit(Error("relay_error", "internal_error", f"the relay failed: {type(exc).__name__}", self._phase))
             return
         self._exchange = exchange

@@ -80,6 +80,7 @@ async def relay_stream(
             cancel=scope.cancel,
         )
         generation = Generation(upstream, request, stream)
+        del request  # the generation drops it once sent
         stream.on_abort = generation.close
         with live.track(generation):
             stream.start_heartbeats()

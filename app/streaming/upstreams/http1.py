@@ -123,6 +123,7 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         assert self._handler is not None
         self._handler.on_response(status, headers)
+        self.headers = []  # the handler has seen them: a long stream need not keep them
         if self._head is not None and not self._head.done():
             self._head.set_result(status)
 
@@ -182,15 +183,17 @@ class _Connection(asyncio.Protocol):
 
 
 class Exchange:
-    """One request in flight; ``close()`` aborts it if the response has not ended."""
+    """One request in flight; ``close()`` aborts it if the response has not ended.
 
-    __slots__ = ("_connection", "_serial", "headers", "status")
+    The response's headers went to the handler's ``on_response``; they are not kept.
+    """
 
-    def __init__(self, connection: _Connection, serial: int, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    __slots__ = ("_connection", "_serial", "status")
+
+    def __init__(self, connection: _Connection, serial: int, status: int) -> None:
         self._connection = connection
         self._serial = serial
         self.status = status
-        self.headers = headers
 
     def close(self) -> None:
         self._connection.detach(self._serial)
@@ -230,7 +233,7 @@ class Client:
                 raise UpstreamTimeout("connect", connect_timeout) from None
             head = connection.start(request, handler)
             # Taken now: once the response ends, the connection may serve another request.
-            serial, response_headers = connection.serial, connection.headers
+            serial = connection.serial
             try:
                 with anyio.fail_after(head_timeout):
                     status = await head
@@ -245,7 +248,7 @@ class Client:
             except BaseException:
                 connection.detach(serial)
                 raise
-            return Exchange(connection, serial, status, response_headers)
+            return Exchange(connection, serial, status)
         raise AssertionError("unreachable")
 
     async def _acquire(self, origin: Origin) -> _Connection:
