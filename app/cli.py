@@ -1,4 +1,4 @@
-"""The ``token-relay`` command: ``serve`` (the relay) and ``mock`` (the mock model server)."""
+"""The ``token-relay`` command: ``serve`` (the relay), ``mock`` (the mock model server) and ``loadtest``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from app.loadtest import cli as loadtest_cli
 from app.settings import SettingsError, load_settings
 
 
@@ -29,11 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--interval", type=float, help="seconds between tokens (RELAY_MOCK_INTERVAL, default 0.02)")
     mock.add_argument("--tokens", type=int, help="tokens per answer (RELAY_MOCK_TOKENS, default 64)")
     mock.add_argument("--config", help="a TOML file of settings (RELAY_CONFIG)")
+
+    loadtest_cli.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "loadtest":
+        return loadtest_cli.run(args)
     try:
         if args.command == "serve":
             workers = args.workers

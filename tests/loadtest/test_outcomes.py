@@ -1,0 +1,105 @@
+"""How the load tester judges each stream, against the real mock and the real relay."""
+
+from __future__ import annotations
+
+import socket
+
+from app.loadtest.stream import CLOSED, CONNECT_ERROR, ERROR, HTTP_STATUS, MALFORMED, NO_TERMINAL, OK, TIMEOUT
+from app.streaming.upstreams.mock import MockModel
+from tests.loadtest.conftest import load
+
+
+def outcomes(runner: object) -> set[str]:
+    return {record["outcome"] for record in runner.records}  # type: ignore[attr-defined]
+
+
+async def test_whole_streams_from_the_mock_are_ok_with_every_gap_and_token(mock: tuple[MockModel, str]) -> None:
+    runner = await load(mock[1] + "/chat/completions", streams=4)
+    assert outcomes(runner) == {OK}
+    assert runner.failed == 0
+    assert runner.outcomes[OK] == 4
+    assert runner.tokens == 4 * 16  # from the usage chunk (the default body asks for it)
+    assert runner.content_events == 4 * 16
+    assert runner.ttft.count == 4
+    assert runner.gaps.count == 4 * 15
+    assert all(record["status"] == 200 and record["ttft_s"] is not None for record in runner.records)
+
+
+async def test_an_in_band_error_chunk_is_a_failure_although_the_status_is_200(mock: tuple[MockModel, str]) -> None:
+    runner = await load(mock[1] + "/chat/completions", model="mock-fault-error-midstream")
+    assert outcomes(runner) == {ERROR}
+    assert runner.failed == 3
+    assert runner.statuses == {200: 3}
+    assert "mock_fault" in runner.details[0]["detail"]
+
+
+async def test_a_stream_without_a_terminal_event_is_a_failure(mock: tuple[MockModel, str]) -> None:
+    runner = await load(mock[1] + "/chat/completions", model="mock-fault-no-done")
+    assert outcomes(runner) == {NO_TERMINAL}
+    assert runner.failed == 3
+    assert runner.content_events == 3 * 8  # it did stream half its tokens
+
+
+async def test_a_status_other_than_2xx_is_a_failure_with_its_body(mock: tuple[MockModel, str]) -> None:
+    runner = await load(mock[1] + "/chat/completions", model="mock-fault-http-500")
+    assert outcomes(runner) == {HTTP_STATUS}
+    assert runner.statuses == {500: 3}
+    assert runner.details[0]["detail"].startswith("HTTP 500: {")
+
+
+async def test_a_connection_reset_mid_stream_is_a_failure(mock: tuple[MockModel, str]) -> None:
+    runner = await load(mock[1] + "/chat/completions", model="mock-fault-reset")
+    assert outcomes(runner) == {NO_TERMINAL}
+
+
+async def test_a_chunk_that_is_not_json_is_a_failure(mock: tuple[MockModel, str]) -> None:
+    runner = await load(mock[1] + "/chat/completions", model="mock-fault-malformed")
+    assert outcomes(runner) == {MALFORMED}
+
+
+async def test_a_stream_that_never_sends_its_first_token_times_out(mock: tuple[MockModel, str]) -> None:
+    runner = await load(mock[1] + "/chat/completions", model="mock-fault-stall-first", streams=2, first_timeout=0.3)
+    assert outcomes(runner) == {TIMEOUT}
+    assert "first token" in runner.details[0]["detail"]
+
+
+async def test_a_refused_connection_is_a_connect_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound but not listening: connections are refused
+        runner = await load(f"http://127.0.0.1:{port}/v1/chat/completions", streams=2)
+    assert outcomes(runner) == {CONNECT_ERROR}
+    assert runner.failed == 2
+
+
+async def test_the_relay_in_band_errors_are_failures_in_both_formats(relay: str) -> None:
+    chat = await load(relay + "/v1/chat/completions", model="mock-fault-reset")
+    native = await load(relay + "/v1/generate", model="mock-fault-error-midstream")
+    assert outcomes(chat) == {ERROR}
+    assert outcomes(native) == {ERROR}
+    assert '"code"' in native.details[0]["detail"]
+
+
+async def test_the_relay_native_and_openai_streams_are_ok(relay: str) -> None:
+    native = await load(relay + "/v1/generate", max_tokens=10)
+    chat = await load(relay + "/v1/chat/completions", max_tokens=10)
+    for runner in (native, chat):
+        assert outcomes(runner) == {OK}
+        assert runner.tokens == 3 * 10
+
+
+async def test_the_relay_errors_before_the_stream_are_http_failures(relay: str) -> None:
+    runner = await load(relay + "/v1/chat/completions", model="no-such-model")
+    assert outcomes(runner) == {HTTP_STATUS}
+    assert runner.statuses == {404: 3}
+
+
+async def test_closing_after_k_events_is_neither_success_nor_failure_and_reaches_the_upstream(mock: tuple[MockModel, str]) -> None:
+    model, url = mock
+    runner = await load(url + "/chat/completions", streams=2, close_after=3, max_tokens=10_000, id_prefix="k3",
+                        headers=[("x-mock-tokens", "10000"), ("x-mock-interval", "0.01")])
+    assert outcomes(runner) == {CLOSED}
+    assert runner.failed == 0
+    assert all(record["content_events"] == 3 for record in runner.records)
+    record = model.wait_for_disconnect("k3-0", timeout=5)
+    assert record["tokens_sent"] < 10_000
