@@ -5,7 +5,8 @@ model server (mock) and the load generator to core 0. Each figure is the median 
 ``--runs`` runs, and the direct-to-mock baseline is rerun beside every run (targets are
 interleaved within a run), so ratios compare like with like on a noisy machine.
 
-Targets: ``direct`` (the load generator talks to the mock: the baseline), ``token-relay``
+Targets: ``direct`` (the load generator talks to the mock: the baseline), ``litellm`` (LiteLLM's
+proxy, from its own venv: bench/setup_litellm.sh), ``token-relay``
 (``python -m app serve``), ``usual-httpx`` / ``usual-httpx2`` / ``usual-aiohttp``
 (bench/usual_relay.py with that client) and ``tcp-proxy`` (bench/tcpproxy.py: the floor
 of any relay, a byte-for-byte proxy). ``token-relay@REV`` runs app/ as committed at git
@@ -23,6 +24,7 @@ Scenarios:
   disconnect time (``GET /mock/stats``) minus the client's close time.
 - ``memory``: N streams held open before their first token (mock ttft 60 s); the server's
   RSS growth per open stream.
+- ``throughput`` and ``held`` (10,000 streams in one process): see bench/capacity.py.
 - ``ttft``: sequential requests, round-robin over all targets at once (so each relayed
   request has a direct one beside it); TTFT from the request write to the first content
   event, and the per-pair difference to direct.
@@ -42,6 +44,7 @@ import contextlib
 import fcntl
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -59,11 +62,14 @@ PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python
 PYSPY = str(ROOT / ".venv" / "bin" / "py-spy")
 SERVER_CORE = "1"
 LOAD_CORE = "0"
-ALL_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp", "tcp-proxy")
+ALL_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp", "tcp-proxy", "litellm")
 # tcp-proxy (the floor) is cheap in ttft and always added there; elsewhere name it in --targets
 # (and --steady-targets): it costs another 2 minutes.
-DEFAULT_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp")
-ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft")
+DEFAULT_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp", "litellm")
+ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft", "throughput", "held")
+# LiteLLM's proxy pins its own uvicorn, uvloop and starlette, so it lives in a venv of its own (bench/setup_litellm.sh).
+LITELLM = Path(os.environ.get("LITELLM_BIN", str(BENCH / "out" / "litellm-venv" / "bin" / "litellm")))
+FD_LIMIT = 65536  # 10,000 held streams are 20,000 sockets in a relay
 
 
 def free_port() -> int:
@@ -84,7 +90,9 @@ class Proc:
         self.name = name
         self.log = open(BENCH / "out" / f"{name}.log", "ab")  # closed in stop()
         environ = {**os.environ, **(env or {})}
-        self.popen = subprocess.Popen(["taskset", "-c", core, *argv], cwd=cwd, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen(
+            ["taskset", "-c", core, *argv], cwd=cwd, env=environ, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=raise_fd_limit,
+        )
         self.pid = self.popen.pid  # taskset execs the command: same pid
 
     def wait_ready(self, url: str, timeout: float = 15.0) -> None:
@@ -108,6 +116,15 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait(timeout=5)
         self.log.close()
+
+
+def raise_fd_limit() -> None:
+    """In a child before exec: room for 10,000 held streams (root may raise the hard limit too)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, max(hard, FD_LIMIT)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @contextlib.contextmanager
@@ -148,6 +165,18 @@ def start_target(target: str, mock_base: str) -> tuple[Proc | None, str]:
         client = target.removeprefix("usual-")
         proc = Proc(target, [PY, str(BENCH / "usual_relay.py"), "--port", str(port), "--upstream", mock_base + "/v1"], SERVER_CORE, {"USUAL_CLIENT": client})
         proc.wait_ready(base + "/healthz")
+    elif target == "litellm":
+        if not LITELLM.exists():
+            raise RuntimeError(f"{LITELLM} is not installed: run bench/setup_litellm.sh")
+        config = BENCH / "out" / f"litellm-{port}.yaml"
+        config.write_text(
+            "model_list:\n  - model_name: mock\n    litellm_params:\n"
+            f"      model: openai/mock\n      api_base: {mock_base}/v1\n      api_key: none\n"
+        )
+        env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+        argv = [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1", "--telemetry", "False"]
+        proc = Proc(target, argv, SERVER_CORE, env)
+        proc.wait_ready(base + "/health/liveliness", timeout=60)
     elif target == "tcp-proxy":
         proc = Proc(target, [PY, str(BENCH / "tcpproxy.py"), "--port", str(port), "--upstream", mock_base.removeprefix("http://")], SERVER_CORE)
         proc.wait_ready(base + "/mock/stats")
@@ -182,7 +211,7 @@ def loadgen(urls: list[str], *, timeout: float, pids: dict[str, int] | None = No
             argv += [flag, ",".join(str(v) for v in value)]
         elif value is not None and value is not False:
             argv += [flag, str(value)]
-    subprocess.run(argv, cwd=ROOT, check=True, timeout=timeout + 30)
+    subprocess.run(argv, cwd=ROOT, check=True, timeout=timeout + 30, preexec_fn=raise_fd_limit)
     result: dict[str, Any] = json.loads(out.read_text())
     out.unlink()
     return result
@@ -583,6 +612,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-streams", type=int, default=1000)
     p.add_argument("--memory-ramp", type=float, default=2.0)
     p.add_argument("--ttft-requests", type=int, default=200, help="per target and run")
+    p.add_argument("--throughput-streams", type=int, default=50)
+    p.add_argument("--throughput-tokens", type=int, default=2000, help="throughput: tokens per stream")
+    p.add_argument("--throughput-window", type=float, default=8.0)
+    p.add_argument("--held-streams", type=int, default=10_000)
+    p.add_argument("--held-ramp", type=float, default=15.0)
+    p.add_argument("--held-settle", type=float, default=5.0)
+    p.add_argument("--held-targets", default="direct,token-relay,usual-aiohttp,litellm", help="held runs only these of --targets")
+    p.add_argument("--chart", help="draw the chart of this run to this PNG (default bench/out/run-<time>.png)")
     p.add_argument("--lock-wait", type=float, default=900.0, help="seconds to wait for another run to finish")
     p.add_argument("--profile", action="store_true", help="py-spy token-relay during one extra steady run")
     p.add_argument("--profile-native", action="store_true", help="with --profile: include native frames (uvloop, httptools, msgspec)")
@@ -590,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.quick:
         cfg.runs, cfg.streams, cfg.ramp, cfg.settle, cfg.window, cfg.steady_wait = 1, 300, 1.0, 0.5, 4.0, 2.0
         cfg.cancel_streams, cfg.cancel_ramp, cfg.memory_streams, cfg.memory_ramp, cfg.ttft_requests = 50, 0.5, 300, 0.5, 50
+        cfg.throughput_window, cfg.held_streams, cfg.held_ramp, cfg.held_settle = 2.0, 1000, 1.0, 1.0
+        if cfg.scenarios == ",".join(ALL_SCENARIOS):
+            cfg.scenarios = "steady,cancel,memory,ttft"  # under a minute; name throughput or held to add them
         if cfg.targets == ",".join(DEFAULT_TARGETS):
             cfg.targets = "direct,token-relay,usual-httpx"
     targets = [t for t in cfg.targets.split(",") if t]
@@ -599,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown target {name!r}")
     if "direct" not in targets:
         targets.insert(0, "direct")
+    if "litellm" in targets and not LITELLM.exists():
+        print(f"LiteLLM is not installed at {LITELLM} (bench/setup_litellm.sh installs it): leaving it out", flush=True)
+        targets.remove("litellm")
     cfg.profile_target = None
     (BENCH / "out").mkdir(exist_ok=True)
     with exclusive(cfg.lock_wait):
@@ -670,6 +713,31 @@ def run(cfg: argparse.Namespace, targets: list[str], scenarios: list[str], argv:
         results["ttft"] = runs
         section(f"ttft: {cfg.ttft_requests} sequential requests per target, round-robin, median of {cfg.runs}", ttft_table(runs, ttft_targets))
         lap("ttft")
+    from capacity import held, held_table, throughput, throughput_table
+
+    if "throughput" in scenarios:
+        runs = []
+        for i in range(cfg.runs):
+            run = {}
+            for target in targets:
+                run[target] = throughput(target, cfg)
+                print(f"throughput run {i + 1} {target}: {json.dumps(run[target])}", flush=True)
+            runs.append(run)
+        results["throughput"] = runs
+        title = f"throughput: {cfg.throughput_streams} streams at a time x {cfg.throughput_tokens} unpaced tokens"
+        title += f", {cfg.throughput_window:.0f} s window, median of {cfg.runs}"
+        section(title, throughput_table(runs, targets))
+        lap("throughput")
+    if "held" in scenarios:
+        held_targets = [t for t in targets if t in cfg.held_targets.split(",")]
+        run = {}
+        for target in held_targets:
+            run[target] = held(target, cfg)
+            print(f"held {target}: {json.dumps(run[target])}", flush=True)
+        results["held"] = [run]
+        title = f"held: {cfg.held_streams} streams waiting for their first token in one process, opened over {cfg.held_ramp:.0f} s"
+        section(title, held_table([run], held_targets))
+        lap("held")
     relays = [t for t in targets if t.startswith("token-relay")]
     if cfg.profile and relays:
         cfg.profile_target = "token-relay" if "token-relay" in relays else relays[-1]
@@ -682,6 +750,11 @@ def run(cfg: argparse.Namespace, targets: list[str], scenarios: list[str], argv:
     tables.append(f"\nelapsed {results['elapsed_s']:.0f} s")
     (BENCH / "out" / f"run-{stamp}.json").write_text(json.dumps(results, indent=1))
     (BENCH / "out" / f"run-{stamp}.md").write_text("\n".join(tables) + "\n")
+    from chart import chart
+
+    png = Path(cfg.chart) if cfg.chart else BENCH / "out" / f"run-{stamp}.png"
+    chart(results, png)
+    print(f"chart: {png}")
     return 0
 
 
