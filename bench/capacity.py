@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
-from run import LOAD_CORE, _ms, fmt, loadgen, median, running, start_mock, start_target, warm_up
+from procs import LOAD_CORE, http_get, loadgen, median, running, start_mock, start_target, warm_up
+from run import _ms, fmt
 
 
 def throughput(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
@@ -60,6 +62,7 @@ def held(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
                 [url], timeout=hold + 40, pids=pids, streams=cfg.held_streams, ramp=cfg.held_ramp, max_tokens=10,
                 window=(hold, hold + 0.5), stop_at_window_end=True, connect_timeout=20,
             )
+        upstream_requests = json.loads(http_get(mock_base + "/mock/stats")).get("requests")
     samples = r["samples"]
     name = "server" if server else "mock"
     ends = r["ends"]
@@ -71,12 +74,14 @@ def held(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
         "asked": cfg.held_streams,
         "held": held_streams,
         "heads_200": r["heads_200"],
+        "upstream_requests": upstream_requests,  # how many of the held streams the model server saw
         "failed": sum(n for end, n in ends.items() if end != "cut"),
         "rss_before_mib": before / 1024 if before is not None else None,
         "rss_after_mib": after / 1024 if after is not None else None,
         "kib_per_stream": (after - before) / held_streams if before is not None and after is not None and held_streams else None,
         "server_cpu_s": end["cpu"] - start["cpu"] if "cpu" in start and "cpu" in end else None,
         "ends": ends,
+        "failures": r.get("failures", [])[:5],
     }
 
 
@@ -102,14 +107,16 @@ def throughput_table(runs: list[dict[str, dict[str, Any]]], targets: list[str]) 
 
 def held_table(runs: list[dict[str, dict[str, Any]]], targets: list[str]) -> str:
     lines = [
-        "| target | measured | asked | held | failed | RSS before MiB | RSS after MiB | KiB per held stream | CPU s (ramp) | ends (run 1) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| target | measured | asked | held | answered (200) | reached the model server | failed | RSS before MiB | RSS after MiB "
+        "| KiB per held stream | CPU s (ramp) | ends (run 1) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for target in targets:
         rows = [run[target] for run in runs if target in run]
         if rows:
             lines.append(
                 f"| {target} | {rows[0]['measured']} | {rows[0]['asked']} | {fmt(median([r['held'] for r in rows]), 0)} "
+                f"| {rows[0]['heads_200']} | {rows[0].get('upstream_requests')} "
                 f"| {sum(r['failed'] for r in rows)} | {fmt(median([r['rss_before_mib'] for r in rows]))} "
                 f"| {fmt(median([r['rss_after_mib'] for r in rows]))} | {fmt(median([r['kib_per_stream'] for r in rows]))} "
                 f"| {fmt(median([r['server_cpu_s'] for r in rows]))} | {rows[0]['ends']} |"

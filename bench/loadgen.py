@@ -212,6 +212,7 @@ class LoadGen(Runner):
             "ends": {name: n for name, n in self.outcomes.items() if n},
             "heads_200": self.statuses.get(200, 0),
             "connect_errors": {"connect_error": self.outcomes["connect_error"]} if self.outcomes["connect_error"] else {},
+            "failures": self.details,  # the first 20 failed streams: outcome, status, detail
             "content_events": self.content_events,
             "tokens": self.words,
             "events_all": self.events,

@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 
-from run import LOAD_CORE, PY, ROOT, exclusive, raise_fd_limit, running, start_mock
+from procs import LOAD_CORE, PY, ROOT, exclusive, raise_fd_limit, running, start_mock
 
 SHAPES = {
     "unpaced": ({"interval": 0.0}, ["-n", "50", "--requests", "400", "--max-tokens", "5000"]),

@@ -34,199 +34,45 @@ Scenarios:
     .venv/bin/python bench/run.py --scenarios steady --targets direct,token-relay --runs 5
     .venv/bin/python bench/run.py --profile  # adds a py-spy profile of token-relay (steady)
 
-Raw results go to bench/out/run-<time>.json, the tables to stdout and bench/out/run-<time>.md.
+Raw results go to bench/out/run-<time>.json, the tables (ending with the ratios of bench/ratios.py)
+to stdout and bench/out/run-<time>.md, the chart (bench/chart.py) to bench/out/run-<time>.png.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
-import resource
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
-PYSPY = str(ROOT / ".venv" / "bin" / "py-spy")
-SERVER_CORE = "1"
-LOAD_CORE = "0"
+from procs import (
+    BENCH,
+    LITELLM,
+    LOAD_CORE,
+    PY,
+    PYSPY,
+    ROOT,
+    SERVER_CORE,
+    Proc,
+    exclusive,
+    http_get,
+    loadgen,
+    median,
+    running,
+    start_mock,
+    start_target,
+    warm_up,
+)
+
 ALL_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp", "tcp-proxy", "litellm")
 # tcp-proxy (the floor) is cheap in ttft and always added there; elsewhere name it in --targets
 # (and --steady-targets): it costs another 2 minutes.
 DEFAULT_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp", "litellm")
 ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft", "throughput", "held")
-# LiteLLM's proxy pins its own uvicorn, uvloop and starlette, so it lives in a venv of its own (bench/setup_litellm.sh).
-LITELLM = Path(os.environ.get("LITELLM_BIN", str(BENCH / "out" / "litellm-venv" / "bin" / "litellm")))
-FD_LIMIT = 65536  # 10,000 held streams are 20,000 sockets in a relay
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 2.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return bytes(response.read())
-
-
-class Proc:
-    """A server subprocess pinned to one core; stopped by its own pid only."""
-
-    def __init__(self, name: str, argv: list[str], core: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
-        self.name = name
-        self.log = open(BENCH / "out" / f"{name}.log", "ab")  # closed in stop()
-        environ = {**os.environ, **(env or {})}
-        self.popen = subprocess.Popen(
-            ["taskset", "-c", core, *argv], cwd=cwd, env=environ, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=raise_fd_limit,
-        )
-        self.pid = self.popen.pid  # taskset execs the command: same pid
-
-    def wait_ready(self, url: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}; see bench/out/{self.name}.log")
-            try:
-                http_get(url, timeout=1.0)
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready at {url} after {timeout} s")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
-        self.log.close()
-
-
-def raise_fd_limit() -> None:
-    """In a child before exec: room for 10,000 held streams (root may raise the hard limit too)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, max(hard, FD_LIMIT)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-@contextlib.contextmanager
-def running(*procs: Proc | None) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for proc in reversed(procs):
-            if proc is not None:
-                proc.stop()
-
-
-def start_mock(kind: str, *, ttft: float, interval: float, tokens: int = 100_000) -> tuple[Proc, str]:
-    port = free_port()
-    args = ["--port", str(port), "--ttft", str(ttft), "--interval", str(interval), "--tokens", str(tokens)]
-    if kind == "fast":
-        proc = Proc("fastmock", [PY, str(BENCH / "fastmock.py"), *args], LOAD_CORE)
-    else:
-        proc = Proc("mock", [PY, "-m", "app", "mock", *args], LOAD_CORE, {"RELAY_LOG_LEVEL": "warning"})
-    base = f"http://127.0.0.1:{port}"
-    proc.wait_ready(base + "/mock/stats")
-    return proc, base
-
-
-def start_target(target: str, mock_base: str) -> tuple[Proc | None, str]:
-    """Start the server under test in front of the mock; returns it and its completions URL."""
-    if target == "direct":
-        return None, mock_base + "/v1/chat/completions"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    if target == "token-relay" or target.startswith("token-relay@"):
-        # token-relay@REV runs app/ as committed at REV, exported aside: a fixed build to compare.
-        cwd = export_app(target.partition("@")[2]) if "@" in target else ROOT
-        env = {"RELAY_UPSTREAM": mock_base + "/v1", "RELAY_ACCESS_LOG": "false", "RELAY_LOG_LEVEL": "warning"}
-        proc = Proc(target, [PY, "-m", "app", "serve", "--port", str(port)], SERVER_CORE, env, cwd)
-        proc.wait_ready(base + "/healthz")
-    elif target.startswith("usual-"):
-        client = target.removeprefix("usual-")
-        proc = Proc(target, [PY, str(BENCH / "usual_relay.py"), "--port", str(port), "--upstream", mock_base + "/v1"], SERVER_CORE, {"USUAL_CLIENT": client})
-        proc.wait_ready(base + "/healthz")
-    elif target == "litellm":
-        if not LITELLM.exists():
-            raise RuntimeError(f"{LITELLM} is not installed: run bench/setup_litellm.sh")
-        config = BENCH / "out" / f"litellm-{port}.yaml"
-        config.write_text(
-            "model_list:\n  - model_name: mock\n    litellm_params:\n"
-            f"      model: openai/mock\n      api_base: {mock_base}/v1\n      api_key: none\n"
-        )
-        env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-        argv = [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1", "--telemetry", "False"]
-        proc = Proc(target, argv, SERVER_CORE, env)
-        proc.wait_ready(base + "/health/liveliness", timeout=60)
-    elif target == "tcp-proxy":
-        proc = Proc(target, [PY, str(BENCH / "tcpproxy.py"), "--port", str(port), "--upstream", mock_base.removeprefix("http://")], SERVER_CORE)
-        proc.wait_ready(base + "/mock/stats")
-    else:
-        raise ValueError(f"unknown target {target!r}")
-    return proc, base + "/v1/chat/completions"
-
-
-def export_app(rev: str) -> Path:
-    """app/ as of git revision ``rev``, exported once under bench/out/trees/."""
-    tree = BENCH / "out" / "trees" / rev
-    if not (tree / "app" / "__main__.py").exists():
-        tree.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", rev, "app"], cwd=ROOT, capture_output=True, check=True, timeout=30).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=30)
-    return tree
-
-
-def loadgen(urls: list[str], *, timeout: float, pids: dict[str, int] | None = None, **options: Any) -> dict[str, Any]:
-    """Run bench/loadgen.py on the load core; options map to its flags (True for a bare flag)."""
-    out = BENCH / "out" / f"loadgen-{os.getpid()}.json"
-    argv = ["taskset", "-c", LOAD_CORE, PY, str(BENCH / "loadgen.py"), "--timeout", str(timeout), "--out", str(out)]
-    for url in urls:
-        argv += ["--url", url]
-    for name, pid in (pids or {}).items():
-        argv += ["--pid", f"{name}={pid}"]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, tuple):
-            argv += [flag, ",".join(str(v) for v in value)]
-        elif value is not None and value is not False:
-            argv += [flag, str(value)]
-    subprocess.run(argv, cwd=ROOT, check=True, timeout=timeout + 30, preexec_fn=raise_fd_limit)
-    result: dict[str, Any] = json.loads(out.read_text())
-    out.unlink()
-    return result
-
-
-def warm_up(url: str) -> None:
-    loadgen([url], timeout=15, streams=20, ramp=0.2, max_tokens=3)
-
-
-def median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-# Scenarios: each returns one flat dict of figures for one run of one target.
 
 
 def steady(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
@@ -406,7 +252,8 @@ def memory(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
     name = "server" if server else "mock"
     before = samples["start"][name]["rss_kib"]
     after = samples["window_end"][name]["rss_kib"]
-    open_streams = r["heads_200"]
+    # Streams still open and waiting when the window closed them (LiteLLM sends no head before the first token).
+    open_streams = r["ends"].get("cut", 0)
     return {
         "measured": name,
         "open_streams": open_streams,
@@ -547,39 +394,6 @@ def ttft_table(runs: list[dict[str, dict[str, Any]]], targets: list[str]) -> str
                 f"| {fmt(median([r.get('added_p99_ms') for r in rows]), 3)} | {fmt(median([r.get('server_us_per_request') for r in rows]), 0)} |"
             )
     return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def exclusive(wait: float) -> Iterator[None]:
-    """One benchmark at a time on this machine: two at once would measure each other."""
-    with open(BENCH / "out" / "run.lock", "w") as lock:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"another bench/run.py still holds {lock.name} after {wait:.0f} s") from None
-                time.sleep(2)
-        others = [pid for pid in _bench_processes() if pid != os.getpid()]
-        if others:
-            print(f"warning: other benchmark processes are running ({others}); the figures will be disturbed", flush=True)
-        yield
-
-
-def _bench_processes() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            argv = cmdline.split(b"\0")
-            if b"python" in os.path.basename(argv[0]) and any(a.endswith((b"bench/run.py", b"bench/loadgen.py")) for a in argv[1:3]):
-                pids.append(int(entry.name))
-    return pids
 
 
 def git_state() -> dict[str, str]:
@@ -745,6 +559,9 @@ def run(cfg: argparse.Namespace, targets: list[str], scenarios: list[str], argv:
         tables.extend(["", "## profile", "", summarise_profile(profile_path(cfg))])
         lap("profile")
 
+    from ratios import ratios
+
+    section("ratios: Token Relay against the direct connection and the usual relay (medians)", ratios(results))
     results["elapsed_s"] = time.monotonic() - started
     print(f"elapsed {results['elapsed_s']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()))
     tables.append(f"\nelapsed {results['elapsed_s']:.0f} s")
