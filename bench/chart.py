@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+from ratios import median_of
 
 PANELS = (  # (scenario, figure, title, lower is better)
     ("steady", "tokens_per_s", "steady 50 tok/s per stream: tokens/s delivered", False),
@@ -21,11 +22,6 @@ PANELS = (  # (scenario, figure, title, lower is better)
     ("cancel", "p99_ms", "disconnect to upstream closed: p99 (ms)", True),
     ("ttft", "added_p50_ms", "added time to first token, p50 (ms)", True),
 )
-
-
-def _median(runs: list[dict[str, Any]], target: str, figure: str) -> float | None:
-    values = [run[target][figure] for run in runs if target in run and run[target].get(figure) is not None]
-    return statistics.median(values) if values else None
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -45,7 +41,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     for axes, (scenario, figure_name, title, lower) in zip(axes_grid.flat, panels, strict=False):
         runs = results[scenario]
         targets = [t for t in dict.fromkeys(t for run in runs for t in run) if not t.startswith("_")]
-        values = [_median(runs, t, figure_name) for t in targets]
+        values = [median_of(runs, t, figure_name) for t in targets]
         shown = [(t, v) for t, v in zip(targets, values, strict=True) if v is not None]
         colours = ["grey" if t == "direct" else "tab:green" if t.startswith("token-relay") else "tab:blue" for t, _ in shown]
         axes.barh([t for t, _ in shown], [v for _, v in shown], color=colours)

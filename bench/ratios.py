@@ -24,7 +24,8 @@ FIGURES = (  # (scenario, figure, what, higher is better)
 )
 
 
-def _median(runs: list[dict[str, Any]], target: str, figure: str) -> float | None:
+def median_of(runs: list[dict[str, Any]], target: str, figure: str) -> float | None:
+    """The median of one figure of one target over a scenario's runs (None when it has none)."""
     values = [run[target][figure] for run in runs if target in run and run[target].get(figure) is not None]
     return statistics.median(values) if values else None
 
@@ -47,7 +48,7 @@ def ratios(results: dict[str, Any]) -> str:
         cells = [f"{what} ({'higher' if higher else 'lower'} is better)"]
         for base in ["direct", *([usual] if usual else [])]:
             for relay in relays:
-                mine, theirs = _median(runs, relay, figure), _median(runs, base, figure)
+                mine, theirs = median_of(runs, relay, figure), median_of(runs, base, figure)
                 cells.append(f"{mine / theirs:.2f}x" if mine is not None and theirs else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
