@@ -55,7 +55,7 @@ def add_parser(commands: Any) -> None:
     limits.add_argument("--connect-timeout", type=_non_negative_float, default=10.0)
     limits.add_argument("--head-timeout", type=_non_negative_float, default=30.0, help="request to response head")
     limits.add_argument("--first-token-timeout", type=_non_negative_float, default=60.0, help="request to first content event")
-    limits.add_argument("--idle-timeout", type=_non_negative_float, default=30.0, help="between events")
+    limits.add_argument("--idle-timeout", type=_non_negative_float, default=30.0, help="between content events")
     limits.add_argument("--stream-timeout", type=_non_negative_float, default=0.0, help="a whole stream")
     output = p.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")

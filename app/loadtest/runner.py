@@ -35,7 +35,7 @@ class LoadConfig(msgspec.Struct, frozen=True):
     connect_timeout: float = 10.0
     head_timeout: float = 30.0  # from the request's write to the response head
     first_timeout: float = 60.0  # from the request's write to the first content event
-    idle_timeout: float = 30.0  # between two events, once the first content has come
+    idle_timeout: float = 30.0  # between two content events
     stream_timeout: float = 0.0  # the whole stream; 0 for no limit
     close_after: int = 0  # close each stream ourselves after this many content events; 0 never
     id_prefix: str | None = None  # send X-Request-Id: PREFIX-<index>
@@ -97,6 +97,7 @@ class Runner:
         self._done = loop.create_future()
         self.t0 = time.monotonic()
         self.cpu0 = time.process_time()
+        self._sample()
         config = self.config
         first = config.streams if self.total is None else min(config.streams, self.total)
         step = config.ramp / first if config.ramp else 0.0

@@ -277,7 +277,7 @@ class Stream(asyncio.Protocol):
             return f"no response head within {head:g} s" if head and now - self.t_request > head else None
         if not self.t_first:
             return f"no first token within {first:g} s" if first and now - self.t_request > first else None
-        return f"no event for {idle:g} s" if idle and now - self.last > idle else None
+        return f"no token for {idle:g} s" if idle and now - self.last > idle else None
 
     def finish(self, outcome: str, detail: str = "") -> None:
         """Settle the outcome (the first one decided wins), close the connection, tell the sink."""
