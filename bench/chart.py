@@ -18,7 +18,7 @@ PANELS = (  # (scenario, figure, title, lower is better)
     ("steady", "server_us_per_token", "steady: server CPU µs per token", True),
     ("throughput", "tokens_per_s", "unpaced throughput: tokens/s on one core", False),
     ("memory", "kib_per_stream", "KiB per stream waiting for its first token", True),
-    ("held", "held", "streams held at once (of those asked)", False),
+    ("held", "upstream_requests", "held streams that reached the model server", False),
     ("cancel", "p99_ms", "disconnect to upstream closed: p99 (ms)", True),
     ("ttft", "added_p50_ms", "added time to first token, p50 (ms)", True),
 )
@@ -48,6 +48,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         for i, (_, v) in enumerate(shown):
             axes.annotate(f"{v:,.1f}" if v < 100 else f"{v:,.0f}", (v, i), va="center", fontsize=8)
         axes.invert_yaxis()
+        if max((v for _, v in shown), default=0) >= 10_000:
+            axes.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:,.0f}k")
         axes.set_title(title + (" ↓" if lower else " ↑"), fontsize=9)
         axes.tick_params(labelsize=8)
         axes.grid(axis="x", alpha=0.3)
