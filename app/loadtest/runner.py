@@ -159,7 +159,7 @@ class Runner:
     async def _connect(self, stream: Stream, target: Target, context: Any) -> None:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.config.connect_timeout):
+            async with asyncio.timeout(self.config.connect_timeout or None):
                 await loop.create_connection(lambda: stream, target.host, target.port, ssl=context, server_hostname=target.host if context else None)
         except TimeoutError:
             stream.finish(CONNECT_ERROR, f"no connection within {self.config.connect_timeout:g} s")

@@ -8,7 +8,7 @@ How a stream ends (``outcome``), decided by the first of these to happen:
     ok             a terminal event: native ``event: done``, or ``data: [DONE]``
     error          an in-band error: native ``event: error``, or a data object with an
                    ``"error"`` member (OpenAI's error chunk); a ``[DONE]`` after it changes nothing
-    malformed      a data line that is not the JSON object the API promises
+    malformed      a data line that is not the JSON object the API promises, or HTTP that does not parse
     no_terminal    the body ended, or the connection broke, before any terminal event
     http_status    the status was not 2xx
     connect_error  the connection could not be made (refused, unreachable, connect timeout)
@@ -85,7 +85,7 @@ class Stream(asyncio.Protocol):
     __slots__ = (
         "_parser", "_sink", "_sse", "_transport", "api", "bytes", "close_after", "content", "content_type", "detail",
         "events", "index", "last", "max_gap", "outcome", "request_id", "status", "t_end", "t_first", "t_head", "t_request",
-        "t_start", "target", "terminal", "text_chars", "usage_tokens",
+        "t_start", "target", "terminal", "usage_tokens",
     )
 
     def __init__(self, sink: Sink, target: Target, index: int, request_id: str | None = None, close_after: int = -1) -> None:
@@ -105,7 +105,6 @@ class Stream(asyncio.Protocol):
         self.detail = ""
         self.events = 0
         self.content = 0  # events carrying text
-        self.text_chars = 0
         self.usage_tokens: int | None = None  # completion tokens, when the stream reported its usage
         self.bytes = 0
         self.max_gap = 0.0
@@ -143,7 +142,7 @@ class Stream(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self.finish(NO_TERMINAL, "the server switched protocols")
         except httptools.HttpParserError as exc:
-            self.finish(NO_TERMINAL, f"malformed HTTP: {exc}")
+            self.finish(MALFORMED, f"malformed HTTP: {exc}")
 
     def eof_received(self) -> bool | None:
         return False
@@ -164,6 +163,7 @@ class Stream(asyncio.Protocol):
         if not 200 <= self.status < 300:
             self.outcome = HTTP_STATUS
             self.detail = f"HTTP {self.status}: "
+            self.t_end = self.t_head
 
     def on_body(self, body: bytes) -> None:
         if self.outcome == HTTP_STATUS:
@@ -246,7 +246,6 @@ class Stream(asyncio.Protocol):
         if self.outcome:
             return  # after an error or a terminal event, text is not counted
         self.content += 1
-        self.text_chars += len(text)
         if self.t_first:
             gap = now - self.last
             if gap > self.max_gap:
