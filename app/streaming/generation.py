@@ -18,7 +18,7 @@ from typing import Protocol
 from app.errors import UpstreamError, UpstreamTimeout
 from app.streaming.events import Delta, Error, Event, Finish
 from app.streaming.request import GenerationRequest
-from app.streaming.upstreams import openai
+from app.streaming.upstreams.adapters import ADAPTERS
 from app.streaming.upstreams.http1 import Client, Exchange, Origin
 
 logger = logging.getLogger("token_relay")
@@ -47,8 +47,11 @@ class Timeouts:
 class Upstream:
     """A configured model server: where it is, how to talk to it, with which key."""
 
-    def __init__(self, name: str, base_url: str, client: Client, timeouts: Timeouts, api_key: str | None = None) -> None:
+    def __init__(
+        self, name: str, base_url: str, client: Client, timeouts: Timeouts, api_key: str | None = None, protocol: str = "openai",
+    ) -> None:
         self.name = name
+        self.adapter = ADAPTERS[protocol]
         self.origin = Origin(base_url)
         self.client = client
         self.timeouts = timeouts
@@ -85,9 +88,10 @@ class Generation:
         if timeouts.total is not None:
             self._total_deadline = started + timeouts.total
         assert self._request is not None
-        path, headers, body = openai.build_request(self._request, self._upstream.api_key)
+        adapter = self._upstream.adapter
+        path, headers, body = adapter.build_request(self._request, self._upstream.api_key)
         self._request = None
-        handler = openai.ChatStream(self._emit, self._sink.flush)
+        handler = adapter.handler(self._emit, self._sink.flush)
         try:
             exchange = await self._upstream.client.request(
                 self._upstream.origin, "POST", path, headers, body, handler,
