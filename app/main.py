@@ -22,10 +22,9 @@ from app.middleware import ApiKeyAuth
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
 from app.routes.ops import healthz, readyz
-from app.runtime import Runtime
+from app.runtime import Runtime, build_upstreams
 from app.settings import Settings, settings_from_json
 from app.shutdown import on_shutdown_signal
-from app.streaming.generation import Timeouts, Upstream
 from app.streaming.respond import LiveRequests
 from app.streaming.upstreams import mock
 from app.streaming.upstreams.http1 import Client
@@ -84,19 +83,20 @@ def create_app(settings: Settings) -> RelayApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with contextlib.AsyncExitStack() as stack:
-            base_url, models = settings.upstream, settings.models
-            if base_url is None:
-                base_url = await stack.enter_async_context(embedded_mock(settings))
+            models, mock_url = settings.models, None
+            if settings.upstream is None and not settings.upstreams:
+                mock_url = await stack.enter_async_context(embedded_mock(settings))
                 models = models or mock.MODELS
             client = Client()
             stack.push_async_callback(client.aclose)
-            timeouts = Timeouts(settings.connect_timeout, settings.first_token_timeout, settings.idle_timeout, settings.total_timeout)
-            upstream = Upstream("default", base_url, client, timeouts, settings.upstream_api_key)
+            upstreams = build_upstreams(settings, client, os.environ, mock_url)
             if not settings.api_keys:
                 logger.warning("RELAY_API_KEYS is not set: the /v1 routes are open to anyone who can reach %s:%d", settings.host, settings.port)
-            logger.info("relaying to %s (%s)", base_url, settings.protocol)
+            for upstream in upstreams.values():
+                logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
+                            upstream.origin.base_path, upstream.protocol)
             stack.enter_context(on_shutdown_signal(live.shut_down))
-            runtime = Runtime(settings, upstream, models, live, client)
+            runtime = Runtime(settings, upstreams, models, live, client)
             # Everything built so far lives as long as the process: keep the collector off it,
             # and collect young objects less often (a stream allocates a little per event).
             gc.collect()
