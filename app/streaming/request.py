@@ -16,6 +16,15 @@ class GenerationRequest(msgspec.Struct, frozen=True):
     # Extra OpenAI parameters the client sent (top_p, stop, seed…), passed through as sent.
     extra: dict[str, Any] = {}
 
+    def token_limit(self) -> int | None:
+        """The client's token limit, whichever field it came in (``max_completion_tokens`` wins, as with OpenAI)."""
+        limit = self.max_tokens or self.extra.get("max_completion_tokens") or self.extra.get("max_tokens")
+        return limit if isinstance(limit, int) else None
+
+    def sampling_temperature(self) -> float | None:
+        temperature = self.temperature if self.temperature is not None else self.extra.get("temperature")
+        return float(temperature) if isinstance(temperature, (int, float)) else None
+
 
 def content_text(content: Any) -> str:
     """A message's text: its string, or the text parts of a list of OpenAI content parts."""

@@ -82,11 +82,12 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
         else:
             messages.append({"role": "assistant" if role == "assistant" else "user", "content": text})
     body: dict[str, Any] = {key: request.extra[key] for key in _PASSED if request.extra.get(key) is not None}
-    body.update(model=request.model, max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS, messages=messages, stream=True)
+    body.update(model=request.model, max_tokens=request.token_limit() or DEFAULT_MAX_TOKENS, messages=messages, stream=True)
     if system:
         body["system"] = "\n\n".join(system)
-    if request.temperature is not None:
-        body["temperature"] = min(request.temperature, 1.0)
+    temperature = request.sampling_temperature()
+    if temperature is not None:
+        body["temperature"] = min(temperature, 1.0)
     stop = request.extra.get("stop")
     if stop:
         body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)

@@ -47,10 +47,11 @@ _encode = msgspec.json.Encoder().encode
 
 def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
     options: dict[str, Any] = {key: request.extra[key] for key in _OPTIONS if request.extra.get(key) is not None}
-    if request.max_tokens is not None:
-        options["num_predict"] = request.max_tokens
-    if request.temperature is not None:
-        options["temperature"] = request.temperature
+    limit, temperature = request.token_limit(), request.sampling_temperature()
+    if limit is not None:
+        options["num_predict"] = limit
+    if temperature is not None:
+        options["temperature"] = temperature
     messages = [
         {"role": message.get("role", "user"), "content": content_text(message.get("content"))}
         for message in request.messages if isinstance(message, dict)

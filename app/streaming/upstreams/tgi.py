@@ -59,10 +59,11 @@ _encode = msgspec.json.Encoder().encode
 def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
     parameters: dict[str, Any] = {key: request.extra[key] for key in _PASSED if request.extra.get(key) is not None}
     parameters["details"] = True
-    if request.max_tokens is not None:
-        parameters["max_new_tokens"] = request.max_tokens
-    if request.temperature:  # TGI wants > 0; 0 means greedy, its default
-        parameters["temperature"] = request.temperature
+    limit, temperature = request.token_limit(), request.sampling_temperature()
+    if limit is not None:
+        parameters["max_new_tokens"] = limit
+    if temperature:  # TGI wants > 0; 0 means greedy, its default
+        parameters["temperature"] = temperature
     stop = request.extra.get("stop")
     if stop:
         parameters["stop"] = [stop] if isinstance(stop, str) else list(stop)
