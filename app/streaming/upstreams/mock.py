@@ -70,8 +70,11 @@ def _fault_of(path: str, headers: dict[str, str], model: str) -> str | None:
 
 
 class MockModel:
-    def __init__(self, *, ttft: float = 0.2, interval: float = 0.02, tokens: int = 64, max_records: int = 10_000) -> None:
+    def __init__(
+        self, *, ttft: float = 0.2, interval: float = 0.02, tokens: int = 64, max_records: int = 10_000, api_key: str | None = None,
+    ) -> None:
         self.ttft = ttft
+        self.api_key = api_key  # when set, required as "Authorization: Bearer KEY" or "x-api-key: KEY"
         self.interval = interval
         self.tokens = tokens
         self.requests = 0
@@ -137,6 +140,9 @@ class MockModel:
         if scope["path"].endswith("/generate"):  # TGI's whole answer
             call.stream = False
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        if self.api_key is not None and self.api_key not in (headers.get("authorization", "").removeprefix("Bearer "), headers.get("x-api-key")):
+            await _json(send, 401, wire.error_status(401, "mock: invalid API key"))
+            return
         fault = _fault_of(scope["path"], headers, call.model)
         if fault is not None and fault not in FAULTS:
             await _json(send, 404, {"error": {"message": f"no such fault {fault!r}", "type": "invalid_request_error", "code": "model_not_found"}})

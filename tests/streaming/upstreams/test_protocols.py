@@ -138,3 +138,24 @@ async def test_leaving_mid_stream_closes_the_upstream(relay: Relay, client: http
     with anyio.fail_after(5):
         record = await anyio.to_thread.run_sync(relay.slow.wait_for_disconnect, request_id, 5)
     assert 3 <= record["tokens_sent"] < 1000
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_the_api_key_comes_from_the_named_environment_variable(
+    protocol: str, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TOKEN_RELAY_TEST_KEY", "sk-test")
+    """And never from the client: the client's own Authorization header does not reach the model server."""
+    with mock_server(ttft=0.0, interval=0.0, tokens=2, api_key="sk-test") as (_, base):
+        base = base if protocol == "openai" else base.removesuffix("/v1")
+        upstreams = [
+            {"name": "keyed", "protocol": protocol, "base_url": base, "api_key_env": "TOKEN_RELAY_TEST_KEY"},
+            {"name": "keyless", "protocol": protocol, "base_url": base},
+        ]
+        routes = {"keyed": ["keyed"], "keyless": ["keyless"]}
+        with relay_server(None, upstreams=upstreams, routes=routes, environ={"TOKEN_RELAY_TEST_KEY": "set"}) as url:
+            keyed = await client.post(url + "/v1/generate", json={"prompt": "x", "model": "keyed"})
+            keyless = await client.post(url + "/v1/generate", json={"prompt": "x", "model": "keyless", "stream": True},
+                                        headers={"authorization": "Bearer sk-test"})
+    assert keyed.status_code == 200, keyed.text
+    assert keyless.text.endswith('"code":"upstream_status_401","phase":"first_token","message":"the model server answered 401: mock: invalid API key"}\n\n')
