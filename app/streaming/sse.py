@@ -59,7 +59,7 @@ class SSEParser:
         """
         if (
             chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and self._started and not self._tail and not self._skip_lf
-            and not self._data and not self._event and self._retry is None and chunk.count(b"\n") == 2 and b"\r" not in chunk
+            and not self._data and not self._event and self._retry is None and chunk.find(b"\n") == len(chunk) - 2 and b"\r" not in chunk
         ):
             return chunk[6:-2]
         return None
@@ -68,6 +68,10 @@ class SSEParser:
         data = self.single_data(chunk)
         if data is not None:
             return [SSEEvent("message", data.decode("utf-8", "replace"), self.last_event_id, None)]
+        return self.feed_lines(chunk)
+
+    def feed_lines(self, chunk: bytes) -> list[SSEEvent]:
+        """``feed`` without the one-event fast path: for a caller that has just tried ``single_data``."""
         if not chunk:  # nothing: it must not end a pending CR's wait for its LF
             return []
         if not self._started:

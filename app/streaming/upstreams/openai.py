@@ -84,7 +84,7 @@ class ChatStream(StreamHandler):
         if single is not None:
             self._on_data(single)
         else:
-            for event in self._parser.feed(data):
+            for event in self._parser.feed_lines(data):
                 self._on_data(event.data)
                 if self._ended:
                     break
