@@ -159,3 +159,13 @@ async def test_the_api_key_comes_from_the_named_environment_variable(
                                         headers={"authorization": "Bearer sk-test"})
     assert keyed.status_code == 200, keyed.text
     assert keyless.text.endswith('"code":"upstream_status_401","phase":"first_token","message":"the model server answered 401: mock: invalid API key"}\n\n')
+
+
+@pytest.mark.parametrize("protocol", ["tgi", "ollama", "anthropic"])
+async def test_the_single_upstream_shorthand_takes_a_protocol(protocol: str, mocks: tuple[str, str, MockModel], client: httpx.AsyncClient) -> None:
+    fast, _, _ = mocks
+    with relay_server(fast, protocol=protocol, default_model="mock") as url:
+        _, events = await post_stream(client, url + "/v1/generate", {"prompt": "tell me", "max_tokens": 2, "stream": True})
+        ready = (await client.get(url + "/readyz")).json()
+    assert "".join(data(e)["text"] for e in events[:-1]) == "".join(mock_text("tell me", 2))
+    assert ready["upstreams"]["default"]["protocol"] == protocol
