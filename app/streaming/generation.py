@@ -199,8 +199,9 @@ class Generation:
         if not self._committed:
             first = self._first
             if first is not None and type(event) is Error and upstream_fault(event):
+                self._first = None
                 self._fail_over(event)
-                first.set_result(event)
+                first.set_result(event)  # start() goes on to the next upstream
                 return
             self._commit(event)
         if isinstance(event, Delta):

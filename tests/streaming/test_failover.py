@@ -124,3 +124,25 @@ async def test_a_stream_false_request_fails_over_too(upstream: tuple[MockModel, 
 
 def _parse(raw: bytes) -> list[SSEEvent]:
     return SSEParser().feed(raw)
+
+
+async def test_a_client_leaving_while_an_attempt_waits_ends_it_and_tries_no_other(
+    upstream: tuple[MockModel, str], client: httpx.AsyncClient,
+) -> None:
+    model, base = upstream
+    upstreams = _upstreams(base, base_url=f"{base}/mock-fault-stall-first/v1", first_token_timeout=30)
+    since = len(model.paths)
+    with relay_server(None, upstreams=upstreams, heartbeat_interval=0.05) as url:
+        with anyio.fail_after(10):
+            async with client.stream("POST", url + "/v1/generate", json={"prompt": "x", "stream": True, "model": "m"},
+                                     headers={"x-request-id": "left-waiting"}) as response:
+                chunks = response.aiter_raw()
+                while b": ping" not in await anext(chunks):
+                    pass
+                await chunks.aclose()
+            record = await anyio.to_thread.run_sync(model.wait_for_disconnect, "left-waiting", 5)
+        ready = (await client.get(url + "/readyz")).json()
+    assert record["tokens_sent"] == 0
+    assert _asked(model, since) == ["/mock-fault-stall-first/v1/chat/completions"]
+    assert ready["upstreams"]["first"]["in_flight"] == 0, "its slot was given back before its connection was closed"
+    assert ready["upstreams"]["first"]["consecutive_failures"] == 0, "a client leaving is not the upstream's failure"
