@@ -128,12 +128,19 @@ def create_app_from_environment() -> RelayApp:
     return create_app(settings_from_json(os.environ[SETTINGS_ENV]))
 
 
+class _EmbeddedConfig(uvicorn.Config):
+    """A second server in the process: it must leave the process's logging as the relay's set it
+    (uvicorn's own would, with ``access_log=False``, remove the relay's access log handler)."""
+
+    def configure_logging(self) -> None:
+        pass
+
+
 @contextlib.asynccontextmanager
 async def embedded_mock(settings: Settings) -> AsyncIterator[str]:
     """Serve the mock model server on a free loopback port for as long as the context lasts."""
     model = mock.MockModel(ttft=settings.mock_ttft, interval=settings.mock_interval, tokens=settings.mock_tokens)
-    # log_config=None and no log_level: a second Config must not reconfigure the process's logging.
-    config = uvicorn.Config(model, lifespan="off", log_config=None, log_level=None, access_log=False, timeout_graceful_shutdown=1)
+    config = _EmbeddedConfig(model, lifespan="off", access_log=False, timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
