@@ -112,6 +112,12 @@ class MockModel:
             if not self._recorded.wait_for(lambda: self.completed >= count, timeout):
                 raise TimeoutError(f"{self.completed} of {count} responses completed within {timeout} s")
 
+    def wait_for_disconnects(self, count: int, timeout: float) -> None:
+        """Block until ``count`` client disconnects have been recorded (for tests, from another thread)."""
+        with self._recorded:
+            if not self._recorded.wait_for(lambda: len(self.disconnects) >= count, timeout):
+                raise TimeoutError(f"{len(self.disconnects)} of {count} disconnects recorded within {timeout} s")
+
     def wait_for_requests(self, count: int, timeout: float) -> None:
         """Block until ``count`` requests have arrived (for tests, from another thread)."""
         with self._recorded:
