@@ -12,7 +12,9 @@ connection, the end of the body). So it answers:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 import anyio
@@ -98,19 +100,29 @@ async def stream_events(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.body", "body": b"retry: %d\n: busy\n\n" % settings.stream_busy_retry_ms})
         return
     await send({"type": "http.response.body", "body": b"retry: %d\n\n" % settings.stream_retry_ms, "more_body": True})
+
+    async def send_within_grace(body: bytes, more: bool = True) -> None:
+        # A reader that takes nothing for this long is cut off: it holds no generation back, but
+        # it would hold its connection forever. A live browser reconnects and loses nothing.
+        with anyio.fail_after(settings.slow_consumer_grace):
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+
     with streams.reading(stream):
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-            await _follow(send, streams, stream, after, entries, settings.heartbeat_interval)
+            with contextlib.suppress(TimeoutError):
+                await _follow(send_within_grace, streams, stream, after, entries, settings.heartbeat_interval)
+                await send_within_grace(b"", more=False)
             tg.cancel_scope.cancel()
-    await send({"type": "http.response.body", "body": b""})
 
 
-async def _follow(send: Send, streams: ResumableStreams, stream: ResumableStream, after: str | None, entries: list[Entry], heartbeat: float) -> None:
+async def _follow(
+    send: Callable[[bytes], Awaitable[None]], streams: ResumableStreams, stream: ResumableStream, after: str | None, entries: list[Entry], heartbeat: float,
+) -> None:
     """Send ``entries``, then every later event, until the terminal one (or the log drops the stream)."""
     while True:
         if entries:
-            await send({"type": "http.response.body", "body": b"".join(map(_event, entries)), "more_body": True})
+            await send(b"".join(map(_event, entries)))
             after = entries[-1].id
             if entries[-1].event in TERMINAL_EVENTS:
                 return
@@ -118,7 +130,7 @@ async def _follow(send: Send, streams: ResumableStreams, stream: ResumableStream
             with anyio.move_on_after(heartbeat) as waiting:
                 await streams.log.wait(stream.id, after)
             if waiting.cancelled_caught:
-                await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+                await send(HEARTBEAT)
         read = await streams.log.read_after(stream.id, after, READ_BATCH)
         if read is None:
             return

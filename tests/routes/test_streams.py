@@ -14,6 +14,7 @@ import pytest
 
 from app.capability import CANCEL, READ, Capabilities
 from app.streaming.upstreams.mock import MockModel, mock_text
+from tests.rawhttp import Response, open_get, read_until
 from tests.servers import mock_server, relay_server
 from tests.sse import data
 from tests.streams import create, read, text_of
@@ -22,7 +23,7 @@ SECRET = "s" * 32
 
 
 def _relay(upstream: str, **overrides: object) -> contextlib.AbstractContextManager[str]:
-    return relay_server(upstream, stream_secret=SECRET, models=("mock", "mock-fault-stall-head"), **overrides)
+    return relay_server(upstream, stream_secret=SECRET, models=("mock", "mock-fault-stall-head", "mock-fault-stall-first"), **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +316,39 @@ async def test_with_api_keys_post_needs_a_key_and_the_urls_work_without_one(mock
         async with client.stream("GET", bare, headers={"x-api-key": "k1"}) as keyed:
             assert keyed.status_code == 200
         assert (await client.delete(created["cancel_url"])).status_code == 200
+
+
+async def test_a_reader_that_takes_nothing_for_the_grace_is_cut_off() -> None:
+    endless = 10_000_000
+    with mock_server(ttft=0.0, interval=0.0, tokens=endless) as (model, upstream), \
+            _relay(upstream, slow_consumer_grace=0.3, stream_grace=0.2, max_tokens_limit=endless, stream_log_max_bytes=1 << 30) as relay_url:
+        async with httpx.AsyncClient(timeout=10) as client:
+            created = await create(client, relay_url, {"prompt": "endless", "max_tokens": endless}, headers={"x-request-id": "stuck"})
+            url = urlsplit(created["events_url"])
+            stuck = await open_get(relay_url, f"{url.path}?{url.query}", receive_buffer=4096)
+            try:
+                response = Response()
+                with anyio.fail_after(10):
+                    await read_until(stuck, response, body_contains=b"event: token")
+                # It reads nothing more. Once its buffers are full, a send to it waits past the grace and the
+                # relay hangs up; with nobody left reading, the generation is then cancelled.
+                record = await anyio.to_thread.run_sync(model.wait_for_disconnect, "stuck", 30)
+            finally:
+                await stuck.aclose()
+            _, events = await read(client, created["events_url"])
+    assert record["tokens_sent"] < endless
+    assert data(events[-1])["code"] == "no_readers"
+
+
+async def test_readers_get_heartbeats_while_the_generation_waits_for_its_first_token(slow_mock: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
+    with _relay(slow_mock[1], heartbeat_interval=0.05) as relay_url:
+        created = await create(client, relay_url, {"prompt": "x", "model": "mock-fault-stall-first"})
+        with anyio.fail_after(5):
+            async with client.stream("GET", created["events_url"]) as response:
+                body = b""
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if body.count(b": ping\n\n") >= 2:
+                        break
+        assert body.startswith(b"retry: 2000\n\n: ping\n\n")
+        await client.delete(created["cancel_url"])
