@@ -71,7 +71,8 @@ async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
         "cancel_url": f"{base}?token={cancel_token}",
         "expires_at": datetime.datetime.fromtimestamp(expires, datetime.UTC).isoformat().replace("+00:00", "Z"),
     }
-    await send_json(send, 201, json_body(body), [(b"x-request-id", rid.encode())])
+    # The answer holds the stream's capabilities: no cache may keep it.
+    await send_json(send, 201, json_body(body), [(b"x-request-id", rid.encode()), (b"cache-control", b"no-store")])
 
 
 async def stream_events(scope: Scope, receive: Receive, send: Send) -> None:

@@ -55,6 +55,7 @@ async def test_post_answers_201_with_urls_and_the_events_replay_the_whole_genera
     assert created["events_url"].startswith(f"{relay_url}/v1/streams/{created['id']}/events?token=")
     assert created["cancel_url"].startswith(f"{relay_url}/v1/streams/{created['id']}?token=")
     assert created["expires_at"].endswith("Z")
+    assert (await client.post(relay_url + "/v1/streams", json={"prompt": "x", "max_tokens": 1})).headers["cache-control"] == "no-store"
     response, events = await read(client, created["events_url"])
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
