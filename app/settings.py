@@ -86,6 +86,21 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     slow_consumer_grace: Seconds = 5.0
     drain_timeout: Seconds = 10.0
 
+    # Resumable streams (POST /v1/streams, read with EventSource).
+    # The key that signs the events and cancel URLs; a random one per start when unset.
+    stream_secret: str | None = None
+    stream_token_ttl: Seconds = 3600.0
+    stream_grace: Seconds = 10.0
+    stream_retention: Seconds = 300.0
+    stream_log_max_bytes: Positive = 4_194_304
+    max_streams: Positive = 1_000
+    max_stream_readers: Positive = 10_000
+    stream_retry_ms: Positive = 2_000
+    stream_busy_retry_ms: Positive = 5_000
+
+    # Browser origins allowed to call the API (CORS); "*" for any, without credentials.
+    cors_origins: tuple[str, ...] = ()
+
     # The embedded mock model server.
     mock_ttft: Annotated[float, msgspec.Meta(ge=0)] = 0.2
     mock_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.02
@@ -107,6 +122,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             for target in targets:
                 if target.partition(":")[0] not in known:
                     raise ValueError(f"routes: {model!r} names {target!r}, but there is no upstream {target.partition(':')[0]!r}")
+        for origin in self.cors_origins:
+            if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+                raise ValueError(f"cors_origins: {origin!r} is not an origin such as https://chat.example.com (scheme and host, no path)")
+        if self.stream_secret is not None and len(self.stream_secret) < 32:
+            raise ValueError("stream_secret: must be at least 32 characters")
 
     def upstream_list(self) -> tuple[UpstreamSettings, ...]:
         """The configured upstreams; the shorthand ``upstream`` (or the embedded mock, with ``None``) is one named "default"."""

@@ -32,6 +32,10 @@ def test_environment_values_are_typed() -> None:
     ({"RELAY_PORT": "70000"}, "invalid setting port (RELAY_PORT): Expected `int` <= 65535"),
     ({"RELAY_UPSTREAM": "localhost:8001"}, "invalid setting upstream (RELAY_UPSTREAM): must be an http:// or https:// base URL"),
     ({"RELAY_LOG_LEVEL": "loud"}, "invalid setting log_level (RELAY_LOG_LEVEL): Invalid enum value 'loud'"),
+    ({"RELAY_CORS_ORIGINS": "https://a.example,https://b.example/chat"},
+     "invalid setting cors_origins (RELAY_CORS_ORIGINS): 'https://b.example/chat' is not an origin"),
+    ({"RELAY_STREAM_SECRET": "short"}, "invalid setting stream_secret (RELAY_STREAM_SECRET): must be at least 32 characters"),
+    ({"RELAY_STREAM_GRACE": "0"}, "invalid setting stream_grace (RELAY_STREAM_GRACE): Expected `float` > 0.0"),
 ])
 def test_a_bad_value_names_the_setting(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as raised:

@@ -98,6 +98,18 @@ class MockModel:
             if not self._recorded.wait_for(lambda: self.completed >= count, timeout):
                 raise TimeoutError(f"{self.completed} of {count} responses completed within {timeout} s")
 
+    def wait_for_disconnects(self, count: int, timeout: float) -> None:
+        """Block until ``count`` client disconnects have been recorded (for tests, from another thread)."""
+        with self._recorded:
+            if not self._recorded.wait_for(lambda: len(self.disconnects) >= count, timeout):
+                raise TimeoutError(f"{len(self.disconnects)} of {count} disconnects recorded within {timeout} s")
+
+    def wait_for_requests(self, count: int, timeout: float) -> None:
+        """Block until ``count`` requests have arrived (for tests, from another thread)."""
+        with self._recorded:
+            if not self._recorded.wait_for(lambda: self.requests >= count, timeout):
+                raise TimeoutError(f"{self.requests} of {count} requests arrived within {timeout} s")
+
     def disconnect_of(self, request_id: str) -> dict[str, Any] | None:
         return next((record for record in self.disconnects if record["request_id"] == request_id), None)
 
@@ -120,7 +132,9 @@ class MockModel:
             await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error", "code": "not_found"}})
 
     async def _generate(self, wire: type[Wire], scope: Scope, receive: Receive, send: Send) -> None:
-        self.requests += 1
+        with self._recorded:
+            self.requests += 1
+            self._recorded.notify_all()
         client = scope.get("client")
         self.peers.append(f"{client[0]}:{client[1]}" if client else "")
         self.paths.append(scope["path"])
