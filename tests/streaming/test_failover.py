@@ -15,6 +15,7 @@ from app.streaming.sse import SSEEvent, SSEParser
 from app.streaming.upstreams.mock import MockModel, mock_text
 from tests.servers import mock_server, relay_server
 from tests.sse import data, post_stream
+from tests.streams import create, read, text_of
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +147,12 @@ async def test_a_client_leaving_while_an_attempt_waits_ends_it_and_tries_no_othe
     assert _asked(model, since) == ["/mock-fault-stall-first/v1/chat/completions"]
     assert ready["upstreams"]["first"]["in_flight"] == 0, "its slot was given back before its connection was closed"
     assert ready["upstreams"]["first"]["consecutive_failures"] == 0, "a client leaving is not the upstream's failure"
+
+
+async def test_a_resumable_stream_fails_over_too(upstream: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
+    _, base = upstream
+    with relay_server(None, upstreams=_upstreams(base, base_url=f"{base}/mock-fault-http-500/v1"), stream_secret="s" * 32) as url:
+        created = await create(client, url, {"prompt": "resume me", "max_tokens": 5, "model": "m"})
+        _, events = await read(client, created["events_url"])
+    assert text_of(events) == "".join(mock_text("resume me", 5))
+    assert events[-1].event == "done"
