@@ -52,7 +52,11 @@ def serve() -> Iterator:  # type: ignore[type-arg]
     yield start
     for process in processes:
         if process.poll() is None:
-            process.kill()
+            process.terminate()  # not kill(): a parent killed outright leaves its worker processes running
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
         process.wait(10)
         if process.stdout:
             process.stdout.close()
