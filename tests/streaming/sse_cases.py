@@ -38,6 +38,9 @@ WPT = {
         [("message", "first event", "1"), ("message", "second event", "2"), ("custom event", "third event", "3")], None,
     ),
     "spec-example-stock-ticker": (b"data: YHOO\ndata: +2\ndata: 10\n\n", [("message", "YHOO\n+2\n10", "")], None),
+    "derived-only-cr-lf-crlf-end-lines": (  # the other characters str.splitlines splits on are data
+        "data: a\x0bb\x0cc\x1cd\x85e\u2028f\n\n".encode(), [("message", "a\x0bb\x0cc\x1cd\x85e\u2028f", "")], None,
+    ),
     "chromium-last-event-id-should-not-be-reset": (
         b"data:1\nid:1\n\nid:2\ndata:2\n\ndata:3\n\n", [("message", "1", "1"), ("message", "2", "2"), ("message", "3", "2")], None,
     ),
