@@ -6,27 +6,35 @@ import contextlib
 import gc
 import logging
 import os
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from app.capability import Capabilities
 from app.middleware import ApiKeyAuth
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
 from app.routes.ops import healthz, readyz
-from app.runtime import Runtime
+from app.routes.streams import cancel_stream, create_stream, stream_events
+from app.routes.ui import STATIC_DIR, chat_page
+from app.runtime import Runtime, build_upstreams
 from app.settings import Settings, settings_from_json
 from app.shutdown import on_shutdown_signal
-from app.streaming.generation import Timeouts, Upstream
+from app.streaming.log_memory import MemoryEventLog
 from app.streaming.respond import LiveRequests
+from app.streaming.resumable import ResumableStreams, StreamLimits
 from app.streaming.upstreams import mock
 from app.streaming.upstreams.http1 import Client
 from app.types import ASGIApp, Receive, Scope, Send
@@ -78,35 +86,49 @@ class RelayApp:
         await self.starlette(scope, receive, send)
 
 
-def create_app(settings: Settings) -> RelayApp:
+def create_app(settings: Settings) -> ASGIApp:
     live = LiveRequests()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with contextlib.AsyncExitStack() as stack:
-            base_url, models = settings.upstream, settings.models
-            if base_url is None:
-                base_url = await stack.enter_async_context(embedded_mock(settings))
+            models, mock_url = settings.models, None
+            if settings.upstream is None and not settings.upstreams:
+                mock_url = await stack.enter_async_context(embedded_mock(settings))
                 models = models or mock.MODELS
             client = Client()
             stack.push_async_callback(client.aclose)
-            timeouts = Timeouts(settings.connect_timeout, settings.first_token_timeout, settings.idle_timeout, settings.total_timeout)
-            upstream = Upstream("default", base_url, client, timeouts, settings.upstream_api_key)
+            upstreams = build_upstreams(settings, client, os.environ, mock_url)
             if not settings.api_keys:
                 logger.warning("RELAY_API_KEYS is not set: the /v1 routes are open to anyone who can reach %s:%d", settings.host, settings.port)
-            logger.info("relaying to %s (%s)", base_url, settings.protocol)
+            for upstream in upstreams.values():
+                logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
+                            upstream.origin.base_path, upstream.protocol)
             stack.enter_context(on_shutdown_signal(live.shut_down))
-            runtime = Runtime(settings, upstream, models, live, client)
+            runtime = Runtime(settings, upstreams, models, live, client)
+            log = MemoryEventLog()
+            stack.push_async_callback(log.aclose)
+            # Resumable streams' generations belong to the app, not to a request: they run here.
+            detached = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(detached.cancel_scope.cancel)
+            streams = ResumableStreams(log, StreamLimits(settings.stream_grace, settings.stream_retention, settings.stream_log_max_bytes), live, detached)
+            secret = settings.stream_secret.encode() if settings.stream_secret else secrets.token_bytes(32)
+            capabilities = Capabilities(secret, settings.stream_token_ttl)
             # Everything built so far lives as long as the process: keep the collector off it,
             # and collect young objects less often (a stream allocates a little per event).
             gc.collect()
             gc.freeze()
             gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
-            yield {"runtime": runtime}
+            yield {"runtime": runtime, "streams": streams, "capabilities": capabilities}
 
     routes = [
         Route("/v1/chat/completions", _Endpoint(chat_completions), methods=["POST"]),
         Route("/v1/generate", _Endpoint(generate), methods=["POST"]),
+        Route("/v1/streams", _Endpoint(create_stream), methods=["POST"]),
+        Route("/v1/streams/{stream_id}/events", _Endpoint(stream_events), methods=["GET"]),
+        Route("/v1/streams/{stream_id}", _Endpoint(cancel_stream), methods=["DELETE"]),
+        Route("/", _Endpoint(chat_page), methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         Route("/healthz", _Endpoint(healthz), methods=["GET"]),
         Route("/readyz", _Endpoint(readyz), methods=["GET"]),
     ]
@@ -120,20 +142,39 @@ def create_app(settings: Settings) -> RelayApp:
         "/v1/chat/completions": ApiKeyAuth(chat_completions, settings.api_keys),
         "/v1/generate": ApiKeyAuth(generate, settings.api_keys),
     }
-    return RelayApp(starlette, direct)
+    app = RelayApp(starlette, direct)
+    if not settings.cors_origins:
+        return app
+    return CORSMiddleware(
+        app,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "last-event-id"],
+        # Credentials (cookies, HTTP auth) only for origins named one by one, never for "*".
+        allow_credentials="*" not in settings.cors_origins,
+        expose_headers=["x-request-id", "retry-after"],
+        max_age=600,
+    )
 
 
-def create_app_from_environment() -> RelayApp:
+def create_app_from_environment() -> ASGIApp:
     """The app factory each worker process calls (``--workers N``): settings come from the parent."""
     return create_app(settings_from_json(os.environ[SETTINGS_ENV]))
+
+
+class _EmbeddedConfig(uvicorn.Config):
+    """A second server in the process: it must leave the process's logging as the relay's set it
+    (uvicorn's own would, with ``access_log=False``, remove the relay's access log handler)."""
+
+    def configure_logging(self) -> None:
+        pass
 
 
 @contextlib.asynccontextmanager
 async def embedded_mock(settings: Settings) -> AsyncIterator[str]:
     """Serve the mock model server on a free loopback port for as long as the context lasts."""
     model = mock.MockModel(ttft=settings.mock_ttft, interval=settings.mock_interval, tokens=settings.mock_tokens)
-    # log_config=None and no log_level: a second Config must not reconfigure the process's logging.
-    config = uvicorn.Config(model, lifespan="off", log_config=None, log_level=None, access_log=False, timeout_graceful_shutdown=1)
+    config = _EmbeddedConfig(model, lifespan="off", access_log=False, timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

@@ -1,27 +1,62 @@
-"""What the routes need at request time, built by the lifespan: the upstream and the limits."""
+"""What the routes need at request time, built by the lifespan: the upstreams, the routes and the limits."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from app.errors import RequestError
 from app.settings import Settings
-from app.streaming.generation import Upstream
 from app.streaming.respond import LiveRequests
+from app.streaming.routing import Circuit, Route, Target, Timeouts, Upstream
 from app.streaming.upstreams.http1 import Client
 
 
+def build_upstreams(settings: Settings, client: Client, environ: Mapping[str, str], mock_url: str | None = None) -> dict[str, Upstream]:
+    """The configured upstreams by name; with ``mock_url``, the shorthand upstream is the embedded mock there."""
+    upstreams: dict[str, Upstream] = {}
+    for config in settings.upstream_list():
+        timeouts = Timeouts(
+            config.connect_timeout or settings.connect_timeout, config.first_token_timeout or settings.first_token_timeout,
+            config.idle_timeout or settings.idle_timeout, settings.total_timeout,
+        )
+        if config.api_key_env is not None:
+            api_key = environ.get(config.api_key_env)
+        else:
+            api_key = None if settings.upstreams else settings.upstream_api_key
+        circuit = Circuit(failures=settings.circuit_failures, cooldown=settings.circuit_cooldown, max_concurrency=config.max_concurrency)
+        base_url = mock_url if mock_url is not None and not settings.upstreams else config.base_url
+        upstreams[config.name] = Upstream(config.name, base_url, client, timeouts, api_key, config.protocol, circuit)
+    return upstreams
+
+
 class Runtime:
-    def __init__(self, settings: Settings, upstream: Upstream, models: tuple[str, ...], live: LiveRequests, client: Client) -> None:
+    def __init__(
+        self, settings: Settings, upstreams: dict[str, Upstream] | Upstream, models: tuple[str, ...], live: LiveRequests, client: Client,
+    ) -> None:
+        if isinstance(upstreams, Upstream):
+            upstreams = {upstreams.name: upstreams}
         self.settings = settings
-        self.upstream = upstream
+        self.upstreams = upstreams
+        # A model named in routes goes to its upstreams; any other (if allowed) to every upstream, in order.
+        self.routes = {model: Route(tuple(_target(upstreams, name) for name in targets)) for model, targets in settings.routes.items()}
+        self.default_route = Route(tuple(Target(upstream) for upstream in upstreams.values()))
         self.models = frozenset(models)
-        self.default_model = settings.default_model or (models[0] if models else None)
+        self.default_model = settings.default_model or (models[0] if models else next(iter(settings.routes), None))
         self.live = live
         self.client = client
 
-    def upstream_for(self, model: str) -> Upstream:
-        if self.models and model not in self.models:
-            raise RequestError(404, "model_not_found", f"the model {model!r} does not exist", param="$.model")
-        return self.upstream
+    def upstream_for(self, model: str) -> Route:
+        """The route of ``model``; refused when unknown (404) or when none of its upstreams can take a request (429, 503)."""
+        route = self.routes.get(model)
+        if route is None:
+            if (self.models and model not in self.models) or (not self.models and self.routes):
+                raise RequestError(404, "model_not_found", f"the model {model!r} does not exist", param="$.model")
+            route = self.default_route
+        refusal = route.unusable()
+        if refusal is not None:
+            status, code, message, wait = refusal
+            raise RequestError(status, code, message, headers={"Retry-After": str(wait)})
+        return route
 
     def admit(self, max_tokens: int | None) -> None:
         """Refuse what is over a limit before anything starts."""
@@ -31,3 +66,9 @@ class Runtime:
             raise RequestError(503, "shutting_down", "the relay is shutting down; retry on another instance", headers={"Retry-After": "1"})
         if len(self.live) >= self.settings.max_concurrent_requests:
             raise RequestError(429, "too_many_requests", "the relay is at its limit of concurrent requests; retry shortly", headers={"Retry-After": "1"})
+
+
+def _target(upstreams: dict[str, Upstream], spec: str) -> Target:
+    """``"name"`` (the client's model name is passed on) or ``"name:model"`` (that model is asked for)."""
+    name, colon, model = spec.partition(":")
+    return Target(upstreams[name], model if colon else None)

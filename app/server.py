@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
+import re
+import secrets
 from typing import Any
 
+import msgspec
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
@@ -15,10 +19,23 @@ from app.main import SETTINGS_ENV, create_app
 from app.settings import Settings, settings_to_json
 
 
+class RedactTokens(logging.Filter):
+    """Keeps the capability tokens of stream URLs (``?token=…``) out of the access log."""
+
+    _token = re.compile(r"(?<=[?&]token=)[^&#\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._token.sub("[redacted]", arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
 def log_config(settings: Settings) -> dict[str, Any]:
     """uvicorn's logging, with the relay's own logger on the same handler."""
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["token_relay"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
+    config["filters"] = {"redact_tokens": {"()": RedactTokens}}
+    config["handlers"]["access"]["filters"] = ["redact_tokens"]
     return config
 
 
@@ -45,6 +62,8 @@ def serve(settings: Settings) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()
         return
+    if settings.stream_secret is None:  # every worker must accept the stream URLs any of them signed
+        settings = msgspec.structs.replace(settings, stream_secret=secrets.token_urlsafe(32))
     os.environ[SETTINGS_ENV] = settings_to_json(settings)
     config = uvicorn_config(settings, "app.main:create_app_from_environment")
     config.factory = True

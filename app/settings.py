@@ -17,10 +17,31 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 ENV_PREFIX = "RELAY_"
+DEFAULT_UPSTREAM = "default"
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+Protocol = Literal["openai", "tgi", "ollama", "anthropic"]
+_URL = re.compile(r"^https?://[^/\s]+")
+
+
+class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One model server of ``[[upstreams]]``; unset timeouts are the relay's."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
+    base_url: str
+    protocol: Protocol = "openai"
+    # The environment variable holding its API key (never the key itself, never from a client).
+    api_key_env: str | None = None
+    connect_timeout: Seconds | None = None
+    first_token_timeout: Seconds | None = None
+    idle_timeout: Seconds | None = None
+    max_concurrency: Positive | None = None
+
+    def __post_init__(self) -> None:
+        if not _URL.match(self.base_url):
+            raise ValueError(f"base_url: must be an http:// or https:// URL, not {self.base_url!r}")
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -33,8 +54,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     # Upstream. With no upstream, the embedded mock model server is started and used.
     upstream: str | None = None
-    protocol: Literal["openai"] = "openai"
+    protocol: Protocol = "openai"
     upstream_api_key: str | None = None
+    # Several model servers (instead of upstream), and which of them each model name goes to, in order:
+    # routes = {"llama" = ["vllm-a", "vllm-b:meta-llama/Llama-3.1-8B-Instruct"]}.
+    upstreams: tuple[UpstreamSettings, ...] = ()
+    routes: dict[str, tuple[str, ...]] = {}
+    # Consecutive failures that open an upstream's circuit, and the seconds it then stays open.
+    circuit_failures: Positive = 5
+    circuit_cooldown: Seconds = 30.0
     # Model names clients may ask for; empty means "whatever the upstream serves".
     models: tuple[str, ...] = ()
     # The model /v1/generate uses when a request names none (default: the first of models).
@@ -58,14 +86,53 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     slow_consumer_grace: Seconds = 5.0
     drain_timeout: Seconds = 10.0
 
+    # Resumable streams (POST /v1/streams, read with EventSource).
+    # The key that signs the events and cancel URLs; a random one per start when unset.
+    stream_secret: str | None = None
+    stream_token_ttl: Seconds = 3600.0
+    stream_grace: Seconds = 10.0
+    stream_retention: Seconds = 300.0
+    stream_log_max_bytes: Positive = 4_194_304
+    max_streams: Positive = 1_000
+    max_stream_readers: Positive = 10_000
+    stream_retry_ms: Positive = 2_000
+    stream_busy_retry_ms: Positive = 5_000
+
+    # Browser origins allowed to call the API (CORS); "*" for any, without credentials.
+    cors_origins: tuple[str, ...] = ()
+
     # The embedded mock model server.
     mock_ttft: Annotated[float, msgspec.Meta(ge=0)] = 0.2
     mock_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.02
     mock_tokens: Positive = 64
 
     def __post_init__(self) -> None:
-        if self.upstream is not None and not re.match(r"^https?://[^/\s]+", self.upstream):
+        if self.upstream is not None and not _URL.match(self.upstream):
             raise ValueError("upstream: must be an http:// or https:// base URL, such as http://127.0.0.1:8001/v1")
+        if self.upstream is not None and self.upstreams:
+            raise ValueError("upstreams: set either upstream (one model server) or upstreams, not both")
+        names = [upstream.name for upstream in self.upstreams]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"upstreams: the name {name!r} is used twice")
+        known = set(names or [DEFAULT_UPSTREAM])
+        for model, targets in self.routes.items():
+            if not targets:
+                raise ValueError(f"routes: {model!r} names no upstream")
+            for target in targets:
+                if target.partition(":")[0] not in known:
+                    raise ValueError(f"routes: {model!r} names {target!r}, but there is no upstream {target.partition(':')[0]!r}")
+        for origin in self.cors_origins:
+            if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+                raise ValueError(f"cors_origins: {origin!r} is not an origin such as https://chat.example.com (scheme and host, no path)")
+        if self.stream_secret is not None and len(self.stream_secret) < 32:
+            raise ValueError("stream_secret: must be at least 32 characters")
+
+    def upstream_list(self) -> tuple[UpstreamSettings, ...]:
+        """The configured upstreams; the shorthand ``upstream`` (or the embedded mock, with ``None``) is one named "default"."""
+        if self.upstreams:
+            return self.upstreams
+        return (UpstreamSettings(DEFAULT_UPSTREAM, self.upstream or "http://127.0.0.1/", self.protocol),)
 
 
 class SettingsError(Exception):
@@ -85,7 +152,12 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         raw = environ.get(env_name(name))
         if raw is None:
             continue
-        if field.type == tuple[str, ...]:
+        if name in ("upstreams", "routes"):
+            try:
+                values[name] = msgspec.json.decode(raw)
+            except msgspec.DecodeError as exc:
+                raise SettingsError(f"invalid setting {name} ({env_name(name)}): not JSON: {exc}") from exc
+        elif field.type == tuple[str, ...]:
             values[name] = tuple(part.strip() for part in raw.split(",") if part.strip())
         elif raw == "" and type(None) in typing.get_args(field.type):
             values[name] = None
@@ -102,10 +174,12 @@ def _from_toml(path: str) -> dict[str, Any]:
         raise SettingsError(f"config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"config file {path}: {exc}") from exc
-    # Accept both a flat file and one with a [relay] table.
+    # Accept both a flat file and one with a [relay] table, beside which [[upstreams]] and [routes] may stand.
     relay = data.get("relay", data)
     if not isinstance(relay, dict):
         raise SettingsError(f"config file {path}: [relay] must be a table")
+    if relay is not data:
+        relay = relay | {key: data[key] for key in ("upstreams", "routes") if key in data}
     return relay
 
 
@@ -128,18 +202,24 @@ def load_settings(
         raise SettingsError(f"unknown setting {unknown[0]!r}")
     try:
         # strict=False turns the environment's strings into numbers and booleans.
-        return msgspec.convert(values, Settings, strict=False)
+        settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(_describe(str(exc))) from exc
+    for index, upstream in enumerate(settings.upstreams):
+        if upstream.api_key_env is not None and not environ.get(upstream.api_key_env):
+            raise SettingsError(
+                f"invalid setting upstreams[{index}].api_key_env ({env_name('upstreams')}): the environment variable {upstream.api_key_env} is not set"
+            )
+    return settings
 
 
 def _describe(message: str) -> str:
     """Turn msgspec's ``Expected `float`, got `str` - at `$.idle_timeout``` into one line naming the setting."""
-    match = re.search(r" - at `\$\.(\w+)", message)
+    match = re.search(r" - at `\$\.(\w+)([^`]*)`", message)
     if match:
         name = match.group(1)
         what = message[: match.start()]
-        return f"invalid setting {name} ({env_name(name)}): {what}"
+        return f"invalid setting {name}{match.group(2)} ({env_name(name)}): {what}"
     field, _, what = message.partition(": ")
     if field in _FIELDS:
         return f"invalid setting {field} ({env_name(field)}): {what}"

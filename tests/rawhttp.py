@@ -37,14 +37,22 @@ async def open_post(url: str, path: str, body: dict[str, Any], *, receive_buffer
     resumes after a long pause never advertises a window the sender will use, and the transfer
     crawls along on the sender's backed-off zero-window probes.
     """
+    data = json.dumps(body).encode()
+    head = f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\nX-Request-Id: {request_id}\r\n"
+    return await _open(url, f"POST {path}", head, data, receive_buffer)
+
+
+async def open_get(url: str, path: str, *, receive_buffer: int | None = None) -> SocketStream:
+    """Connect and send a GET; nothing is read until the caller reads (see ``open_post``)."""
+    return await _open(url, f"GET {path}", "", b"", receive_buffer)
+
+
+async def _open(url: str, request_line: str, headers: str, body: bytes, receive_buffer: int | None) -> SocketStream:
     host, port = url.removeprefix("http://").split(":")
     stream = await anyio.connect_tcp(host, int(port))
     if receive_buffer is not None:
         stream.extra(SocketAttribute.raw_socket).setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    data = json.dumps(body).encode()
-    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-    head += f"X-Request-Id: {request_id}\r\nConnection: close\r\n\r\n"
-    await stream.send(head.encode() + data)
+    await stream.send(f"{request_line} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n".encode() + body)
     return stream
 
 

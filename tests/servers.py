@@ -56,14 +56,14 @@ def mock_server(**options: Any) -> Iterator[tuple[MockModel, str]]:
         yield model, url + "/v1"
 
 
-def relay_settings(upstream: str | None, **overrides: Any) -> Settings:
+def relay_settings(upstream: str | None, *, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"upstream": upstream, "access_log": False, "log_level": "warning"}
     values.update(overrides)
-    return load_settings(values, environ={})
+    return load_settings(values, environ=environ or {})
 
 
 @contextlib.contextmanager
-def relay_server(upstream: str | None, **overrides: Any) -> Iterator[str]:
-    """The relay, relaying to ``upstream``; yields its base URL."""
-    with serve_in_thread(create_app(relay_settings(upstream, **overrides))) as url:
+def relay_server(upstream: str | None, *, environ: dict[str, str] | None = None, **overrides: Any) -> Iterator[str]:
+    """The relay, relaying to ``upstream``; yields its base URL (``environ`` is what the settings are checked against)."""
+    with serve_in_thread(create_app(relay_settings(upstream, environ=environ, **overrides))) as url:
         yield url

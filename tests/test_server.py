@@ -52,7 +52,11 @@ def serve() -> Iterator:  # type: ignore[type-arg]
     yield start
     for process in processes:
         if process.poll() is None:
-            process.kill()
+            process.terminate()  # not kill(): a parent killed outright leaves its worker processes running
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
         process.wait(10)
         if process.stdout:
             process.stdout.close()
@@ -66,7 +70,8 @@ async def test_serve_with_no_upstream_relays_the_embedded_mock(serve, client: ht
     await anyio.to_thread.run_sync(process.wait, 10)
     log = process.stdout.read().decode()
     # The embedded mock's server must not take over the process's logging.
-    for line in ("WARNING:  RELAY_API_KEYS is not set", "INFO:     relaying to http://127.0.0.1:", "Application startup complete", "Finished server process"):
+    expected = ("WARNING:  RELAY_API_KEYS is not set", "INFO:     upstream default: relaying to http://127.0.0.1:", "Application startup complete")
+    for line in (*expected, "Finished server process"):
         assert line in log
 
 
@@ -87,11 +92,18 @@ async def test_sigterm_ends_every_stream_with_shutting_down_and_closes_the_upstr
                 async with client.stream("POST", url + path, json=body, headers={"x-request-id": name}) as response:
                     results[name] = await read_events(response)
 
+            async def read_resumable() -> None:
+                created = await client.post(url + "/v1/streams", json={"prompt": "x", "model": "m", "max_tokens": 10_000},
+                                            headers={"x-request-id": "resumable"})
+                async with client.stream("GET", created.json()["events_url"]) as response:
+                    results["resumable"] = await read_events(response)
+
             tg.start_soon(read, "native", "/v1/generate", {"prompt": "x", "model": "m", "stream": True, "max_tokens": 10_000})
             tg.start_soon(read, "openai", "/v1/chat/completions",
                           {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True, "max_tokens": 10_000})
+            tg.start_soon(read_resumable)
             with anyio.fail_after(10):
-                await anyio.to_thread.run_sync(_wait_for_tokens, model, 2)
+                await anyio.to_thread.run_sync(_wait_for_tokens, model, 3)
                 started = time.monotonic()
                 process.send_signal(signal.SIGTERM)
                 await anyio.to_thread.run_sync(process.wait, 10)
@@ -100,11 +112,13 @@ async def test_sigterm_ends_every_stream_with_shutting_down_and_closes_the_upstr
         assert native[-1].event == "error" and json.loads(native[-1].data)["code"] == "shutting_down"
         assert openai[-1].data == "[DONE]" and json.loads(openai[-2].data)["error"]["code"] == "shutting_down"
         assert [e.event for e in native].count("error") == 1
+        resumable = results["resumable"]
+        assert resumable[-1].event == "error" and json.loads(resumable[-1].data)["code"] == "shutting_down"
         # uvicorn finishes cleanly, then re-raises the SIGTERM it caught, so the exit status is the conventional one.
         assert process.returncode == -signal.SIGTERM
         assert process.stdout is not None and b"Finished server process" in process.stdout.read()
         assert elapsed < 5
-        for name in ("native", "openai"):
+        for name in ("native", "openai", "resumable"):
             assert model.wait_for_disconnect(name, 5)["tokens_sent"] < 10_000
 
 
@@ -123,3 +137,19 @@ async def test_sigint_shuts_down_cleanly_without_a_traceback(serve) -> None:  # 
     log = process.stdout.read().decode()
     assert "Finished server process" in log
     assert "Traceback" not in log and "KeyboardInterrupt" not in log
+
+
+async def test_the_access_log_shows_requests_but_never_the_tokens_of_stream_urls(serve, client: httpx.AsyncClient) -> None:  # type: ignore[no-untyped-def]
+    process, url = serve(RELAY_ACCESS_LOG="true", RELAY_MOCK_TTFT="0", RELAY_MOCK_INTERVAL="0", PYTHONUNBUFFERED="1")
+    created = (await client.post(url + "/v1/streams", json={"prompt": "x", "max_tokens": 2})).json()
+    async with client.stream("GET", created["events_url"]) as response:
+        await read_events(response)
+    await client.delete(created["cancel_url"])
+    process.send_signal(signal.SIGTERM)
+    await anyio.to_thread.run_sync(process.wait, 10)
+    log = process.stdout.read().decode()
+    assert '"POST /v1/streams HTTP/1.1" 201' in log
+    assert f'"GET /v1/streams/{created["id"]}/events?token=[redacted] HTTP/1.1" 200' in log
+    assert f'"DELETE /v1/streams/{created["id"]}?token=[redacted] HTTP/1.1" 200' in log
+    for url_with_token in (created["events_url"], created["cancel_url"]):
+        assert url_with_token.split("token=")[1] not in log

@@ -32,6 +32,10 @@ def test_environment_values_are_typed() -> None:
     ({"RELAY_PORT": "70000"}, "invalid setting port (RELAY_PORT): Expected `int` <= 65535"),
     ({"RELAY_UPSTREAM": "localhost:8001"}, "invalid setting upstream (RELAY_UPSTREAM): must be an http:// or https:// base URL"),
     ({"RELAY_LOG_LEVEL": "loud"}, "invalid setting log_level (RELAY_LOG_LEVEL): Invalid enum value 'loud'"),
+    ({"RELAY_CORS_ORIGINS": "https://a.example,https://b.example/chat"},
+     "invalid setting cors_origins (RELAY_CORS_ORIGINS): 'https://b.example/chat' is not an origin"),
+    ({"RELAY_STREAM_SECRET": "short"}, "invalid setting stream_secret (RELAY_STREAM_SECRET): must be at least 32 characters"),
+    ({"RELAY_STREAM_GRACE": "0"}, "invalid setting stream_grace (RELAY_STREAM_GRACE): Expected `float` > 0.0"),
 ])
 def test_a_bad_value_names_the_setting(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as raised:
@@ -55,3 +59,62 @@ def test_the_cli_exits_non_zero_with_one_line_on_a_bad_setting() -> None:
     assert result.stderr.splitlines() == [
         "token-relay: invalid setting heartbeat_interval (RELAY_HEARTBEAT_INTERVAL): Expected `float` > 0.0"
     ]
+
+
+def test_several_upstreams_and_routes_from_a_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text("""
+[relay]
+first_token_timeout = 30
+
+[[upstreams]]
+name = "vllm"
+base_url = "http://10.0.0.1:8000/v1"
+max_concurrency = 64
+
+[[upstreams]]
+name = "claude"
+protocol = "anthropic"
+base_url = "https://api.anthropic.com"
+api_key_env = "ANTHROPIC_API_KEY"
+first_token_timeout = 10
+
+[routes]
+"llama-3.1-8b" = ["vllm", "claude:claude-3-5-haiku-latest"]
+""")
+    settings = load_settings(environ={"ANTHROPIC_API_KEY": "sk-ant"}, config_file=str(config))
+    assert [(u.name, u.protocol, u.max_concurrency, u.first_token_timeout) for u in settings.upstreams] == [
+        ("vllm", "openai", 64, None), ("claude", "anthropic", None, 10.0),
+    ]
+    assert settings.routes == {"llama-3.1-8b": ("vllm", "claude:claude-3-5-haiku-latest")}
+    assert settings.first_token_timeout == 30
+
+
+def test_upstreams_and_routes_from_the_environment_as_json() -> None:
+    settings = load_settings(environ={
+        "RELAY_UPSTREAMS": '[{"name": "ollama", "protocol": "ollama", "base_url": "http://127.0.0.1:11434"}]',
+        "RELAY_ROUTES": '{"llama": ["ollama:llama3.2"]}',
+    })
+    assert (settings.upstreams[0].protocol, settings.routes) == ("ollama", {"llama": ("ollama:llama3.2",)})
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({"RELAY_UPSTREAMS": '[{"name": "a", "base_url": "localhost:1"}]'},
+     "invalid setting upstreams[0] (RELAY_UPSTREAMS): base_url: must be an http:// or https:// URL, not 'localhost:1'"),
+    ({"RELAY_UPSTREAMS": '[{"name": "a", "base_url": "http://h", "protocol": "grpc"}]'},
+     "invalid setting upstreams[0].protocol (RELAY_UPSTREAMS): Invalid enum value 'grpc'"),
+    ({"RELAY_UPSTREAMS": '[{"name": "a", "base_url": "http://h", "api_key_env": "NO_SUCH_KEY"}]'},
+     "invalid setting upstreams[0].api_key_env (RELAY_UPSTREAMS): the environment variable NO_SUCH_KEY is not set"),
+    ({"RELAY_UPSTREAMS": '[{"name": "a", "base_url": "http://h"}, {"name": "a", "base_url": "http://i"}]'},
+     "invalid setting upstreams (RELAY_UPSTREAMS): the name 'a' is used twice"),
+    ({"RELAY_UPSTREAMS": '[{"name": "a", "base_url": "http://h"}]', "RELAY_UPSTREAM": "http://h/v1"},
+     "invalid setting upstreams (RELAY_UPSTREAMS): set either upstream (one model server) or upstreams, not both"),
+    ({"RELAY_ROUTES": '{"m": ["elsewhere"]}'},
+     "invalid setting routes (RELAY_ROUTES): 'm' names 'elsewhere', but there is no upstream 'elsewhere'"),
+    ({"RELAY_ROUTES": "{m: 1}"}, "invalid setting routes (RELAY_ROUTES): not JSON"),
+    ({"RELAY_PROTOCOL": "grpc"}, "invalid setting protocol (RELAY_PROTOCOL): Invalid enum value 'grpc'"),
+])
+def test_a_bad_upstream_or_route_names_itself(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environ=environ)
+    assert str(raised.value).startswith(message)

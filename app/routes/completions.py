@@ -21,6 +21,7 @@ from app.runtime import Runtime
 from app.schemas import ChatRequest, json_decoder
 from app.streaming.encoders import OpenAIChunks, openai_completion
 from app.streaming.events import Error
+from app.streaming.generation import Route
 from app.streaming.request import GenerationRequest
 from app.streaming.respond import relay_collected, relay_stream
 from app.types import Receive, Scope, Send
@@ -38,9 +39,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         raw = decode(await read_body(scope, receive, settings.max_body_bytes), json_decoder)
         if not isinstance(raw, dict):
             raise RequestError(422, "invalid_request", "the request body must be a JSON object", param="$")
-        chat = convert(raw, ChatRequest)
-        runtime.admit(chat.max_completion_tokens or chat.max_tokens)
-        upstream = runtime.upstream_for(chat.model)
+        chat, upstream = admit_chat(runtime, raw)
     except ClientGone:
         return
     except RequestError as exc:
@@ -53,9 +52,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         del chat  # a stream can last minutes: once sent upstream, the prompt is held by no frame
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
         encoder = OpenAIChunks(completion_id, model, include_usage)
-        await relay_stream(receive, send, upstream, _generation_request(rid, model, raw), encoder, settings, runtime.live)
+        await relay_stream(receive, send, upstream, generation_request(rid, model, raw), encoder, settings, runtime.live)
         return
-    result = await relay_collected(receive, upstream, _generation_request(rid, model, raw), runtime.live)
+    result = await relay_collected(receive, upstream, generation_request(rid, model, raw), runtime.live)
     if result is None:
         return
     if isinstance(result.terminal, Error):
@@ -64,7 +63,13 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, json_body(openai_completion(completion_id, model, result)), headers)
 
 
-def _generation_request(rid: str, model: str, raw: dict[str, Any]) -> GenerationRequest:
+def admit_chat(runtime: Runtime, raw: dict[str, Any]) -> tuple[ChatRequest, Route]:
+    chat = convert(raw, ChatRequest)
+    runtime.admit(chat.max_completion_tokens or chat.max_tokens)
+    return chat, runtime.upstream_for(chat.model)
+
+
+def generation_request(rid: str, model: str, raw: dict[str, Any]) -> GenerationRequest:
     """Takes the messages out of ``raw``: what is left of it is only the small extra parameters."""
     messages = raw.pop("messages")
     return GenerationRequest(rid, model, messages, extra={key: value for key, value in raw.items() if key not in _RELAY_FIELDS})

@@ -15,9 +15,10 @@ from app.routes.http import (
     send_upstream_failure,
 )
 from app.runtime import Runtime
-from app.schemas import generate_decoder
+from app.schemas import GenerateRequest, generate_decoder
 from app.streaming.encoders import NativeEvents, native_completion
 from app.streaming.events import Error
+from app.streaming.generation import Route
 from app.streaming.request import GenerationRequest
 from app.streaming.respond import relay_collected, relay_stream
 from app.types import Receive, Scope, Send
@@ -32,21 +33,12 @@ async def generate(scope: Scope, receive: Receive, send: Send) -> None:
     headers = [(b"x-request-id", rid.encode())]
     try:
         body = decode(await read_body(scope, receive, settings.max_body_bytes), generate_decoder)
-        runtime.admit(body.max_tokens)
-        max_tokens = body.max_tokens or min(DEFAULT_MAX_TOKENS, settings.max_tokens_limit)
-        model = body.model or runtime.default_model
-        if model is None:
-            raise RequestError(422, "invalid_request", "model is required: this relay has no default model", param="$.model")
-        upstream = runtime.upstream_for(model)
+        upstream, request = admit_generate(runtime, rid, body)
     except ClientGone:
         return
     except RequestError as exc:
         await send_error(send, exc)
         return
-    request = GenerationRequest(
-        rid, model, [{"role": "user", "content": body.prompt}],
-        max_tokens=max_tokens, temperature=body.temperature,
-    )
     if body.stream:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
         await relay_stream(receive, send, upstream, request, NativeEvents(), settings, runtime.live)
@@ -58,3 +50,13 @@ async def generate(scope: Scope, receive: Receive, send: Send) -> None:
         await send_upstream_failure(send, result.terminal, headers)
     else:
         await send_json(send, 200, json_body(native_completion(result)), headers)
+
+
+def admit_generate(runtime: Runtime, rid: str, body: GenerateRequest) -> tuple[Route, GenerationRequest]:
+    runtime.admit(body.max_tokens)
+    max_tokens = body.max_tokens or min(DEFAULT_MAX_TOKENS, runtime.settings.max_tokens_limit)
+    model = body.model or runtime.default_model
+    if model is None:
+        raise RequestError(422, "invalid_request", "model is required: this relay has no default model", param="$.model")
+    request = GenerationRequest(rid, model, [{"role": "user", "content": body.prompt}], max_tokens=max_tokens, temperature=body.temperature)
+    return runtime.upstream_for(model), request

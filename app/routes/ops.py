@@ -1,4 +1,4 @@
-"""``GET /healthz`` (the process is alive) and ``GET /readyz`` (it can relay)."""
+"""``GET /healthz`` (the process is alive) and ``GET /readyz`` (it can relay, and each upstream's state)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def readyz(scope: Scope, receive: Receive, send: Send) -> None:
+    """Ready when the client is open and some upstream's circuit is not open; each upstream's state is listed."""
     runtime: Runtime | None = scope.get("state", {}).get("runtime")
-    ready = runtime is not None and not runtime.client.closed
-    body = {"status": "ready" if ready else "not_ready"}
+    upstreams = runtime.upstreams.values() if runtime is not None else ()
+    ready = runtime is not None and not runtime.client.closed and any(upstream.circuit.state != "open" for upstream in upstreams)
+    body: dict[str, object] = {"status": "ready" if ready else "not_ready"}
     if runtime is not None:
-        body["upstream"] = runtime.upstream.name
         body["in_flight"] = str(len(runtime.live))
+        body["upstreams"] = {upstream.name: upstream.status() for upstream in upstreams}
     await send_json(send, 200 if ready else 503, json_body(body))

@@ -5,6 +5,15 @@ idle between tokens, optional total) and guarantees that its sink receives exact
 terminal event, whatever happens: end of stream, upstream fault, timeout or ``close()``.
 It never raises a relay error to its caller: failures become the terminal ``Error``.
 
+Failover: a route may list several upstreams. Until the first event reaches the sink (the
+first token, or a finish or an error that is not the upstream's fault) nothing the client
+can tell apart has been sent: the response head and heartbeat comments carry no content.
+Up to that point an upstream fault (connect error or timeout, 5xx, 429, first-token
+timeout, a stream that breaks or errs before its first token) sends the request to the
+next upstream of the route instead of to the client. From the first event on, the
+generation belongs to that upstream and a failure is the terminal ``Error``. Upstreams
+whose circuit is open, or at their concurrency limit, are skipped.
+
 Deadlines after the response head use one timer per generation, re-armed lazily: each
 event only stores the new idle deadline, and the timer, when it fires early, moves itself.
 """
@@ -15,11 +24,15 @@ import asyncio
 import logging
 from typing import Protocol
 
+import msgspec
+
 from app.errors import UpstreamError, UpstreamTimeout
 from app.streaming.events import Delta, Error, Event, Finish
 from app.streaming.request import GenerationRequest
-from app.streaming.upstreams import openai
-from app.streaming.upstreams.http1 import Client, Exchange, Origin
+from app.streaming.routing import Circuit, Route, Target, Timeouts, Upstream
+from app.streaming.upstreams.http1 import Exchange
+
+__all__ = ["Generation", "Route", "Sink", "Timeouts", "Upstream", "upstream_fault"]
 
 logger = logging.getLogger("token_relay")
 
@@ -34,36 +47,27 @@ class Sink(Protocol):
         """The events pushed since the last flush arrived together: send them now."""
 
 
-class Timeouts:
-    __slots__ = ("connect", "first_token", "idle", "total")
-
-    def __init__(self, connect: float, first_token: float, idle: float, total: float | None) -> None:
-        self.connect = connect
-        self.first_token = first_token
-        self.idle = idle
-        self.total = total
-
-
-class Upstream:
-    """A configured model server: where it is, how to talk to it, with which key."""
-
-    def __init__(self, name: str, base_url: str, client: Client, timeouts: Timeouts, api_key: str | None = None) -> None:
-        self.name = name
-        self.origin = Origin(base_url)
-        self.client = client
-        self.timeouts = timeouts
-        self.api_key = api_key
+def upstream_fault(error: Error) -> bool:
+    """Whether ``error`` is the upstream's failure (another upstream may do better), not the request's or the relay's."""
+    if error.type == "timeout":
+        return error.code != "total_timeout"
+    if error.type != "upstream_error":
+        return False
+    if error.code.startswith("upstream_status_4"):
+        return error.code in ("upstream_status_408", "upstream_status_429")
+    return True
 
 
 class Generation:
     __slots__ = (
-        "_deadline", "_exchange", "_finished", "_loop", "_phase", "_request", "_request_id", "_sink", "_timer",
-        "_total_deadline", "_upstream", "done", "tokens",
+        "_attempt", "_committed", "_deadline", "_exchange", "_finished", "_first", "_held", "_loop", "_phase", "_probe", "_request",
+        "_request_id", "_route", "_sink", "_timer", "_total_deadline", "_upstream", "done", "tokens",
     )
 
-    def __init__(self, upstream: Upstream, request: GenerationRequest, sink: Sink) -> None:
-        self._upstream = upstream
-        self._request: GenerationRequest | None = request  # dropped once sent: a waiting stream keeps no prompt
+    def __init__(self, route: Route | Upstream, request: GenerationRequest, sink: Sink) -> None:
+        self._route = route if isinstance(route, Route) else Route.to(route)
+        self._upstream = self._route.targets[0].upstream
+        self._request: GenerationRequest | None = request  # dropped once sent for good: a waiting stream keeps no prompt
         self._request_id = request.request_id
         self._sink = sink
         self._loop = asyncio.get_running_loop()
@@ -72,46 +76,103 @@ class Generation:
         self._phase = "first_token"
         self._deadline = 0.0
         self._total_deadline = float("inf")
+        self._first: asyncio.Future[Error | None] | None = None  # set while a failed attempt may still fail over
+        self._committed = False  # an event went to the sink: no more failover
+        self._held: Circuit | None = None  # the circuit whose slot this generation holds
+        self._probe = False
+        self._attempt = 0
         self.done = False
         self._finished = False
         self.tokens = 0
 
     async def start(self) -> None:
-        """Connect and send the request; events then flow to the sink until the terminal one."""
+        """Connect and send the request (to the next upstream, while one fails before its first token).
+
+        With a fallback left, this returns once the first event went to the sink; on the last
+        upstream, once its response head has arrived: events then flow to the sink by callback.
+        """
         if self.done:  # ended before it started (a shutdown, a client already gone)
             return
-        timeouts = self._upstream.timeouts
+        targets = self._route.targets
+        total = targets[0].upstream.timeouts.total
+        if total is not None:
+            self._total_deadline = self._loop.time() + total
+        failure: Error | None = None
+        for index, target in enumerate(targets):
+            probe = target.upstream.circuit.acquire()
+            if probe is None:
+                logger.debug("request %s: upstream %s skipped (circuit %s, %d in flight)", self._request_id, target.upstream.name,
+                             target.upstream.circuit.state, target.upstream.circuit.in_flight)
+                continue
+            self._held, self._probe = target.upstream.circuit, probe
+            failure = await self._try(target, fallback=index + 1 < len(targets))
+            if failure is None or self.done:
+                return
+        self._first = None
+        if failure is None:
+            logger.warning("request %s: no upstream of its route can take it now", self._request_id)
+            failure = Error("upstream_error", "upstream_unavailable", "no upstream of this model can take the request now", "connect")
+        self._emit(failure)
+
+    async def _try(self, target: Target, *, fallback: bool) -> Error | None:
+        """One attempt: ``None`` once the upstream has the stream (or it ended), else its error, to try the next."""
+        upstream = self._upstream = target.upstream
+        timeouts = upstream.timeouts
+        self._attempt += 1
+        self._phase = "first_token"
         started = self._loop.time()
-        if timeouts.total is not None:
-            self._total_deadline = started + timeouts.total
         assert self._request is not None
-        path, headers, body = openai.build_request(self._request, self._upstream.api_key)
-        self._request = None
-        handler = openai.ChatStream(self._emit, self._sink.flush)
+        request = self._request if target.model is None else msgspec.structs.replace(self._request, model=target.model)
+        path, headers, body = upstream.adapter.build_request(request, upstream.api_key)
+        del request
+        if not fallback:
+            self._request = None
+        handler = upstream.adapter.handler(self._emit, self._sink.flush)
+        first: asyncio.Future[Error | None] | None = self._loop.create_future() if fallback else None
+        self._first = first
         try:
-            exchange = await self._upstream.client.request(
-                self._upstream.origin, "POST", path, headers, body, handler,
+            exchange = await upstream.client.request(
+                upstream.origin, "POST", path, headers, body, handler,
                 connect_timeout=min(timeouts.connect, self._total_left()),
                 head_timeout=min(timeouts.first_token, self._total_left()),
             )
         except UpstreamTimeout as exc:
-            fired = UpstreamTimeout("total", timeouts.total or 0.0) if self._total_left() <= 0 else exc
-            self._emit(fired.event())
-            return
+            return self._failed(UpstreamTimeout("total", timeouts.total or 0.0).event() if self._total_left() <= 0 else exc.event())
         except UpstreamError as exc:
-            self._emit(exc.event())
-            return
+            return self._failed(exc.event())
         except Exception as exc:  # a defect here must still end the stream with its terminal event
             logger.exception("generation %s failed to start", self._request_id)
+            self._first = None
             self._emit(Error("relay_error", "internal_error", f"the relay failed: {type(exc).__name__}", self._phase))
-            return
+            return None
+        if first is not None and first.done() and first.result() is not None:  # failed along with its head
+            exchange.close()
+            return first.result()
         self._exchange = exchange
         if self.done:  # the whole answer arrived with the head
             self._release(finished=self._finished)
-            return
+            return None
         if self._phase == "first_token":
             self._deadline = started + timeouts.first_token
         self._arm(min(self._deadline, self._total_deadline))
+        if first is None or first.done():
+            return None
+        return await first
+
+    def _failed(self, error: Error) -> Error | None:
+        """An attempt failed before its head: hand ``error`` back to try the next upstream, or end with it."""
+        if self._first is not None and upstream_fault(error) and not self.done:
+            self._fail_over(error)
+            return error
+        self._first = None
+        self._emit(error)
+        return None
+
+    def _fail_over(self, error: Error) -> None:
+        self._upstream.circuit.failed()
+        self._release()
+        logger.warning("request %s: attempt %d on upstream %s failed (%s: %s); trying the next upstream",
+                       self._request_id, self._attempt, self._upstream.name, error.code, error.message)
 
     @property
     def phase(self) -> str:
@@ -121,6 +182,9 @@ class Generation:
         """Abandon the generation: close the upstream now; the sink gets nothing more."""
         self.done = True
         self._release()
+        first, self._first = self._first, None
+        if first is not None and not first.done():
+            first.set_result(None)
 
     def fail(self, error: Error) -> None:
         """End the generation with ``error`` (sent to the sink) and close the upstream."""
@@ -132,6 +196,14 @@ class Generation:
     def _emit(self, event: Event) -> None:
         if self.done:
             return
+        if not self._committed:
+            first = self._first
+            if first is not None and type(event) is Error and upstream_fault(event):
+                self._first = None
+                self._fail_over(event)
+                first.set_result(event)  # start() goes on to the next upstream
+                return
+            self._commit(event)
         if isinstance(event, Delta):
             self.tokens += 1
             self._phase = "stream"
@@ -139,13 +211,37 @@ class Generation:
         elif isinstance(event, (Finish, Error)):
             self.done = True
             self._finished = type(event) is Finish
+            if type(event) is Error and upstream_fault(event):
+                self._upstream.circuit.failed()
             self._release(finished=self._finished)
         self._sink.push(event)
+
+    def _commit(self, event: Event) -> None:
+        """The first event goes to the sink: the generation belongs to this upstream from now on."""
+        self._committed = True
+        self._request = None
+        first, self._first = self._first, None
+        if first is not None and not first.done():
+            first.set_result(None)
+        upstream = self._upstream
+        if self._attempt == 0:
+            return
+        if type(event) is Error:
+            level = logging.WARNING if upstream_fault(event) else logging.INFO
+            logger.log(level, "request %s: attempt %d on upstream %s failed (%s: %s)", self._request_id, self._attempt, upstream.name,
+                       event.code, event.message)
+        else:
+            upstream.circuit.succeeded()
+            level = logging.INFO if self._attempt > 1 else logging.DEBUG
+            logger.log(level, "request %s: attempt %d on upstream %s is streaming", self._request_id, self._attempt, upstream.name)
 
     def _release(self, *, finished: bool = False) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        held, self._held = self._held, None
+        if held is not None:
+            held.release(self._probe)
         exchange, self._exchange = self._exchange, None
         if exchange is None:
             return

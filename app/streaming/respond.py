@@ -23,7 +23,7 @@ import anyio
 from app.settings import Settings
 from app.streaming.encoders import Collected, StreamEncoder
 from app.streaming.events import Error
-from app.streaming.generation import Generation, Upstream
+from app.streaming.generation import Generation, Route, Upstream
 from app.streaming.relay import CollectedStream, DirectStream
 from app.streaming.request import GenerationRequest
 from app.types import Receive, Send
@@ -63,7 +63,7 @@ def _shut_down(generation: Generation) -> None:
 async def relay_stream(
     receive: Receive,
     send: Send,
-    upstream: Upstream,
+    upstream: Route | Upstream,
     request: GenerationRequest,
     encoder: StreamEncoder,
     settings: Settings,
@@ -98,7 +98,7 @@ async def relay_stream(
 
 
 async def relay_collected(
-    receive: Receive, upstream: Upstream, request: GenerationRequest, live: LiveRequests
+    receive: Receive, upstream: Route | Upstream, request: GenerationRequest, live: LiveRequests
 ) -> Collected | None:
     """Run a generation to its end and return it whole; ``None`` if the client left first."""
     result: Collected | None = None

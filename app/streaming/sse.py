@@ -6,6 +6,10 @@ a leading BOM is dropped; comments are ignored; several ``data`` lines join with
 ``id`` containing NUL is ignored; ``retry`` is taken only when it is all ASCII digits; an
 event is dispatched at a blank line, and only if it has data; a trailing block without a
 blank line is never dispatched.
+
+``last_event_id`` and ``reconnection_time`` are the stream's state, as WHATWG defines them:
+an ``id`` or ``retry`` line takes effect even in a block that dispatches nothing. Each
+event also carries the ``retry`` given in its own block, if any.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class SSEEvent:
 class SSEParser:
     """Feed bytes, get the completed events; ``last_event_id`` persists across events."""
 
-    __slots__ = ("_data", "_event", "_retry", "_skip_lf", "_started", "_tail", "last_event_id")
+    __slots__ = ("_data", "_event", "_retry", "_skip_lf", "_started", "_tail", "last_event_id", "reconnection_time")
 
     def __init__(self) -> None:
         self._tail = b""
@@ -45,6 +49,7 @@ class SSEParser:
         self._event = ""
         self._retry: int | None = None
         self.last_event_id = ""
+        self.reconnection_time: int | None = None
 
     def single_data(self, chunk: bytes) -> bytes | None:
         """The data of ``chunk`` if it is exactly one whole ``data: …`` event and nothing is pending.
@@ -54,7 +59,7 @@ class SSEParser:
         """
         if (
             chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and self._started and not self._tail and not self._skip_lf
-            and not self._data and not self._event and self._retry is None and chunk.count(b"\n") == 2 and b"\r" not in chunk
+            and not self._data and not self._event and self._retry is None and chunk.find(b"\n") == len(chunk) - 2 and b"\r" not in chunk
         ):
             return chunk[6:-2]
         return None
@@ -63,6 +68,12 @@ class SSEParser:
         data = self.single_data(chunk)
         if data is not None:
             return [SSEEvent("message", data.decode("utf-8", "replace"), self.last_event_id, None)]
+        return self.feed_lines(chunk)
+
+    def feed_lines(self, chunk: bytes) -> list[SSEEvent]:
+        """``feed`` without the one-event fast path: for a caller that has just tried ``single_data``."""
+        if not chunk:  # nothing: it must not end a pending CR's wait for its LF
+            return []
         if not self._started:
             chunk = self._tail + chunk
             self._tail = b""
@@ -113,4 +124,4 @@ class SSEParser:
                 self.last_event_id = value
         elif name == "retry":
             if value.isascii() and value.isdigit():
-                self._retry = int(value)
+                self._retry = self.reconnection_time = int(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from app.loadtest.stream import ERROR, NO_TERMINAL, OK
@@ -64,3 +65,17 @@ async def test_a_get_stream_that_ends_without_a_terminal_event_is_a_failure(sse_
     runner = await load(sse_url + "/endless")
     assert {r["outcome"] for r in runner.records} == {NO_TERMINAL}
     assert runner.content_events == 3 * 2
+
+
+async def test_many_eventsource_readers_of_one_resumable_stream_of_the_relay_are_ok(relay: str) -> None:
+    """GET the relay's events URL of one resumable stream with several readers at once: each reads it all, replay included."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as client:
+        response = await client.post(relay + "/v1/streams", json={"prompt": "hello", "max_tokens": 12})
+    assert response.status_code == 201, response.text
+    events_url = response.json()["events_url"]
+    url = events_url if events_url.startswith("http") else relay + events_url
+    runner = await load(url, streams=4)
+    assert all(target.api == "eventsource" and target.method == "GET" for target in runner.targets)
+    assert {r["outcome"] for r in runner.records} == {OK}
+    assert [r["tokens"] for r in runner.records] == [12] * 4  # from each reader's done event
+    assert all(r["content_events"] >= 1 for r in runner.records)  # a replay may come coalesced into fewer events

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
+from app.errors import UpstreamTimeout
 from app.streaming.upstreams.http1 import Client, Origin
 from app.streaming.upstreams.mock import MockModel
 from tests.servers import mock_server
@@ -102,3 +104,17 @@ async def test_the_relay_reuses_its_upstream_connection_across_requests(client: 
         assert response.status_code == 200
     assert len(model.peers) == 4
     assert len(set(model.peers)) == 1, "each request opened a new upstream connection"
+
+
+async def test_after_a_head_timeout_the_handler_hears_nothing_more(upstream: tuple[MockModel, str]) -> None:
+    """The caller may have moved on to another upstream: the abandoned exchange must not report its end."""
+    client = Client()
+    handler = Collect()
+    with pytest.raises(UpstreamTimeout):
+        await client.request(Origin(upstream[1]), "POST", "/chat/completions", [("x-mock-fault", "stall-head")], BODY, handler,
+                             connect_timeout=5, head_timeout=0.1)
+    # The aborted connection's loss is delivered by the loop soon after the abort (call_soon): let it run.
+    for _ in range(5):
+        await anyio.lowlevel.checkpoint()
+    await client.aclose()
+    assert handler.lost is None and not handler.ended.is_set()

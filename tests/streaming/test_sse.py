@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.streaming.sse import SSEEvent, SSEParser
+from tests.streaming.sse_cases import WPT
 
 
 def parse(*chunks: bytes) -> list[tuple[str, str, str, int | None]]:
@@ -45,6 +46,23 @@ def test_whatwg_cases(stream: bytes, expected: list[tuple[str, str, str, int | N
     assert parse(stream) == expected
 
 
+@pytest.mark.parametrize("name", sorted(WPT))
+@pytest.mark.parametrize("size", [None, 1, 3])
+def test_web_platform_tests_cases(name: str, size: int | None) -> None:
+    stream, expected, reconnection_time = WPT[name]
+    parser = SSEParser()
+    events: list[SSEEvent] = []
+    step = size or len(stream)
+    for start in range(0, len(stream), step):
+        events.extend(parser.feed(stream[start:start + step]))
+    assert [(e.event, e.data, e.id) for e in events] == expected
+    assert parser.reconnection_time == reconnection_time
+
+
+def test_an_empty_chunk_between_cr_and_lf_changes_nothing() -> None:
+    assert parse(b"data: a\r", b"", b"\ndata: b\n\n") == parse(b"data: a\r\ndata: b\n\n") == [("message", "a\nb", "", None)]
+
+
 line_end = st.sampled_from([b"\n", b"\r", b"\r\n"])
 value = st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=12).map(str.encode)
 field = st.tuples(st.sampled_from([b"data", b"event", b"id", b"retry", b":", b"data:", b""]), value, line_end).map(
@@ -56,7 +74,7 @@ streams = st.tuples(st.booleans(), st.lists(field, max_size=30)).map(lambda s: (
 @settings(max_examples=300, deadline=None)
 @given(stream=streams, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8))
 def test_any_split_yields_the_same_events(stream: bytes, cuts: list[int]) -> None:
-    points = sorted({cut % (len(stream) + 1) for cut in cuts})
+    points = sorted(cut % (len(stream) + 1) for cut in cuts)  # repeated points make empty chunks
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
     assert parse(*chunks) == parse(stream)
 

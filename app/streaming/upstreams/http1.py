@@ -238,7 +238,7 @@ class Client:
                 with anyio.fail_after(head_timeout):
                     status = await head
             except TimeoutError:
-                connection.abort()
+                connection.detach(serial)  # its handler must hear nothing more: the caller may try elsewhere
                 raise UpstreamTimeout("first_token", head_timeout) from None
             except UpstreamProtocolError:
                 connection.abort()

@@ -1,17 +1,20 @@
-"""The embedded mock model server: OpenAI-compatible chat completions with fault injection.
+"""The embedded mock model server: every protocol the relay speaks, with fault injection.
 
-``POST /v1/chat/completions`` streams (or not) a deterministic text for the last user
-message, paced by ``ttft`` (time to first token), ``interval`` (between tokens) and
-``tokens`` (length when ``max_tokens`` does not cut it short). Per request, headers
-``x-mock-ttft``/``x-mock-interval`` (seconds) and ``x-mock-tokens`` override them.
+It answers a deterministic text for the last user message (TGI: the prompt), paced by
+``ttft`` (time to first token), ``interval`` (between tokens) and ``tokens`` (length when
+the request's token limit does not cut it short), streamed or whole, in each protocol
+(mock_wire.py): OpenAI ``POST …/chat/completions``, TGI ``POST …/generate_stream`` and
+``…/generate``, Ollama ``POST …/api/chat``, Anthropic ``POST …/v1/messages``. Per request,
+headers ``x-mock-ttft``/``x-mock-interval`` (seconds) and ``x-mock-tokens`` override the pacing.
 
-Faults, chosen by model name ``mock-fault-<kind>`` or header ``x-mock-fault: <kind>``:
+Faults, chosen by model name ``mock-fault-<kind>``, header ``x-mock-fault: <kind>`` or a
+path segment ``/mock-fault-<kind>/`` (so an upstream's base URL can choose one):
 
     http-500         500 with a JSON error, before the stream
     http-429         429 with Retry-After, before the stream
-    error-midstream  an in-band {"error": ...} chunk halfway, then [DONE]
+    error-midstream  an in-band error halfway (OpenAI: then [DONE])
     reset            the connection is dropped halfway
-    no-done          the body ends halfway, without finish_reason or [DONE]
+    no-done          the body ends halfway, without the protocol's end marker
     stall-head       no response head at all
     stall-first      head sent, no token ever
     stall-midstream  tokens stop halfway, the connection stays open
@@ -33,7 +36,10 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
+from app.streaming.upstreams.mock_wire import Answer, Call, Wire, decode_request, prompt_of, wire_for
 from app.types import Receive, Scope, Send
+
+__all__ = ["FAULTS", "MODELS", "MockModel", "decode_request", "mock_text", "prompt_of"]
 
 FAULTS = ("http-500", "http-429", "error-midstream", "reset", "no-done", "stall-head", "stall-first", "stall-midstream", "malformed")
 MODELS = ("mock", *(f"mock-fault-{fault}" for fault in FAULTS))
@@ -45,27 +51,6 @@ _WORDS = (
 ).split()
 
 
-class _Message(msgspec.Struct):
-    role: str = "user"
-    content: str | list[dict[str, Any]] | None = None
-
-
-class _Options(msgspec.Struct):
-    include_usage: bool = False
-
-
-class MockRequest(msgspec.Struct):
-    """The part of a chat completions request the mock reads."""
-
-    model: str = "mock"
-    messages: list[_Message] = []
-    stream: bool = False
-    stream_options: _Options | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-
-
-decode_request = msgspec.json.Decoder(MockRequest).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -75,27 +60,28 @@ def mock_text(prompt: str, count: int) -> list[str]:
     return [(" " if i else "") + _WORDS[(seed[i % 32] + i * 7) % len(_WORDS)] for i in range(count)]
 
 
-def prompt_of(request: MockRequest) -> str:
-    """The last user message's text: what the mock's answer is derived from."""
-    for message in reversed(request.messages):
-        if message.role == "user":
-            content = message.content
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(str(part.get("text", "")) for part in content)
-    return ""
+def _fault_of(path: str, headers: dict[str, str], model: str) -> str | None:
+    if "x-mock-fault" in headers:
+        return headers["x-mock-fault"]
+    for name in (model, *path.split("/")):
+        if name.startswith("mock-fault-"):
+            return name[len("mock-fault-"):]
+    return None
 
 
 class MockModel:
-    def __init__(self, *, ttft: float = 0.2, interval: float = 0.02, tokens: int = 64, max_records: int = 10_000) -> None:
+    def __init__(
+        self, *, ttft: float = 0.2, interval: float = 0.02, tokens: int = 64, max_records: int = 10_000, api_key: str | None = None,
+    ) -> None:
         self.ttft = ttft
+        self.api_key = api_key  # when set, required as "Authorization: Bearer KEY" or "x-api-key: KEY"
         self.interval = interval
         self.tokens = tokens
         self.requests = 0
         self.completed = 0
         self.disconnects: deque[dict[str, Any]] = deque(maxlen=max_records)
         self.peers: deque[str] = deque(maxlen=max_records)  # each request's client address, to see connection reuse
+        self.paths: deque[str] = deque(maxlen=max_records)  # each generation request's path, to see which upstream was asked
         self._recorded = threading.Condition()
 
     def wait_for_disconnect(self, request_id: str, timeout: float) -> dict[str, Any]:
@@ -112,6 +98,18 @@ class MockModel:
             if not self._recorded.wait_for(lambda: self.completed >= count, timeout):
                 raise TimeoutError(f"{self.completed} of {count} responses completed within {timeout} s")
 
+    def wait_for_disconnects(self, count: int, timeout: float) -> None:
+        """Block until ``count`` client disconnects have been recorded (for tests, from another thread)."""
+        with self._recorded:
+            if not self._recorded.wait_for(lambda: len(self.disconnects) >= count, timeout):
+                raise TimeoutError(f"{len(self.disconnects)} of {count} disconnects recorded within {timeout} s")
+
+    def wait_for_requests(self, count: int, timeout: float) -> None:
+        """Block until ``count`` requests have arrived (for tests, from another thread)."""
+        with self._recorded:
+            if not self._recorded.wait_for(lambda: self.requests >= count, timeout):
+                raise TimeoutError(f"{self.requests} of {count} requests arrived within {timeout} s")
+
     def disconnect_of(self, request_id: str) -> dict[str, Any] | None:
         return next((record for record in self.disconnects if record["request_id"] == request_id), None)
 
@@ -122,8 +120,9 @@ class MockModel:
             await send({"type": "lifespan.shutdown.complete"})
             return
         path, method = scope["path"], scope["method"]
-        if path.endswith("/chat/completions") and method == "POST":
-            await self._chat(scope, receive, send)
+        wire = wire_for(path) if method == "POST" else None
+        if wire is not None:
+            await self._generate(wire, scope, receive, send)
         elif path == "/mock/stats" and method == "GET":
             stats = {"requests": self.requests, "connections": len(set(self.peers)), "disconnects": list(self.disconnects)}
             await _json(send, 200, stats)
@@ -132,10 +131,13 @@ class MockModel:
         else:
             await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error", "code": "not_found"}})
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.requests += 1
+    async def _generate(self, wire: type[Wire], scope: Scope, receive: Receive, send: Send) -> None:
+        with self._recorded:
+            self.requests += 1
+            self._recorded.notify_all()
         client = scope.get("client")
         self.peers.append(f"{client[0]}:{client[1]}" if client else "")
+        self.paths.append(scope["path"])
         body = b""
         while True:
             message = await receive()
@@ -145,50 +147,50 @@ class MockModel:
             if not message.get("more_body", False):
                 break
         try:
-            request = decode_request(body)
+            call = wire.parse(body)
         except msgspec.DecodeError as exc:
             await _json(send, 400, {"error": {"message": str(exc), "type": "invalid_request_error", "code": "invalid_json"}})
             return
+        if scope["path"].endswith("/generate"):  # TGI's whole answer
+            call.stream = False
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        fault = headers.get("x-mock-fault") or (request.model[len("mock-fault-"):] if request.model.startswith("mock-fault-") else None)
+        if self.api_key is not None and self.api_key not in (headers.get("authorization", "").removeprefix("Bearer "), headers.get("x-api-key")):
+            await _json(send, 401, wire.error_status(401, "mock: invalid API key"))
+            return
+        fault = _fault_of(scope["path"], headers, call.model)
         if fault is not None and fault not in FAULTS:
             await _json(send, 404, {"error": {"message": f"no such fault {fault!r}", "type": "invalid_request_error", "code": "model_not_found"}})
             return
         if fault == "http-500":
-            await _json(send, 500, {"error": {"message": "mock fault: internal error", "type": "server_error", "code": "mock_fault"}})
+            await _json(send, 500, wire.error_status(500, "mock fault: internal error"))
             return
         if fault == "http-429":
-            error = {"error": {"message": "mock fault: rate limited", "type": "rate_limit_error", "code": "rate_limited"}}
-            await _json(send, 429, error, [(b"retry-after", b"1")])
+            await _json(send, 429, wire.error_status(429, "mock fault: rate limited"), [(b"retry-after", b"1")])
             return
         ttft = float(headers.get("x-mock-ttft", self.ttft))
         interval = float(headers.get("x-mock-interval", self.interval))
-        natural = int(headers.get("x-mock-tokens", self.tokens))
-        limit = request.max_completion_tokens or request.max_tokens or natural
-        prompt = prompt_of(request)
-        tokens = mock_text(prompt, min(limit, natural))
-        reason = "length" if limit < natural else "stop"
-        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(tokens), "total_tokens": len(prompt.split()) + len(tokens)}
-        record = {"request_id": headers.get("x-request-id", ""), "model": request.model, "tokens_sent": 0}
-        completion_id = "chatcmpl-mock-" + (record["request_id"] or "0")
+        record = {"request_id": headers.get("x-request-id", ""), "model": call.model, "tokens_sent": 0}
+        answer = self._answer(call, int(headers.get("x-mock-tokens", self.tokens)), record["request_id"])
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, receive, record, tg.cancel_scope)
-            if request.stream:
-                include_usage = request.stream_options is not None and request.stream_options.include_usage
-                await self._stream(send, record, request.model, completion_id, tokens, reason, usage, include_usage, ttft, interval, fault)
+            if call.stream:
+                await self._stream(send, record, wire(answer), call, ttft, interval, fault)
             else:
-                await anyio.sleep(ttft + interval * max(len(tokens) - 1, 0))
-                record["tokens_sent"] = len(tokens)
-                await _json(send, 200, {
-                    "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": request.model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)}, "finish_reason": reason}],
-                    "usage": usage,
-                })
+                await anyio.sleep(ttft + interval * max(len(answer.tokens) - 1, 0))
+                record["tokens_sent"] = len(answer.tokens)
+                await _json(send, 200, wire(answer).whole())
             record["finished"] = True
             with self._recorded:
                 self.completed += 1
                 self._recorded.notify_all()
             tg.cancel_scope.cancel()
+
+    @staticmethod
+    def _answer(call: Call, natural: int, request_id: str) -> Answer:
+        limit = call.max_tokens or natural
+        tokens = mock_text(call.prompt, min(limit, natural))
+        reason = "length" if limit < natural else "stop"
+        return Answer("chatcmpl-mock-" + (request_id or "0"), call.model, tokens, reason, len(call.prompt.split()))
 
     async def _watch(self, receive: Receive, record: dict[str, Any], scope: anyio.CancelScope) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -201,25 +203,22 @@ class MockModel:
                 self._recorded.notify_all()
             scope.cancel()
 
-    async def _stream(
-        self, send: Send, record: dict[str, Any], model: str, completion_id: str, tokens: list[str], reason: str,
-        usage: dict[str, int], include_usage: bool, ttft: float, interval: float, fault: str | None,
-    ) -> None:
+    async def _stream(self, send: Send, record: dict[str, Any], wire: Wire, call: Call, ttft: float, interval: float, fault: str | None) -> None:
         if fault == "stall-head":
             await anyio.sleep_forever()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
-        created = str(int(time.time())).encode()
-        head = b'data: {"id":"%b","object":"chat.completion.chunk","created":%b,"model":%b,"choices":[' % (completion_id.encode(), created, _encode(model))
-        tail = b"}\n\n"
-        halfway = len(tokens) // 2
+        headers = [(b"content-type", wire.content_type), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        count = len(wire.answer.tokens)
+        halfway = count // 2
         start = anyio.current_time()
         if fault == "stall-first":
             await anyio.sleep_forever()
         await anyio.sleep(ttft)
-        role = head + b'{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]' + tail
-        await send({"type": "http.response.body", "body": role, "more_body": True})
+        opening = wire.head()
+        if opening:
+            await send({"type": "http.response.body", "body": opening, "more_body": True})
         batch: list[bytes] = []
-        for i, token in enumerate(tokens):
+        for i in range(count):
             if i == halfway and fault is not None:
                 if fault == "stall-midstream":
                     await anyio.sleep_forever()
@@ -229,16 +228,15 @@ class MockModel:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
                 if fault == "malformed":
-                    await send({"type": "http.response.body", "body": b"data: {\"choices\": [\n\n", "more_body": True})
+                    await send({"type": "http.response.body", "body": wire.malformed, "more_body": True})
                 if fault == "error-midstream":
-                    error = {"error": {"message": "mock fault: the model failed mid-stream", "type": "server_error", "code": "mock_fault"}}
-                    await send({"type": "http.response.body", "body": b"data: " + _encode(error) + b"\n\ndata: [DONE]\n\n", "more_body": False})
+                    await send({"type": "http.response.body", "body": wire.error_event(), "more_body": False})
                     return
-            chunk = head + b'{"index":0,"delta":{"content":' + _encode(token) + b'},"finish_reason":null}]' + tail
+            chunk = wire.token(i)
             if interval == 0:
                 # Unpaced: write in batches, as a fast model server's socket would deliver them.
                 batch.append(chunk)
-                if len(batch) < 64 and i + 1 < len(tokens) and i + 1 != halfway:
+                if len(batch) < 64 and i + 1 < count and i + 1 != halfway:
                     continue
                 chunk = b"".join(batch)
                 batch.clear()
@@ -249,11 +247,8 @@ class MockModel:
                 await anyio.sleep(max(delay, 0))
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             record["tokens_sent"] = i + 1
-        end = head + b'{"index":0,"delta":{},"finish_reason":' + _encode(reason) + b"}]" + tail
-        if include_usage:
-            end += head + b"]," + b'"usage":' + _encode(usage) + tail
         # Like Starlette's StreamingResponse (vLLM, TGI…): the last event, then the end of the body on its own.
-        await send({"type": "http.response.body", "body": end + b"data: [DONE]\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": wire.tail(call.include_usage), "more_body": True})
         await anyio.sleep(0.002)  # the generator's own end comes a moment later, as its own packet
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -15,12 +15,10 @@ from typing import Any
 
 import msgspec
 
-from app.errors import UpstreamError, UpstreamStatusError
-from app.streaming.events import Delta, Error, Event, Finish, Usage
+from app.streaming.events import Delta, Event, Finish, Usage
 from app.streaming.request import GenerationRequest
 from app.streaming.sse import SSEParser
-
-MAX_ERROR_BODY = 65_536
+from app.streaming.upstreams.handler import MAX_ERROR_BODY, ErrorBody, StreamHandler, error_code
 
 
 class _Delta(msgspec.Struct):
@@ -38,16 +36,10 @@ class _Usage(msgspec.Struct):
     completion_tokens: int = 0
 
 
-class _ErrorBody(msgspec.Struct):
-    message: str = "the model server reported an error"
-    type: str | None = None
-    code: str | int | None = None
-
-
 class _Chunk(msgspec.Struct):
     choices: list[_Choice] = []
     usage: _Usage | None = None
-    error: _ErrorBody | str | None = None
+    error: ErrorBody | str | None = None
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
@@ -70,31 +62,21 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
     return "/chat/completions", headers, _encode(body)
 
 
-class ChatStream:
+class ChatStream(StreamHandler):
     """Response handler: turns the upstream's bytes into events for ``emit``; ``flush`` after each read."""
 
-    __slots__ = ("_body", "_emit", "_ended", "_finish_reason", "_flush", "_is_sse", "_parser", "_status", "_tokens")
+    __slots__ = ("_finish_reason", "_parser")
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
-        self._emit = emit
-        self._flush = flush
+        super().__init__(emit, flush)
         self._parser = SSEParser()
-        self._status = 0
-        self._is_sse = True
-        self._body = bytearray()
         self._finish_reason: str | None = None
-        self._tokens = False
-        self._ended = False
-
-    def on_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self._status = status
-        content_type = next((value for name, value in headers if name == b"content-type"), b"")
-        self._is_sse = status == 200 and content_type.startswith(b"text/event-stream")
 
     def on_body(self, data: bytes) -> None:
+        # The hot path, written out in full: most chunks are one whole ``data:`` event.
         if self._ended:
             return
-        if not self._is_sse:
+        if not self._ok:
             if len(self._body) < MAX_ERROR_BODY:
                 self._body += data[: MAX_ERROR_BODY - len(self._body)]
             return
@@ -102,32 +84,21 @@ class ChatStream:
         if single is not None:
             self._on_data(single)
         else:
-            for event in self._parser.feed(data):
+            for event in self._parser.feed_lines(data):
                 self._on_data(event.data)
                 if self._ended:
                     break
         if not self._ended:
             self._flush()
 
-    def on_end(self) -> None:
-        if self._ended:
-            return
-        if self._status != 200:
-            self._end(UpstreamStatusError(self._status, _error_message(bytes(self._body), self._status)).event())
-        elif not self._is_sse:
-            self._on_completion(bytes(self._body))
-        elif self._finish_reason is not None:
+    def _at_end(self) -> None:
+        if self._finish_reason is not None:
             self._end(Finish(self._finish_reason))
         else:
-            self._end(self._error("upstream_incomplete", "the model server ended the stream before [DONE]"))
+            self._end(self._incomplete("[DONE]"))
 
-    def on_lost(self, exc: Exception) -> None:
-        if self._ended:
-            return
-        if isinstance(exc, UpstreamError):
-            self._end(Error(exc.type, exc.code, exc.message, self._phase()))
-        else:
-            self._end(self._error("upstream_disconnected", f"lost the model server: {exc}"))
+    def _unexpected(self, body: bytes) -> None:
+        self._on_completion(body)
 
     def _on_data(self, data: str | bytes) -> None:
         if data == b"[DONE]" or data == "[DONE]":
@@ -136,15 +107,14 @@ class ChatStream:
         try:
             chunk = _decode_chunk(data)
         except msgspec.DecodeError as exc:
-            self._end(self._error("upstream_malformed", f"malformed chunk from the model server: {exc}"))
+            self._end(self._malformed("chunk", exc))
             return
         if chunk.error is not None:
             error = chunk.error
             if isinstance(error, str):
                 self._end(self._error("upstream_error", error))
             else:
-                code = str(error.code) if error.code is not None else (error.type or "upstream_error")
-                self._end(self._error(code, error.message))
+                self._end(self._error(error_code(error), error.message))
             return
         for choice in chunk.choices:
             delta = choice.delta or choice.message
@@ -169,27 +139,3 @@ class ChatStream:
         self._on_data(body)
         if not self._ended:
             self._end(Finish(self._finish_reason or "stop"))
-
-    def _phase(self) -> str:
-        return "stream" if self._tokens else "first_token"
-
-    def _error(self, code: str, message: str) -> Error:
-        return Error("upstream_error", code, message, self._phase())
-
-    def _end(self, event: Finish | Error) -> None:
-        self._ended = True
-        self._emit(event)
-
-
-def _error_message(body: bytes, status: int) -> str:
-    try:
-        chunk = _decode_chunk(body)
-    except msgspec.DecodeError:
-        text = body.decode("utf-8", "replace").strip()[:500]
-        return f"the model server answered {status}" + (f": {text}" if text else "")
-    error = chunk.error
-    if isinstance(error, _ErrorBody):
-        return f"the model server answered {status}: {error.message}"
-    if isinstance(error, str):
-        return f"the model server answered {status}: {error}"
-    return f"the model server answered {status}"

@@ -1,0 +1,190 @@
+"""Resumable streams: ``POST /v1/streams``, ``GET /v1/streams/{id}/events``, ``DELETE /v1/streams/{id}``.
+
+The events route is written for ``EventSource``, which gives up for good on any answer but a
+200 with ``text/event-stream``, and reconnects by itself after anything else (a dropped
+connection, the end of the body). So it answers:
+
+- 401 for a missing, wrong or expired token (the reader must not go on);
+- 204 for a stream that is unknown, expired, or finished and fully read (stop reconnecting);
+- 200 with only a ``retry:`` hint when the relay is at its limit of readers (come back later);
+- otherwise 200: the events after ``Last-Event-ID``, then the live ones, up to the terminal one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs
+
+import anyio
+
+from app.capability import CANCEL, READ, Capabilities
+from app.errors import RequestError
+from app.middleware import has_api_key
+from app.routes.completions import admit_chat, generation_request
+from app.routes.generate import admit_generate
+from app.routes.http import SSE_HEADERS, ClientGone, convert, decode, header, json_body, read_body, request_id, send_error, send_json
+from app.runtime import Runtime
+from app.schemas import GenerateRequest, json_decoder
+from app.streaming.eventlog import Entry, InvalidEventId
+from app.streaming.resumable import TERMINAL_EVENTS, ResumableStream, ResumableStreams
+from app.streaming.sse import HEARTBEAT
+from app.types import Receive, Scope, Send
+
+# Events read from the log at a time, per reader.
+READ_BATCH = 256
+
+
+async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
+    runtime: Runtime = scope["state"]["runtime"]
+    streams: ResumableStreams = scope["state"]["streams"]
+    capabilities: Capabilities = scope["state"]["capabilities"]
+    settings = runtime.settings
+    rid = request_id(scope)
+    try:
+        raw = decode(await read_body(scope, receive, settings.max_body_bytes), json_decoder)
+        if not isinstance(raw, dict):
+            raise RequestError(422, "invalid_request", "the request body must be a JSON object", param="$")
+        if "messages" in raw:  # a chat body, as for /v1/chat/completions
+            chat, upstream = admit_chat(runtime, raw)
+            request = generation_request(rid, chat.model, raw)
+        else:
+            upstream, request = admit_generate(runtime, rid, convert(raw, GenerateRequest))
+        if streams.running >= settings.max_streams:
+            raise RequestError(
+                429, "too_many_streams", "the relay is at its limit of resumable streams; retry shortly", headers={"Retry-After": "2"},
+            )
+    except ClientGone:
+        return
+    except RequestError as exc:
+        await send_error(send, exc)
+        return
+    stream = await streams.start(upstream, request)
+    base = _origin(scope) + "/v1/streams/" + stream.id
+    read_token, expires = capabilities.issue(stream.id, READ)
+    cancel_token, _ = capabilities.issue(stream.id, CANCEL)
+    body = {
+        "id": stream.id,
+        "object": "stream",
+        "events_url": f"{base}/events?token={read_token}",
+        "cancel_url": f"{base}?token={cancel_token}",
+        "expires_at": datetime.datetime.fromtimestamp(expires, datetime.UTC).isoformat().replace("+00:00", "Z"),
+    }
+    # The answer holds the stream's capabilities: no cache may keep it.
+    await send_json(send, 201, json_body(body), [(b"x-request-id", rid.encode()), (b"cache-control", b"no-store")])
+
+
+async def stream_events(scope: Scope, receive: Receive, send: Send) -> None:
+    runtime: Runtime = scope["state"]["runtime"]
+    streams: ResumableStreams = scope["state"]["streams"]
+    settings = runtime.settings
+    stream_id: str = scope["path_params"]["stream_id"]
+    query = _query(scope)
+    if not _authorised(scope, query, stream_id, READ):
+        await send_error(send, _unauthorised("read"))
+        return
+    stream = streams.get(stream_id)
+    # The header is what EventSource sends when it reconnects; the query is for a first connection that resumes.
+    after = header(scope, b"last-event-id") or query.get("last_event_id") or None
+    try:
+        entries = await streams.log.read_after(stream_id, after, READ_BATCH) if stream is not None else None
+    except InvalidEventId:
+        await send_error(send, RequestError(400, "invalid_event_id", f"{after!r} is not an event id of this stream", param="Last-Event-ID"))
+        return
+    if stream is None or entries is None or (not entries and stream.terminal is not None):
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+    if streams.readers >= settings.max_stream_readers:
+        await send({"type": "http.response.body", "body": b"retry: %d\n: busy\n\n" % settings.stream_busy_retry_ms})
+        return
+    await send({"type": "http.response.body", "body": b"retry: %d\n\n" % settings.stream_retry_ms, "more_body": True})
+
+    async def send_within_grace(body: bytes, more: bool = True) -> None:
+        # A reader that takes nothing for this long is cut off: it holds no generation back, but
+        # it would hold its connection forever. A live browser reconnects and loses nothing.
+        with anyio.fail_after(settings.slow_consumer_grace):
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+
+    with streams.reading(stream):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+            with contextlib.suppress(TimeoutError):
+                await _follow(send_within_grace, streams, stream, after, entries, settings.heartbeat_interval)
+                await send_within_grace(b"", more=False)
+            tg.cancel_scope.cancel()
+
+
+async def _follow(
+    send: Callable[[bytes], Awaitable[None]], streams: ResumableStreams, stream: ResumableStream, after: str | None, entries: list[Entry], heartbeat: float,
+) -> None:
+    """Send ``entries``, then every later event, until the terminal one (or the log drops the stream)."""
+    while True:
+        if entries:
+            await send(b"".join(map(_event, entries)))
+            after = entries[-1].id
+            if entries[-1].event in TERMINAL_EVENTS:
+                return
+        else:
+            with anyio.move_on_after(heartbeat) as waiting:
+                await streams.log.wait(stream.id, after)
+            if waiting.cancelled_caught:
+                await send(HEARTBEAT)
+        read = await streams.log.read_after(stream.id, after, READ_BATCH)
+        if read is None:
+            return
+        entries = read
+
+
+async def cancel_stream(scope: Scope, receive: Receive, send: Send) -> None:
+    streams: ResumableStreams = scope["state"]["streams"]
+    stream_id: str = scope["path_params"]["stream_id"]
+    if not _authorised(scope, _query(scope), stream_id, CANCEL):
+        await send_error(send, _unauthorised("cancel"))
+        return
+    stream = streams.get(stream_id)
+    if stream is None:
+        await send_error(send, RequestError(404, "stream_not_found", f"there is no stream {stream_id!r}: it never existed or has expired"))
+        return
+    cancelled = not stream.finished
+    stream.cancel()
+    await send_json(send, 200, json_body({"id": stream.id, "cancelled": cancelled}))
+
+
+def _event(entry: Entry) -> bytes:
+    return b"id: %b\nevent: %b\ndata: %b\n\n" % (entry.id.encode(), entry.event.encode(), entry.data)
+
+
+async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    return {name: values[-1] for name, values in parse_qs(scope["query_string"].decode("latin-1")).items()}
+
+
+def _authorised(scope: Scope, query: dict[str, str], stream_id: str, action: str) -> bool:
+    capabilities: Capabilities = scope["state"]["capabilities"]
+    runtime: Runtime = scope["state"]["runtime"]
+    token = query.get("token")
+    if token is not None and capabilities.check(token, stream_id, action):
+        return True
+    keys = runtime.settings.api_keys
+    return bool(keys) and has_api_key(scope, [key.encode() for key in keys])
+
+
+def _unauthorised(action: str) -> RequestError:
+    return RequestError(401, "invalid_token", f"the token of this URL is missing, wrong or expired: it does not allow to {action} this stream")
+
+
+def _origin(scope: Scope) -> str:
+    """This relay's origin as the client reached it, so the URLs it hands out work from another origin too."""
+    host = header(scope, b"host")
+    if host is None:
+        server_host, port = scope["server"]
+        host = f"{server_host}:{port}"
+    return f"{scope['scheme']}://{host}"

@@ -1,0 +1,48 @@
+"""The event log of resumable streams: what a reader replays after ``Last-Event-ID``.
+
+A log holds, per stream, an append-only sequence of events, each with an id the log
+assigns. Ids are opaque strings that increase within a stream; a reader resumes by handing
+back the last id it saw. The interface is small on purpose, so that a log shared by several
+processes (Redis Streams: ``XADD``, ``XRANGE``/``XREAD BLOCK``, ``EXPIRE``) fits it as well
+as the in-memory one (``app/streaming/log_memory.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+
+class Entry(msgspec.Struct, frozen=True):
+    """One event of a stream: its id, its SSE event name and its data (JSON)."""
+
+    id: str
+    event: str
+    data: bytes
+
+
+class InvalidEventId(ValueError):
+    """An id this log never issued (not of its form): a reader cannot resume from it."""
+
+
+class EventLog(Protocol):
+    async def create(self, stream_id: str) -> None:
+        """Start an empty stream."""
+
+    async def append(self, stream_id: str, event: str, data: bytes) -> str:
+        """Add an event at the end of the stream and wake its waiters; returns the event's id."""
+
+    async def read_after(self, stream_id: str, after: str | None, limit: int) -> list[Entry] | None:
+        """Up to ``limit`` events after the id ``after`` (from the start when ``None``), oldest first.
+
+        ``None`` when the stream is unknown or has expired. Raises ``InvalidEventId``.
+        """
+
+    async def wait(self, stream_id: str, after: str | None) -> None:
+        """Return when the stream has an event after ``after``, or is gone. Bound it with a cancel scope."""
+
+    async def expire(self, stream_id: str, ttl: float) -> None:
+        """Drop the stream ``ttl`` seconds from now."""
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,135 @@
+"""What every protocol's response handler shares: status, error bodies, phases, one terminal event.
+
+A protocol adapter subclasses ``StreamHandler`` and implements ``_feed`` (bytes of a good
+streaming response) and ``_at_end`` (the body ended: finished, or cut short). The base
+class keeps the body of an error status (up to 64 KiB) and turns it into an
+``upstream_status_NNN`` error whose message quotes the model server's own, whatever shape
+it has: OpenAI ``{"error": {"message"}}``, TGI and Ollama ``{"error": "..."}``, Anthropic
+``{"type": "error", "error": {"type", "message"}}``.
+
+After the terminal event (``_end``) the handler ignores everything: one terminal event,
+whatever the upstream does next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from app.errors import UpstreamError, UpstreamStatusError
+from app.streaming.events import Error, Event, Finish
+
+MAX_ERROR_BODY = 65_536
+
+
+class ErrorBody(msgspec.Struct):
+    message: str = "the model server reported an error"
+    type: str | None = None
+    code: str | int | None = None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody | str | None = None
+
+
+_decode_envelope = msgspec.json.Decoder(ErrorEnvelope).decode
+
+
+def error_code(error: ErrorBody) -> str:
+    """The model server's own code for an in-band error: its ``code``, else its ``type``."""
+    return str(error.code) if error.code is not None else (error.type or "upstream_error")
+
+
+def status_message(body: bytes, status: int) -> str:
+    """What the model server said along with an error status, in one line."""
+    try:
+        error = _decode_envelope(body).error
+    except msgspec.DecodeError:
+        text = " ".join(body.decode("utf-8", "replace").split())[:500]
+        return f"the model server answered {status}" + (f": {text}" if text else "")
+    if isinstance(error, ErrorBody):
+        return f"the model server answered {status}: {error.message}"
+    if isinstance(error, str):
+        return f"the model server answered {status}: {error}"
+    return f"the model server answered {status}"
+
+
+class StreamHandler:
+    """A ``ResponseHandler`` (app/streaming/upstreams/http1.py) that emits normalised events."""
+
+    __slots__ = ("_body", "_emit", "_ended", "_flush", "_ok", "_status", "_tokens")
+
+    # The content types of a good streaming response (prefixes).
+    content_types: tuple[bytes, ...] = (b"text/event-stream",)
+
+    def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
+        self._emit = emit
+        self._flush = flush
+        self._status = 0
+        self._ok = True
+        self._body = bytearray()
+        self._tokens = False
+        self._ended = False
+
+    def on_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._status = status
+        content_type = next((value for name, value in headers if name == b"content-type"), b"")
+        self._ok = status == 200 and content_type.startswith(self.content_types)
+
+    def on_body(self, data: bytes) -> None:
+        if self._ended:
+            return
+        if not self._ok:
+            if len(self._body) < MAX_ERROR_BODY:
+                self._body += data[: MAX_ERROR_BODY - len(self._body)]
+            return
+        self._feed(data)
+        if not self._ended:
+            self._flush()
+
+    def on_end(self) -> None:
+        if self._ended:
+            return
+        if self._status != 200:
+            self._end(UpstreamStatusError(self._status, status_message(bytes(self._body), self._status)).event())
+        elif not self._ok:
+            self._unexpected(bytes(self._body))
+        else:
+            self._at_end()
+
+    def on_lost(self, exc: Exception) -> None:
+        if self._ended:
+            return
+        if isinstance(exc, UpstreamError):
+            self._end(Error(exc.type, exc.code, exc.message, self._phase()))
+        else:
+            self._end(self._error("upstream_disconnected", f"lost the model server: {exc}"))
+
+    # For the protocols.
+
+    def _feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _at_end(self) -> None:
+        raise NotImplementedError
+
+    def _unexpected(self, body: bytes) -> None:
+        """A 200 whose content type is not a stream of this protocol."""
+        self._end(self._error("upstream_malformed", "the model server did not answer with a stream"))
+
+    def _phase(self) -> str:
+        return "stream" if self._tokens else "first_token"
+
+    def _error(self, code: str, message: str) -> Error:
+        return Error("upstream_error", code, message, self._phase())
+
+    def _incomplete(self, marker: str) -> Error:
+        return self._error("upstream_incomplete", f"the model server ended the stream before {marker}")
+
+    def _malformed(self, what: str, exc: Exception) -> Error:
+        return self._error("upstream_malformed", f"malformed {what} from the model server: {exc}")
+
+    def _end(self, event: Finish | Error) -> None:
+        self._ended = True
+        self._emit(event)

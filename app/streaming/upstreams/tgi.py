@@ -1,0 +1,110 @@
+"""Hugging Face Text Generation Inference's native protocol: ``POST {base}/generate_stream``.
+
+The request is ``{"inputs": prompt, "parameters": {...}}``: the prompt is the lone user
+message, or a plain transcript of the chat (``prompt_text``); ``max_tokens`` becomes
+``max_new_tokens``, and ``details`` is always asked for so the last event carries the
+finish reason and the token counts.
+
+The response is SSE, one ``data:`` event per token::
+
+    data:{"index":1,"token":{"id":415,"text":" Deep","logprob":-0.4,"special":false},"generated_text":null,"details":null}
+
+The last one carries ``generated_text`` and ``details`` (``finish_reason``: ``length``,
+``eos_token`` or ``stop_sequence``; ``generated_tokens``; ``input_length``). Special tokens
+(the end-of-sequence token) are not text. An error is an event ``{"error": "...",
+"error_type": "generation"}``, or an error status with the same body. A body that ends
+before the event with ``details`` is ``upstream_incomplete``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from app.streaming.events import Delta, Event, Finish, Usage
+from app.streaming.request import GenerationRequest, prompt_text
+from app.streaming.sse import SSEParser
+from app.streaming.upstreams.handler import StreamHandler
+
+# OpenAI request parameters TGI understands under the same name.
+_PASSED = ("top_p", "top_k", "seed", "repetition_penalty", "frequency_penalty")
+_FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
+
+
+class _Token(msgspec.Struct):
+    text: str = ""
+    special: bool = False
+
+
+class _Details(msgspec.Struct):
+    finish_reason: str = "eos_token"
+    generated_tokens: int = 0
+    input_length: int = 0
+
+
+class _Event(msgspec.Struct):
+    token: _Token | None = None
+    generated_text: str | None = None
+    details: _Details | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
+    parameters: dict[str, Any] = {key: request.extra[key] for key in _PASSED if request.extra.get(key) is not None}
+    parameters["details"] = True
+    limit, temperature = request.token_limit(), request.sampling_temperature()
+    if limit is not None:
+        parameters["max_new_tokens"] = limit
+    if temperature:  # TGI wants > 0; 0 means greedy, its default
+        parameters["temperature"] = temperature
+    stop = request.extra.get("stop")
+    if stop:
+        parameters["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    headers = [("Content-Type", "application/json"), ("Accept", "text/event-stream"), ("X-Request-Id", request.request_id)]
+    if api_key:
+        headers.append(("Authorization", f"Bearer {api_key}"))
+    return "/generate_stream", headers, _encode({"inputs": prompt_text(request.messages), "parameters": parameters})
+
+
+class GenerateStream(StreamHandler):
+    __slots__ = ("_parser",)
+
+    def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
+        super().__init__(emit, flush)
+        self._parser = SSEParser()
+
+    def _feed(self, data: bytes) -> None:
+        for event in self._parser.feed(data):
+            self._on_event(event.data)
+            if self._ended:
+                return
+
+    def _on_event(self, data: str) -> None:
+        try:
+            event = _decode_event(data)
+        except msgspec.DecodeError as exc:
+            self._end(self._malformed("event", exc))
+            return
+        if event.error is not None:
+            self._end(self._error(event.error_type or "upstream_error", event.error))
+            return
+        token = event.token
+        if token is not None and token.text and not token.special:
+            self._tokens = True
+            self._emit(Delta(token.text))
+        details = event.details
+        if details is not None:
+            self._emit(Usage(details.input_length, details.generated_tokens))
+            self._end(Finish(_FINISH.get(details.finish_reason, details.finish_reason)))
+        elif event.generated_text is not None:  # the last event, from a server not asked for details
+            self._end(Finish("stop"))
+
+    def _at_end(self) -> None:
+        self._end(self._incomplete("its last event (the one with details)"))

@@ -1,0 +1,134 @@
+"""Each adapter reads its protocol's documented wire format (tests/streaming/upstreams/fixtures/), however the bytes are split,
+and builds the request its model server expects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from app.streaming.events import Delta, Error, Event, Finish, Usage
+from app.streaming.request import GenerationRequest
+from app.streaming.upstreams.adapters import ADAPTERS
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SSE, NDJSON = b"text/event-stream", b"application/x-ndjson"
+
+CASES = {
+    "openai-stream-usage.sse": ("openai", [Delta("Hello"), Delta("!"), Usage(9, 2), Finish("stop")]),
+    "openai-llamacpp.sse": ("openai", [Delta("Hi"), Usage(12, 1), Finish("length")]),
+    "openai-vllm-error.sse": ("openai", [Delta("Once"), Error("upstream_error", "500", "The engine is dead", "stream")]),
+    "tgi-generate-stream.sse": ("tgi", [Delta("Deep"), Delta(" learning"), Usage(6, 3), Finish("stop")]),
+    "tgi-length.sse": ("tgi", [Delta("Deep"), Delta(" learning"), Usage(6, 2), Finish("length")]),
+    "tgi-error.sse": ("tgi", [
+        Delta("Deep"), Error("upstream_error", "generation", "Request failed during generation: Server error: Out of available cache blocks", "stream"),
+    ]),
+    "ollama-chat.ndjson": ("ollama", [Delta("The"), Delta(" sky"), Delta(" is blue."), Usage(26, 282), Finish("stop")]),
+    "ollama-error.ndjson": ("ollama", [
+        Delta("The"), Error("upstream_error", "upstream_error", "an error was encountered while running the model: unexpected EOF", "stream"),
+    ]),
+    "anthropic-stream.sse": ("anthropic", [Delta("Hello"), Delta("!"), Usage(25, 15), Finish("stop")]),
+    "anthropic-error.sse": ("anthropic", [Delta("Hello"), Error("upstream_error", "overloaded_error", "Overloaded", "stream")]),
+    "anthropic-tool-use.sse": ("anthropic", [Delta("Okay"), Usage(472, 89), Finish("tool_calls")]),
+}
+
+
+def run(protocol: str, body: bytes, *, size: int | None = None, status: int = 200, content_type: bytes | None = None) -> list[Event]:
+    events: list[Event] = []
+    handler = ADAPTERS[protocol].handler(events.append, lambda: None)
+    handler.on_response(status, [(b"content-type", content_type or (NDJSON if protocol == "ollama" else SSE))])
+    size = size or len(body) or 1
+    for start in range(0, len(body), size):
+        handler.on_body(body[start:start + size])
+    handler.on_end()
+    return events
+
+
+@pytest.mark.parametrize("size", [None, 1, 7, 64])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_documented_streams_become_the_same_events_however_split(name: str, size: int | None) -> None:
+    protocol, expected = CASES[name]
+    assert run(protocol, (FIXTURES / name).read_bytes(), size=size) == expected
+
+
+@pytest.mark.parametrize("name", sorted(name for name in CASES if name.endswith(".sse")))
+def test_crlf_line_ends_read_the_same(name: str) -> None:
+    protocol, expected = CASES[name]
+    assert run(protocol, (FIXTURES / name).read_bytes().replace(b"\n", b"\r\n"), size=5) == expected
+
+
+@pytest.mark.parametrize("name", sorted(name for name, (_, expected) in CASES.items() if isinstance(expected[-1], Finish)))
+def test_a_body_cut_before_its_end_marker_is_incomplete(name: str) -> None:
+    protocol, _ = CASES[name]
+    body = (FIXTURES / name).read_bytes()
+    events = run(protocol, body[: body.rindex(b"\n", 0, len(body) // 2) + 1])  # its first half, at a line end
+    assert isinstance(events[-1], Error) and events[-1].code == "upstream_incomplete"
+    assert [e for e in events if isinstance(e, Error)] == [events[-1]]
+
+
+@pytest.mark.parametrize(("protocol", "status", "body", "message"), [
+    ("openai", 429, b'{"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}',
+     "Rate limit reached for requests"),
+    ("tgi", 422, b'{"error":"Input validation error: `inputs` must have less than 4096 tokens. Given: 5000","error_type":"validation"}',
+     "Input validation error: `inputs` must have less than 4096 tokens. Given: 5000"),
+    ("ollama", 404, b'{"error":"model \\"llama3.2\\" not found, try pulling it first"}', 'model "llama3.2" not found, try pulling it first'),
+    ("anthropic", 529, b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', "Overloaded"),
+    ("anthropic", 502, b"<html><body>Bad gateway</body></html>", "<html><body>Bad gateway</body></html>"),
+])
+def test_an_error_status_quotes_the_model_servers_message(protocol: str, status: int, body: bytes, message: str) -> None:
+    events = run(protocol, body, status=status, content_type=b"application/json")
+    assert events == [Error("upstream_error", f"upstream_status_{status}", f"the model server answered {status}: {message}", "first_token")]
+
+
+@pytest.mark.parametrize("protocol", sorted(ADAPTERS))
+def test_a_stream_of_the_wrong_kind_is_malformed(protocol: str) -> None:
+    events = run(protocol, b"<html>hello</html>", content_type=b"text/html")
+    assert len(events) == 1 and isinstance(events[0], Error) and events[0].code == "upstream_malformed"
+
+
+REQUEST = GenerationRequest(
+    "rid-1", "m", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+    extra={"max_tokens": 20, "temperature": 1.5, "top_p": 0.9, "stop": "END", "seed": 7},
+)
+
+
+def test_openai_request_passes_parameters_and_asks_for_usage() -> None:
+    path, headers, body = ADAPTERS["openai"].build_request(REQUEST, "sk-1")
+    assert path == "/chat/completions" and ("Authorization", "Bearer sk-1") in headers and ("X-Request-Id", "rid-1") in headers
+    sent = msgspec.json.decode(body)
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert (sent["max_tokens"], sent["temperature"], sent["stop"], sent["messages"]) == (20, 1.5, "END", REQUEST.messages)
+
+
+def test_tgi_request_is_a_prompt_with_parameters() -> None:
+    path, headers, body = ADAPTERS["tgi"].build_request(REQUEST, None)
+    assert path == "/generate_stream" and not any(name == "Authorization" for name, _ in headers)
+    assert msgspec.json.decode(body) == {
+        "inputs": "system: Be brief.\nuser: Hi\nassistant:",
+        "parameters": {"top_p": 0.9, "seed": 7, "details": True, "max_new_tokens": 20, "temperature": 1.5, "stop": ["END"]},
+    }
+    _, _, lone = ADAPTERS["tgi"].build_request(GenerationRequest("r", "m", [{"role": "user", "content": "Just this"}], max_tokens=3), None)
+    assert msgspec.json.decode(lone)["inputs"] == "Just this"
+
+
+def test_ollama_request_uses_options() -> None:
+    path, _, body = ADAPTERS["ollama"].build_request(REQUEST, None)
+    assert path == "/api/chat"
+    assert msgspec.json.decode(body) == {
+        "model": "m", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], "stream": True,
+        "options": {"top_p": 0.9, "seed": 7, "stop": "END", "num_predict": 20, "temperature": 1.5},
+    }
+
+
+def test_anthropic_request_has_its_headers_a_system_and_a_capped_temperature() -> None:
+    path, headers, body = ADAPTERS["anthropic"].build_request(REQUEST, "sk-ant")
+    assert path == "/v1/messages"
+    assert ("x-api-key", "sk-ant") in headers and ("anthropic-version", "2023-06-01") in headers
+    assert not any(name == "Authorization" for name, _ in headers)
+    assert msgspec.json.decode(body) == {
+        "top_p": 0.9, "model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "Hi"}], "stream": True,
+        "system": "Be brief.", "temperature": 1.0, "stop_sequences": ["END"],
+    }
+    _, _, default = ADAPTERS["anthropic"].build_request(GenerationRequest("r", "m", [{"role": "user", "content": "x"}]), None)
+    assert msgspec.json.decode(default)["max_tokens"] == 4096
