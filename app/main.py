@@ -29,7 +29,7 @@ from app.routes.generate import generate
 from app.routes.ops import healthz, readyz
 from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
-from app.runtime import Runtime, build_upstreams
+from app.runtime import Runtime, build_upstreams, raise_open_files_limit
 from app.settings import Settings, settings_from_json
 from app.shutdown import on_shutdown_signal
 from app.streaming.log_memory import MemoryEventLog
@@ -105,6 +105,7 @@ def create_app(settings: Settings) -> ASGIApp:
                 logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
                             upstream.origin.base_path, upstream.protocol)
             stack.enter_context(on_shutdown_signal(live.shut_down))
+            raise_open_files_limit(settings)
             runtime = Runtime(settings, upstreams, models, live, client)
             log = MemoryEventLog()
             stack.push_async_callback(log.aclose)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import resource
 from collections.abc import Mapping
 
 from app.errors import RequestError
@@ -9,6 +11,12 @@ from app.settings import Settings
 from app.streaming.respond import LiveRequests
 from app.streaming.routing import Circuit, Route, Target, Timeouts, Upstream
 from app.streaming.upstreams.http1 import Client
+
+logger = logging.getLogger("token_relay")
+
+# Sockets a stream holds (the client's and the upstream's), and files for everything else.
+FILES_PER_STREAM = 2
+FILES_SPARE = 256
 
 
 def build_upstreams(settings: Settings, client: Client, environ: Mapping[str, str], mock_url: str | None = None) -> dict[str, Upstream]:
@@ -72,3 +80,26 @@ def _target(upstreams: dict[str, Upstream], spec: str) -> Target:
     """``"name"`` (the client's model name is passed on) or ``"name:model"`` (that model is asked for)."""
     name, colon, model = spec.partition(":")
     return Target(upstreams[name], model if colon else None)
+
+
+def raise_open_files_limit(settings: Settings) -> int:
+    """Raise the soft limit on open files to the hard one, and warn when it is still too low.
+
+    A relay out of file descriptors cannot even accept a connection to refuse it: new clients
+    wait in the backlog. Many systems start services with a soft limit of 1,024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-files limit from %d to %d: %s", soft, hard, exc)
+    needed = FILES_PER_STREAM * settings.max_concurrent_requests + FILES_SPARE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "the open-files limit (%d) is below the %d that RELAY_MAX_CONCURRENT_REQUESTS=%d needs: "
+            "past about %d streams, new connections will wait unanswered; raise the limit (ulimit -n) or lower the setting",
+            soft, needed, settings.max_concurrent_requests, (soft - FILES_SPARE) // FILES_PER_STREAM,
+        )
+    return soft

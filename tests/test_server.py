@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import httpx
@@ -30,11 +32,12 @@ def _free_port() -> int:
 def serve() -> Iterator:  # type: ignore[type-arg]
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    def start(*args: str, preexec_fn: Callable[[], None] | None = None, **env: str) -> tuple[subprocess.Popen[bytes], str]:
         port = _free_port()
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "serve", "--port", str(port), *args],
             env={**os.environ, "RELAY_ACCESS_LOG": "false", **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
         processes.append(process)
         url = f"http://127.0.0.1:{port}"
@@ -153,3 +156,17 @@ async def test_the_access_log_shows_requests_but_never_the_tokens_of_stream_urls
     assert f'"DELETE /v1/streams/{created["id"]}?token=[redacted] HTTP/1.1" 200' in log
     for url_with_token in (created["events_url"], created["cancel_url"]):
         assert url_with_token.split("token=")[1] not in log
+
+
+async def test_serve_raises_its_open_files_limit_and_warns_when_it_is_still_too_low(serve) -> None:  # type: ignore[no-untyped-def]
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 1024))
+
+    process, _ = serve(RELAY_MAX_CONCURRENT_REQUESTS="1000", preexec_fn=low_limit)
+    limits = await anyio.Path(f"/proc/{process.pid}/limits").read_text()
+    assert re.search(r"Max open files\s+1024\s+1024", limits)
+    process.send_signal(signal.SIGTERM)
+    await anyio.to_thread.run_sync(process.wait, 10)
+    log = process.stdout.read().decode()
+    assert "the open-files limit (1024) is below the 2256 that RELAY_MAX_CONCURRENT_REQUESTS=1000 needs" in log
+    assert "past about 384 streams" in log
