@@ -29,8 +29,7 @@ import msgspec
 
 from app.streaming.events import Delta, Event, Finish, Usage
 from app.streaming.request import GenerationRequest, content_text
-from app.streaming.sse import SSEParser
-from app.streaming.upstreams.handler import ErrorBody, StreamHandler, error_code
+from app.streaming.upstreams.handler import ErrorBody, SSEStreamHandler, error_code
 
 VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -100,21 +99,14 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
     return "/v1/messages", headers, _encode(body)
 
 
-class MessageStream(StreamHandler):
-    __slots__ = ("_input", "_output", "_parser", "_stop_reason")
+class MessageStream(SSEStreamHandler):
+    __slots__ = ("_input", "_output", "_stop_reason")
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         super().__init__(emit, flush)
-        self._parser = SSEParser()
         self._stop_reason: str | None = None
         self._input = 0
         self._output = 0
-
-    def _feed(self, data: bytes) -> None:
-        for event in self._parser.feed(data):
-            self._on_event(event.data)
-            if self._ended:
-                return
 
     def _on_event(self, data: str) -> None:
         try:

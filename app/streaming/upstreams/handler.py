@@ -19,6 +19,7 @@ import msgspec
 
 from app.errors import UpstreamError, UpstreamStatusError
 from app.streaming.events import Error, Event, Finish
+from app.streaming.sse import SSEParser
 
 MAX_ERROR_BODY = 65_536
 
@@ -133,3 +134,22 @@ class StreamHandler:
     def _end(self, event: Finish | Error) -> None:
         self._ended = True
         self._emit(event)
+
+
+class SSEStreamHandler(StreamHandler):
+    """A protocol spoken as Server-Sent Events: its events' data go to ``_on_event``, one by one."""
+
+    __slots__ = ("_parser",)
+
+    def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
+        super().__init__(emit, flush)
+        self._parser = SSEParser()
+
+    def _feed(self, data: bytes) -> None:
+        for event in self._parser.feed(data):
+            self._on_event(event.data)
+            if self._ended:
+                return
+
+    def _on_event(self, data: str) -> None:
+        raise NotImplementedError

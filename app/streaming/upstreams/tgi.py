@@ -18,15 +18,13 @@ before the event with ``details`` is ``upstream_incomplete``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from app.streaming.events import Delta, Event, Finish, Usage
+from app.streaming.events import Delta, Finish, Usage
 from app.streaming.request import GenerationRequest, prompt_text
-from app.streaming.sse import SSEParser
-from app.streaming.upstreams.handler import StreamHandler
+from app.streaming.upstreams.handler import SSEStreamHandler
 
 # OpenAI request parameters TGI understands under the same name.
 _PASSED = ("top_p", "top_k", "seed", "repetition_penalty", "frequency_penalty")
@@ -73,18 +71,8 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
     return "/generate_stream", headers, _encode({"inputs": prompt_text(request.messages), "parameters": parameters})
 
 
-class GenerateStream(StreamHandler):
-    __slots__ = ("_parser",)
-
-    def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
-        super().__init__(emit, flush)
-        self._parser = SSEParser()
-
-    def _feed(self, data: bytes) -> None:
-        for event in self._parser.feed(data):
-            self._on_event(event.data)
-            if self._ended:
-                return
+class GenerateStream(SSEStreamHandler):
+    __slots__ = ()
 
     def _on_event(self, data: str) -> None:
         try:
