@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
 from app.errors import RequestError
@@ -31,6 +32,15 @@ _RELAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
 
 
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+    stream = await _answer(scope, receive, send)
+    if stream is not None:
+        # Run the stream outside the frame that decoded the request: a stream can last minutes,
+        # and that frame holds the request body, which the upstream has had since the first second.
+        await stream
+
+
+async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None] | None:
+    """Answer a refused or non-streamed request; for a stream, send its head and return the relay to run."""
     runtime: Runtime = scope["state"]["runtime"]
     settings = runtime.settings
     rid = request_id(scope)
@@ -41,26 +51,25 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             raise RequestError(422, "invalid_request", "the request body must be a JSON object", param="$")
         chat, upstream = admit_chat(runtime, raw)
     except ClientGone:
-        return
+        return None
     except RequestError as exc:
         await send_error(send, exc)
-        return
+        return None
     model = chat.model
     completion_id = "chatcmpl-" + rid
     if chat.stream:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
-        del chat  # a stream can last minutes: once sent upstream, the prompt is held by no frame
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
         encoder = OpenAIChunks(completion_id, model, include_usage)
-        await relay_stream(receive, send, upstream, generation_request(rid, model, raw), encoder, settings, runtime.live)
-        return
+        return relay_stream(receive, send, upstream, generation_request(rid, model, raw), encoder, settings, runtime.live)
     result = await relay_collected(receive, upstream, generation_request(rid, model, raw), runtime.live)
     if result is None:
-        return
+        return None
     if isinstance(result.terminal, Error):
         await send_upstream_failure(send, result.terminal, headers)
     else:
         await send_json(send, 200, json_body(openai_completion(completion_id, model, result)), headers)
+    return None
 
 
 def admit_chat(runtime: Runtime, raw: dict[str, Any]) -> tuple[ChatRequest, Route]:

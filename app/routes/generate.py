@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
+
 from app.errors import RequestError
 from app.routes.http import (
     SSE_HEADERS,
@@ -27,6 +30,15 @@ DEFAULT_MAX_TOKENS = 512
 
 
 async def generate(scope: Scope, receive: Receive, send: Send) -> None:
+    stream = await _answer(scope, receive, send)
+    if stream is not None:
+        # Run the stream outside the frame that decoded the request: a stream can last minutes,
+        # and that frame holds the prompt, which the upstream has had since the first second.
+        await stream
+
+
+async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None] | None:
+    """Answer a refused or non-streamed request; for a stream, send its head and return the relay to run."""
     runtime: Runtime = scope["state"]["runtime"]
     settings = runtime.settings
     rid = request_id(scope)
@@ -35,21 +47,21 @@ async def generate(scope: Scope, receive: Receive, send: Send) -> None:
         body = decode(await read_body(scope, receive, settings.max_body_bytes), generate_decoder)
         upstream, request = admit_generate(runtime, rid, body)
     except ClientGone:
-        return
+        return None
     except RequestError as exc:
         await send_error(send, exc)
-        return
+        return None
     if body.stream:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
-        await relay_stream(receive, send, upstream, request, NativeEvents(), settings, runtime.live)
-        return
+        return relay_stream(receive, send, upstream, request, NativeEvents(), settings, runtime.live)
     result = await relay_collected(receive, upstream, request, runtime.live)
     if result is None:
-        return
+        return None
     if isinstance(result.terminal, Error):
         await send_upstream_failure(send, result.terminal, headers)
     else:
         await send_json(send, 200, json_body(native_completion(result)), headers)
+    return None
 
 
 def admit_generate(runtime: Runtime, rid: str, body: GenerateRequest) -> tuple[Route, GenerationRequest]:
