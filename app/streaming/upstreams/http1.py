@@ -182,6 +182,11 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _expire(head: asyncio.Future[int], seconds: float) -> None:
+    if not head.done():
+        head.set_exception(UpstreamTimeout("first_token", seconds))
+
+
 class Exchange:
     """One request in flight; ``close()`` aborts it if the response has not ended.
 
@@ -225,21 +230,26 @@ class Client:
         lines.extend(f"{name}: {value}\r\n" for name, value in headers)
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
         request = "".join(lines).encode("latin-1") + body
+        loop = asyncio.get_running_loop()
         for attempt in (1, 2):
-            try:
-                with anyio.fail_after(connect_timeout):
-                    connection = await self._acquire(origin)
-            except TimeoutError:
-                raise UpstreamTimeout("connect", connect_timeout) from None
+            connection = self._pooled(origin)
+            if connection is None:
+                try:
+                    with anyio.fail_after(connect_timeout):
+                        connection = await self._connect(origin)
+                except TimeoutError:
+                    raise UpstreamTimeout("connect", connect_timeout) from None
             head = connection.start(request, handler)
             # Taken now: once the response ends, the connection may serve another request.
             serial = connection.serial
+            # A timer fails the head rather than a cancel scope around the await: nothing to
+            # enter, exit or cancel on the way of every request.
+            expiry = loop.call_later(head_timeout, _expire, head, head_timeout)
             try:
-                with anyio.fail_after(head_timeout):
-                    status = await head
-            except TimeoutError:
+                status = await head
+            except UpstreamTimeout:
                 connection.detach(serial)  # its handler must hear nothing more: the caller may try elsewhere
-                raise UpstreamTimeout("first_token", head_timeout) from None
+                raise
             except UpstreamProtocolError:
                 connection.abort()
                 if attempt == 1 and connection.reused and not connection.received_anything:
@@ -248,10 +258,13 @@ class Client:
             except BaseException:
                 connection.detach(serial)
                 raise
+            finally:
+                expiry.cancel()
             return Exchange(connection, serial, status)
         raise AssertionError("unreachable")
 
-    async def _acquire(self, origin: Origin) -> _Connection:
+    def _pooled(self, origin: Origin) -> _Connection | None:
+        """The most recently idle live connection to ``origin``, if any; dead and expired ones are closed."""
         if self._closed:
             raise UpstreamConnectError("the relay is shutting down")
         idle = self._idle.get(origin.key)
@@ -262,6 +275,9 @@ class Client:
                 connection.reused = True
                 return connection
             connection.abort()
+        return None
+
+    async def _connect(self, origin: Origin) -> _Connection:
         loop = asyncio.get_running_loop()
         context: ssl.SSLContext | None = None
         if origin.scheme == "https":
