@@ -243,7 +243,7 @@ class CollectedStream:
     def __init__(self) -> None:
         self._parts: list[str] = []
         self._usage: Usage | None = None
-        self._done = asyncio.get_running_loop().create_future()
+        self._done: asyncio.Future[Terminal | None] = asyncio.get_running_loop().create_future()
 
     def push(self, event: Event) -> None:
         if type(event) is Delta:
@@ -257,6 +257,11 @@ class CollectedStream:
     def flush(self) -> None:
         pass
 
-    async def result(self) -> Collected:
+    def abandon(self) -> None:
+        """The client left: ``result()`` returns ``None``."""
+        if not self._done.done():
+            self._done.set_result(None)
+
+    async def result(self) -> Collected | None:
         terminal = await self._done
-        return Collected("".join(self._parts), self._usage, terminal)
+        return Collected("".join(self._parts), self._usage, terminal) if terminal is not None else None

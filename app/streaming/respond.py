@@ -1,21 +1,30 @@
 """One client request relayed from start to end: the tasks, and who cancels whom.
 
-A streaming request runs on its own task (docs/architecture.md draws it):
+A streaming request (docs/architecture.md draws it):
 
-- first ``Generation.start`` connects, sends the upstream request and waits for its head,
-  while a second task, ``_watch_disconnect``, waits on ``receive()``: a client that leaves
-  then closes the upstream at once and cancels everything;
-- then ``DirectStream.run``: the upstream's bytes arrive by callback, with no task of their
-  own, and are sent to the client from that callback; the request task waits on
+- ``Generation.start`` runs on a task of its own: it connects (or takes a pooled
+  connection), sends the upstream request and waits for its head;
+- meanwhile, and to the end, the request task runs ``DirectStream.run``: it waits on
   ``receive()`` for the client to leave, and takes over a send only when the client's
-  buffer is full.
+  buffer is full. The upstream's bytes arrive by callback, with no task of their own, and
+  are sent to the client from that callback.
+- A client that leaves closes the upstream at once (``Generation.close``) and cancels the
+  start task if it is still connecting. Nothing else is ever cancelled.
 
-A ``stream: false`` request runs the same, with ``CollectedStream`` in place of the writer.
+A ``stream: false`` request runs the same, with ``CollectedStream`` in place of the writer:
+the request task waits for the whole answer, and a watcher task on ``receive()`` ends when
+the client leaves (closing the upstream) or when the answer has been sent.
+
+No request leaves reference cycles behind (tests/streaming/test_garbage.py): each is freed
+by reference counting, so the garbage collector has nothing to pause the process for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
+import logging
 from collections.abc import Iterator
 
 import anyio
@@ -27,6 +36,8 @@ from app.streaming.generation import Generation, Route, Upstream
 from app.streaming.relay import CollectedStream, DirectStream
 from app.streaming.request import GenerationRequest
 from app.types import Receive, Send
+
+logger = logging.getLogger("token_relay")
 
 
 class LiveRequests:
@@ -84,40 +95,56 @@ async def relay_stream(
         stream.on_abort = generation.close
         with live.track(generation):
             stream.start_heartbeats()
+            # The generation connects and waits for the upstream's head on a task of its own,
+            # while this one waits on receive() for the client to leave (DirectStream.run):
+            # one plain task, and no cancellation at all unless the client leaves first.
+            starting = asyncio.get_running_loop().create_task(generation.start())
+            starting.add_done_callback(functools.partial(_started, generation))
             try:
-                # While connecting, a second task watches for the client leaving; afterwards the
-                # request task itself does, parked in receive() between sends (DirectStream.run).
-                async with anyio.create_task_group() as connecting:
-                    connecting.start_soon(_watch_disconnect, receive, generation, scope)
-                    await generation.start()
-                    connecting.cancel_scope.cancel()
                 await stream.run(receive)
             finally:
                 generation.close()
                 stream.stop_heartbeats()
+                stream.on_abort = _nothing  # the stream and the generation hold each other: let refcounting free them
+                starting.cancel()  # if it is still connecting or waiting for the head
 
 
 async def relay_collected(
     receive: Receive, upstream: Route | Upstream, request: GenerationRequest, live: LiveRequests
 ) -> Collected | None:
     """Run a generation to its end and return it whole; ``None`` if the client left first."""
-    result: Collected | None = None
-    async with anyio.create_task_group() as tg:
-        sink = CollectedStream()
-        generation = Generation(upstream, request, sink)
-        tg.start_soon(_watch_disconnect, receive, generation, tg.cancel_scope)
-        with live.track(generation):
-            try:
-                await generation.start()
-                result = await sink.result()
-            finally:
-                generation.close()
-        tg.cancel_scope.cancel()
-    return result
+    sink = CollectedStream()
+    generation = Generation(upstream, request, sink)
+    del request
+    loop = asyncio.get_running_loop()
+    with live.track(generation):
+        starting = loop.create_task(generation.start())
+        starting.add_done_callback(functools.partial(_started, generation))
+        # Watches receive() until the client leaves, or until the answer is sent (uvicorn then
+        # says http.disconnect too): it ends by itself, nobody cancels it. While it waits,
+        # uvicorn's receive() holds its wake-up, so it needs no other reference.
+        loop.create_task(_watch_collected(receive, generation, sink, starting))  # noqa: RUF006
+        try:
+            return await sink.result()
+        finally:
+            generation.close()
+            starting.cancel()
 
 
-async def _watch_disconnect(receive: Receive, generation: Generation, scope: anyio.CancelScope) -> None:
+async def _watch_collected(receive: Receive, generation: Generation, sink: CollectedStream, starting: asyncio.Task[None]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     generation.close()
-    scope.cancel()
+    starting.cancel()
+    sink.abandon()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _started(generation: Generation, task: asyncio.Task[None]) -> None:
+    """``Generation.start`` turns every failure into the terminal event: anything it raises is a defect, and still ends the stream."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("generation failed to start", exc_info=exc)
+        generation.fail(Error("relay_error", "internal_error", f"the relay failed: {type(exc).__name__}", generation.phase))

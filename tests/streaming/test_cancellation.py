@@ -35,9 +35,12 @@ async def test_leaving_before_the_first_token(path: str, slow: tuple[MockModel, 
     model, url = slow
     request_id = f"before-first{path.replace('/', '-')}"
     body = {"prompt": "x", "stream": True} if path == "/v1/generate" else {"model": "mock", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    before = model.requests
     with anyio.fail_after(5):
         async with client.stream("POST", url + path, json=body, headers={"x-request-id": request_id}) as response:
             assert response.status_code == 200  # the head goes out at once, before the first token
+            # Leave once the model has the request (a client gone before that is never sent upstream).
+            await anyio.to_thread.run_sync(model.wait_for_requests, before + 1, 4)
     record = await _disconnect_of(model, request_id)
     assert record["tokens_sent"] == 0
 

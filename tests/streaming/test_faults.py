@@ -9,6 +9,7 @@ import anyio
 import httpx
 import pytest
 
+from app.streaming.generation import Generation
 from app.streaming.upstreams.mock import MockModel
 from tests.servers import mock_server, relay_server
 from tests.sse import chat, data, post_stream
@@ -118,3 +119,18 @@ async def test_heartbeats_flow_while_waiting_for_the_first_token(fault: str, cli
                 raw = b"".join([chunk async for chunk in r.aiter_raw()])
     assert raw.count(b": ping\n\n") >= 4
     assert raw.rstrip().endswith(b'"first_token_timeout","phase":"first_token","message":"no first token from the model server within 0.5 s"}')
+
+
+async def test_a_defect_in_starting_a_generation_still_ends_the_stream(
+    faulty: tuple[MockModel, str], client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: Generation) -> None:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(Generation, "start", broken)
+    _, url = faulty
+    with anyio.fail_after(10):
+        response, events = await post_stream(client, url + "/v1/generate", {"prompt": "x", "stream": True, "model": "mock"})
+    assert response.status_code == 200
+    assert [e.event for e in events].count("error") == 1 and events[-1].event == "error"
+    assert data(events[-1])["code"] == "internal_error"
