@@ -118,7 +118,7 @@ class LoadGen(Runner):
             self.per_stream.append({
                 "id": stream.request_id, "target": stream.index % len(self.targets), "status": stream.status, "end": stream.outcome,
                 "error": stream.detail or None, "events": stream.events, "content": stream.content, "ttft": stream.ttft,
-                "closed_at": stream.t_end if stream.outcome == CLOSED else None,
+                "closed_at": stream.t_end if stream.outcome == CLOSED else None, "port": stream.local_port,
             })
         super().on_finish(stream)
 

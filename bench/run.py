@@ -20,8 +20,10 @@ Scenarios:
   per token (/proc utime+stime over the window) and RSS. Upstream: bench/fastmock.py,
   because the embedded mock cannot produce 50k tokens/s on a core it shares (``--steady-mock
   app`` to use it anyway).
-- ``cancel``: streams closed by the client after K content events; per stream, the mock's
-  disconnect time (``GET /mock/stats``) minus the client's close time.
+- ``cancel``: streams closed by the client after K content events. Per stream, two figures:
+  the mock's disconnect time (``GET /mock/stats``) minus the client's close time, which adds
+  the mock's own time to notice; and, on the wire (bench/wire.py, needs root), the kernel's
+  timestamp of the relay's FIN or RST to the mock minus that of the client's FIN.
 - ``memory``: N streams held open before their first token (mock ttft 60 s); the server's
   RSS growth per open stream.
 - ``throughput`` and ``held`` (10,000 streams in one process): see bench/capacity.py.
@@ -67,6 +69,7 @@ from procs import (
     start_target,
     warm_up,
 )
+from wire import capturing, first_close
 
 ALL_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp", "tcp-proxy", "litellm")
 # tcp-proxy (the floor) is cheap in ttft and always added there; elsewhere name it in --targets
@@ -198,27 +201,28 @@ def cancel(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
         with running(server):
             warm_up(url)
             prefix = f"c{os.getpid()}{target[:3]}{int(time.time() * 1000) % 100000}"
-            r = loadgen(
-                [url],
-                timeout=30,
-                streams=cfg.cancel_streams,
-                ramp=cfg.cancel_ramp,
-                max_tokens=5000,
-                close_after=cfg.close_after,
-                per_stream=True,
-                id_prefix=prefix,
-            )
-            closed = {s["id"]: s["closed_at"] for s in r["per_stream"] if s["end"] == "closed" and s["closed_at"]}
-            seen: dict[str, float] = {}
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline:  # disconnects still on their way are waited for, up to 3 s
-                stats = json.loads(http_get(mock_base + "/mock/stats"))
-                seen = {d["request_id"]: d["at"] for d in stats["disconnects"] if d["request_id"] in closed and "at" in d}
-                if len(seen) >= len(closed):
-                    break
-                time.sleep(0.2)
-    latencies = sorted((seen[rid] - closed[rid]) * 1e3 for rid in seen)
-    return {
+            with capturing() as capture:
+                r = loadgen(
+                    [url],
+                    timeout=30,
+                    streams=cfg.cancel_streams,
+                    ramp=cfg.cancel_ramp,
+                    max_tokens=5000,
+                    close_after=cfg.close_after,
+                    per_stream=True,
+                    id_prefix=prefix,
+                )
+                closed = {s["id"]: s["closed_at"] for s in r["per_stream"] if s["end"] == "closed" and s["closed_at"]}
+                seen: dict[str, dict[str, Any]] = {}
+                deadline = time.monotonic() + 3.0
+                while time.monotonic() < deadline:  # disconnects still on their way are waited for, up to 3 s
+                    stats = json.loads(http_get(mock_base + "/mock/stats"))
+                    seen = {d["request_id"]: d for d in stats["disconnects"] if d["request_id"] in closed and "at" in d}
+                    if len(seen) >= len(closed):
+                        break
+                    time.sleep(0.2)
+    latencies = sorted((seen[rid]["at"] - closed[rid]) * 1e3 for rid in seen)
+    result = {
         "closed": len(closed),
         "propagated_pct": len(seen) / len(closed) * 100 if closed else None,
         "p50_ms": _pct(latencies, 50),
@@ -226,6 +230,20 @@ def cancel(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
         "max_ms": latencies[-1] if latencies else None,
         "ends": r["ends"],
     }
+    if capture is not None and server is not None:
+        # On the wire: the client's FIN leaving the load generator, then the relay's FIN or RST
+        # leaving on the upstream connection the mock saw the request on.
+        client_ports = {s["id"]: s["port"] for s in r["per_stream"]}
+        wire: list[float] = []
+        for rid, record in seen.items():
+            t0 = first_close(capture.segments, client_ports[rid]) if client_ports.get(rid) else None
+            upstream_port = int(record["peer"].rpartition(":")[2]) if record.get("peer") else None
+            t1 = first_close(capture.segments, upstream_port, after=t0) if t0 is not None and upstream_port else None
+            if t1 is not None and t0 is not None:
+                wire.append((t1 - t0) * 1e3)
+        wire.sort()
+        result.update(wire_n=len(wire), wire_p50_ms=_pct(wire, 50), wire_p99_ms=_pct(wire, 99), wire_max_ms=wire[-1] if wire else None)
+    return result
 
 
 def memory(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
@@ -355,13 +373,18 @@ def steady_table(runs: list[dict[str, dict[str, Any]]], targets: list[str]) -> s
 
 
 def cancel_table(runs: list[dict[str, dict[str, Any]]], targets: list[str]) -> str:
-    lines = ["| target | closed | propagated | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| target | closed | noticed by the mock | mock p50 ms | mock p99 ms | mock max ms | on the wire: n | wire p50 ms | wire p99 ms | wire max ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for target in targets:
         rows = [run[target] for run in runs if target in run]
         if rows:
             lines.append(
                 f"| {target} | {rows[0]['closed']} | {fmt(median([r['propagated_pct'] for r in rows]))} % | {fmt(median([r['p50_ms'] for r in rows]), 2)} "
-                f"| {fmt(median([r['p99_ms'] for r in rows]), 2)} | {fmt(median([r['max_ms'] for r in rows]), 2)} |"
+                f"| {fmt(median([r['p99_ms'] for r in rows]), 2)} | {fmt(median([r['max_ms'] for r in rows]), 2)} "
+                f"| {fmt(median([r.get('wire_n') for r in rows]), 0)} | {fmt(median([r.get('wire_p50_ms') for r in rows]), 3)} "
+                f"| {fmt(median([r.get('wire_p99_ms') for r in rows]), 3)} | {fmt(median([r.get('wire_max_ms') for r in rows]), 3)} |"
             )
     return "\n".join(lines)
 

@@ -84,7 +84,7 @@ class Sink(Protocol):
 class Stream(asyncio.Protocol):
     __slots__ = (
         "_parser", "_sink", "_sse", "_transport", "api", "bytes", "close_after", "content", "content_type", "detail",
-        "events", "index", "last", "max_gap", "outcome", "request_id", "status", "t_end", "t_first", "t_head", "t_request",
+        "events", "index", "last", "local_port", "max_gap", "outcome", "request_id", "status", "t_end", "t_first", "t_head", "t_request",
         "t_start", "target", "terminal", "usage_tokens",
     )
 
@@ -96,6 +96,7 @@ class Stream(asyncio.Protocol):
         self.request_id = request_id
         self.close_after = close_after
         self._transport: asyncio.Transport | None = None
+        self.local_port: int | None = None  # to find the connection in a capture or a server's log
         self._parser = httptools.HttpResponseParser(self)
         self._sse = SSEParser()
         self.status = 0
@@ -132,6 +133,8 @@ class Stream(asyncio.Protocol):
         if self.terminal:  # the run gave up on it while it connected
             transport.close()
             return
+        sockname = transport.get_extra_info("sockname")
+        self.local_port = sockname[1] if isinstance(sockname, tuple) else None
         self.t_request = time.monotonic()
         self._transport.write(self.target.request(self.request_id))
 
@@ -298,4 +301,5 @@ class Stream(asyncio.Protocol):
             "outcome": self.outcome, "detail": self.detail or None, "ttft_s": self.ttft, "max_gap_s": self.max_gap if self.content > 1 else None,
             "events": self.events, "content_events": self.content, "tokens": self.tokens, "bytes": self.bytes,
             "start_s": since(self.t_start), "head_s": since(self.t_head), "first_s": since(self.t_first), "end_s": since(self.t_end),
+            "local_port": self.local_port,
         }

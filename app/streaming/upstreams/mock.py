@@ -21,7 +21,7 @@ path segment ``/mock-fault-<kind>/`` (so an upstream's base URL can choose one):
     malformed        a chunk that is not JSON, halfway
 
 Every client disconnect before the response ends is recorded (monotonic and wall time,
-request id, tokens sent); ``GET /mock/stats`` returns the records and the request count.
+request id, tokens sent, the client's address); ``GET /mock/stats`` returns the records and the request count.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class MockModel:
             return
         ttft = float(headers.get("x-mock-ttft", self.ttft))
         interval = float(headers.get("x-mock-interval", self.interval))
-        record = {"request_id": headers.get("x-request-id", ""), "model": call.model, "tokens_sent": 0}
+        record = {"request_id": headers.get("x-request-id", ""), "model": call.model, "tokens_sent": 0, "peer": self.peers[-1] if self.peers else ""}
         answer = self._answer(call, int(headers.get("x-mock-tokens", self.tokens)), record["request_id"])
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, receive, record, tg.cancel_scope)
