@@ -14,6 +14,7 @@ capture sees a few packets per stream, not every event.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import struct
@@ -54,8 +55,9 @@ class Segment:
 class Capture:
     """Records every FIN or RST segment sent on ``lo`` while it runs."""
 
-    def __init__(self, interface: str = "lo") -> None:
+    def __init__(self, interface: str = "lo", core: int | None = None) -> None:
         self._interface = interface
+        self._core = core  # keep the capture's thread off the server's core
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -82,6 +84,8 @@ class Capture:
 
     def _run(self) -> None:
         assert self._sock is not None
+        if self._core is not None:
+            os.sched_setaffinity(0, {self._core})  # this thread only
         sock = self._sock
         while not self._stop.is_set():
             ready, _, _ = select.select([sock], [], [], 0.1)
@@ -116,9 +120,9 @@ def _ctypes_buffer(program: bytes) -> int:
 
 
 @contextlib.contextmanager
-def capturing() -> Iterator[Capture | None]:
-    """A running capture, or ``None`` where packet sockets are not allowed."""
-    capture = Capture()
+def capturing(core: int | None = None) -> Iterator[Capture | None]:
+    """A running capture (its thread on ``core``), or ``None`` where packet sockets are not allowed."""
+    capture = Capture(core=core)
     try:
         capture.start()
     except PermissionError:
@@ -130,6 +134,10 @@ def capturing() -> Iterator[Capture | None]:
         capture.stop()
 
 
-def first_close(segments: list[Segment], port: int, after: float = 0.0) -> float | None:
-    """When the connection whose local port is ``port`` first sent a FIN or RST at or after ``after``."""
-    return min((s.at for s in segments if s.sport == port and s.at >= after), default=None)
+def first_close(segments: list[Segment], port: int, peer_port: int, after: float = 0.0) -> float | None:
+    """When the connection from local ``port`` to ``peer_port`` first sent a FIN or RST at or after ``after``.
+
+    Both ports count: an ephemeral port is unique per destination only, so a client's
+    connection to the relay and the relay's to the mock can have the same local port.
+    """
+    return min((s.at for s in segments if s.sport == port and s.dport == peer_port and s.at >= after), default=None)

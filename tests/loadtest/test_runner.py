@@ -66,10 +66,10 @@ async def test_several_urls_take_the_streams_in_turn(mock: tuple[MockModel, str]
 
 async def test_request_ids_and_local_ports_identify_each_stream(mock: tuple[MockModel, str]) -> None:
     model, url = mock
-    runner = await load(url + "/chat/completions", streams=2, close_after=1, id_prefix="rid", max_tokens=10_000,
+    runner = await load(url + "/chat/completions", streams=8, close_after=1, id_prefix="rid", max_tokens=10_000,
                         headers=[("x-mock-tokens", "10000"), ("x-mock-interval", "0.01")])
     ports = {record["request_id"]: record["local_port"] for record in runner.records}
-    for rid in ("rid-0", "rid-1"):
+    for rid in (f"rid-{i}" for i in range(8)):
         seen = model.wait_for_disconnect(rid, timeout=5)
         assert seen["request_id"] == rid
         assert seen["peer"] == f"127.0.0.1:{ports[rid]}"  # the record's port is the connection the server saw

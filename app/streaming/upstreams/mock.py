@@ -136,7 +136,8 @@ class MockModel:
             self.requests += 1
             self._recorded.notify_all()
         client = scope.get("client")
-        self.peers.append(f"{client[0]}:{client[1]}" if client else "")
+        peer = f"{client[0]}:{client[1]}" if client else ""
+        self.peers.append(peer)
         self.paths.append(scope["path"])
         body = b""
         while True:
@@ -169,7 +170,7 @@ class MockModel:
             return
         ttft = float(headers.get("x-mock-ttft", self.ttft))
         interval = float(headers.get("x-mock-interval", self.interval))
-        record = {"request_id": headers.get("x-request-id", ""), "model": call.model, "tokens_sent": 0, "peer": self.peers[-1] if self.peers else ""}
+        record = {"request_id": headers.get("x-request-id", ""), "model": call.model, "tokens_sent": 0, "peer": peer}
         answer = self._answer(call, int(headers.get("x-mock-tokens", self.tokens)), record["request_id"])
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, receive, record, tg.cancel_scope)
