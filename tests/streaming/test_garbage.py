@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 
+from tests.servers import mock_server, relay_server
 from tests.sse import chat, post_stream
 
 
@@ -46,3 +47,22 @@ async def test_requests_leave_no_cycles(relay_url: str, client: httpx.AsyncClien
             assert whole.json()["choices"][0]["finish_reason"] == "stop"
     gc.collect()
     assert relay_objects(saved_garbage) == []
+
+
+async def test_clients_that_leave_leave_no_cycles(client: httpx.AsyncClient, saved_garbage: list[object]) -> None:
+    with mock_server(ttft=0.0, interval=0.01, tokens=1000) as (model, upstream), \
+            relay_server(upstream, max_tokens_limit=1000, default_model="mock") as url:
+        gc.collect()
+        saved_garbage.clear()  # the servers' own start-up
+        with anyio.fail_after(10):
+            for left in range(1, 4):
+                async with client.stream("POST", url + "/v1/generate", json={"prompt": "x", "stream": True, "max_tokens": 1000}) as response:
+                    async for chunk in response.aiter_raw():
+                        if b"event: token" in chunk:
+                            break
+                async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=0.05)) as impatient:
+                    with pytest.raises(httpx.ReadTimeout):
+                        await impatient.post(url + "/v1/generate", json={"prompt": "x", "max_tokens": 1000})
+                await anyio.to_thread.run_sync(model.wait_for_disconnects, 2 * left, 5)
+        gc.collect()
+        assert relay_objects(saved_garbage) == []

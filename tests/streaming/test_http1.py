@@ -118,3 +118,23 @@ async def test_after_a_head_timeout_the_handler_hears_nothing_more(upstream: tup
         await anyio.lowlevel.checkpoint()
     await client.aclose()
     assert handler.lost is None and not handler.ended.is_set()
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
+async def test_a_head_timeout_never_fires_before_its_deadline(upstream: tuple[MockModel, str]) -> None:
+    """uvloop runs timers up to half a millisecond early: a head timeout bounded by the total deadline must wait for it."""
+    client = Client()
+    origin = Origin(upstream[1])
+    early = []
+    with anyio.fail_after(10):
+        for _ in range(20):
+            seconds = 0.0104  # not a whole number of milliseconds, which uvloop would round down
+            started = anyio.current_time()
+            with pytest.raises(UpstreamTimeout):
+                await client.request(origin, "POST", "/chat/completions", [("x-mock-fault", "stall-head")], BODY, Collect(),
+                                     connect_timeout=5, head_timeout=seconds)
+            waited = anyio.current_time() - started
+            if waited < seconds:
+                early.append(waited)
+    await client.aclose()
+    assert early == []

@@ -75,7 +75,7 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self.serial = 0  # counts exchanges, so a finished one cannot touch the next
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)  # dropped when the connection is lost
         self._handler: ResponseHandler | None = None
         self._head: asyncio.Future[int] | None = None
         self.headers: list[tuple[bytes, bytes]] = []
@@ -89,12 +89,13 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._handler is None:  # bytes on an idle connection: the server is confused
+        parser = self._parser
+        if self._handler is None or parser is None:  # bytes on an idle connection: the server is confused
             self.abort()
             return
         self._received = True
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._lost(UpstreamProtocolError("upstream_malformed_http", f"malformed HTTP from the model server: {exc}", "stream"))
 
@@ -103,13 +104,16 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._handler is None or self._complete:
-            return
-        if exc is None and self._until_eof:
-            self.on_message_complete()
-            return
-        message = "the model server closed the connection" + (f": {exc}" if exc else " before the response ended")
-        self._lost(UpstreamProtocolError("upstream_disconnected", message, "first_token" if self._head is not None and not self._head.done() else "stream"))
+        try:
+            if self._handler is None or self._complete:
+                return
+            if exc is None and self._until_eof:
+                self.on_message_complete()
+                return
+            message = "the model server closed the connection" + (f": {exc}" if exc else " before the response ended")
+            self._lost(UpstreamProtocolError("upstream_disconnected", message, "first_token" if self._head is not None and not self._head.done() else "stream"))
+        finally:
+            self._parser = None  # it holds this protocol's callbacks: a cycle that reference counting cannot free
 
     # httptools callbacks
 
@@ -120,6 +124,7 @@ class _Connection(asyncio.Protocol):
         headers = self.headers
         names = {name for name, _ in headers}
         self._until_eof = b"content-length" not in names and b"transfer-encoding" not in names
+        assert self._parser is not None  # called by the parser itself
         status = self._parser.get_status_code()
         assert self._handler is not None
         self._handler.on_response(status, headers)
@@ -134,7 +139,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._complete = True
         handler, self._handler = self._handler, None
-        if self._parser.should_keep_alive() and not self.closed:
+        if self._parser is not None and self._parser.should_keep_alive() and not self.closed:
             self._client._release(self)
         else:
             self.abort()
@@ -182,9 +187,33 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _expire(head: asyncio.Future[int], seconds: float) -> None:
-    if not head.done():
-        head.set_exception(UpstreamTimeout("first_token", seconds))
+class _HeadDeadline:
+    """Fails ``head`` with ``UpstreamTimeout`` once ``seconds`` have passed, never before.
+
+    uvloop rounds a timer to whole milliseconds and may run it up to half of one early; a
+    head timeout that the total deadline bounds must not fire before it, or it would be
+    taken for a first-token timeout (an upstream fault) instead. So an early wake re-arms.
+    """
+
+    __slots__ = ("_deadline", "_handle", "_head", "_loop", "_seconds")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, head: asyncio.Future[int], seconds: float) -> None:
+        self._loop = loop
+        self._head = head
+        self._seconds = seconds
+        self._deadline = loop.time() + seconds
+        self._handle = loop.call_at(self._deadline, self._fire)
+
+    def _fire(self) -> None:
+        if self._head.done():
+            return
+        if self._loop.time() < self._deadline:
+            self._handle = self._loop.call_at(self._deadline, self._fire)
+            return
+        self._head.set_exception(UpstreamTimeout("first_token", self._seconds))
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 class Exchange:
@@ -244,7 +273,7 @@ class Client:
             serial = connection.serial
             # A timer fails the head rather than a cancel scope around the await: nothing to
             # enter, exit or cancel on the way of every request.
-            expiry = loop.call_later(head_timeout, _expire, head, head_timeout)
+            expiry = _HeadDeadline(loop, head, head_timeout)
             try:
                 status = await head
             except UpstreamTimeout:
