@@ -45,6 +45,23 @@ async def test_leaving_before_the_first_token(path: str, slow: tuple[MockModel, 
     assert record["tokens_sent"] == 0
 
 
+async def test_leaving_right_after_the_head(slow: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
+    """Gone before the relay has even asked the model: the request is never sent, or it is closed like any other."""
+    model, url = slow
+    ids = [f"right-after-head-{i}" for i in range(10)]
+    with anyio.fail_after(10):
+        for request_id in ids:
+            async with client.stream("POST", url + "/v1/generate", json={"prompt": "x", "stream": True}, headers={"x-request-id": request_id}) as response:
+                assert response.status_code == 200
+        # Round trips after them: by their end the relay has seen the ten leave (a request it has
+        # not sent yet would only escape the check below, not fail it).
+        for _ in range(3):
+            assert (await client.get(url + "/readyz")).status_code == 200
+    asked = [request_id for request_id in ids if request_id in model.request_ids]
+    for request_id in asked:
+        assert (await _disconnect_of(model, request_id))["tokens_sent"] == 0
+
+
 async def test_leaving_mid_stream(steady: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
     model, url = steady
     with anyio.fail_after(5):

@@ -82,6 +82,7 @@ class MockModel:
         self.disconnects: deque[dict[str, Any]] = deque(maxlen=max_records)
         self.peers: deque[str] = deque(maxlen=max_records)  # each request's client address, to see connection reuse
         self.paths: deque[str] = deque(maxlen=max_records)  # each generation request's path, to see which upstream was asked
+        self.request_ids: deque[str] = deque(maxlen=max_records)  # each generation request's x-request-id, once its body is read
         self._recorded = threading.Condition()
 
     def wait_for_disconnect(self, request_id: str, timeout: float) -> dict[str, Any]:
@@ -155,6 +156,7 @@ class MockModel:
         if scope["path"].endswith("/generate"):  # TGI's whole answer
             call.stream = False
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.request_ids.append(headers.get("x-request-id", ""))
         if self.api_key is not None and self.api_key not in (headers.get("authorization", "").removeprefix("Bearer "), headers.get("x-api-key")):
             await _json(send, 401, wire.error_status(401, "mock: invalid API key"))
             return
