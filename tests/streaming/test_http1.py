@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Iterator
 
 import anyio
@@ -10,7 +12,7 @@ import httpx
 import pytest
 
 from app.errors import UpstreamTimeout
-from app.streaming.upstreams.http1 import Client, Origin
+from app.streaming.upstreams.http1 import Client, Origin, _Connection, _HeadDeadline
 from app.streaming.upstreams.mock import MockModel
 from tests.servers import mock_server
 
@@ -138,3 +140,30 @@ async def test_a_head_timeout_never_fires_before_its_deadline(upstream: tuple[Mo
                 early.append(waited)
     await client.aclose()
     assert early == []
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_bytes_after_the_head_deadline_reach_no_handler() -> None:
+    """The deadline fired, and the head arrives in the same loop pass, before the waiting task resumes."""
+    connection = _Connection(Client(), Origin("http://127.0.0.1:9/v1"))
+    transport = _Transport()
+    connection.connection_made(transport)
+    handler = Collect()
+    head = connection.start(b"POST /v1/chat/completions HTTP/1.1\r\n\r\n", handler)
+    _HeadDeadline(asyncio.get_running_loop(), head, 0.001, functools.partial(connection.detach, connection.serial))
+    with anyio.fail_after(5), pytest.raises(UpstreamTimeout):
+        await head
+    connection.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi")
+    assert transport.aborted
+    assert handler.status == 0 and not handler.body and not handler.ended.is_set()

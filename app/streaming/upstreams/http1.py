@@ -17,10 +17,11 @@ cancellable at every await.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
@@ -193,14 +194,17 @@ class _HeadDeadline:
     uvloop rounds a timer to whole milliseconds and may run it up to half of one early; a
     head timeout that the total deadline bounds must not fire before it, or it would be
     taken for a first-token timeout (an upstream fault) instead. So an early wake re-arms.
+    When it fires, the exchange is abandoned at once (``abandon``): bytes that arrive in
+    the same loop pass, before the waiting task resumes, reach no handler.
     """
 
-    __slots__ = ("_deadline", "_handle", "_head", "_loop", "_seconds")
+    __slots__ = ("_abandon", "_deadline", "_handle", "_head", "_loop", "_seconds")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, head: asyncio.Future[int], seconds: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, head: asyncio.Future[int], seconds: float, abandon: Callable[[], None]) -> None:
         self._loop = loop
         self._head = head
         self._seconds = seconds
+        self._abandon = abandon
         self._deadline = loop.time() + seconds
         self._handle = loop.call_at(self._deadline, self._fire)
 
@@ -211,6 +215,7 @@ class _HeadDeadline:
             self._handle = self._loop.call_at(self._deadline, self._fire)
             return
         self._head.set_exception(UpstreamTimeout("first_token", self._seconds))
+        self._abandon()
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -273,7 +278,7 @@ class Client:
             serial = connection.serial
             # A timer fails the head rather than a cancel scope around the await: nothing to
             # enter, exit or cancel on the way of every request.
-            expiry = _HeadDeadline(loop, head, head_timeout)
+            expiry = _HeadDeadline(loop, head, head_timeout, functools.partial(connection.detach, serial))
             try:
                 status = await head
             except UpstreamTimeout:
