@@ -98,8 +98,7 @@ async def relay_stream(
             # The generation connects and waits for the upstream's head on a task of its own,
             # while this one waits on receive() for the client to leave (DirectStream.run):
             # one plain task, and no cancellation at all unless the client leaves first.
-            starting = asyncio.get_running_loop().create_task(generation.start())
-            starting.add_done_callback(functools.partial(_started, generation))
+            starting = _start(generation)
             try:
                 await stream.run(receive)
             finally:
@@ -116,14 +115,12 @@ async def relay_collected(
     sink = CollectedStream()
     generation = Generation(upstream, request, sink)
     del request
-    loop = asyncio.get_running_loop()
     with live.track(generation):
-        starting = loop.create_task(generation.start())
-        starting.add_done_callback(functools.partial(_started, generation))
+        starting = _start(generation)
         # Watches receive() until the client leaves, or until the answer is sent (uvicorn then
         # says http.disconnect too): it ends by itself, nobody cancels it. While it waits,
         # uvicorn's receive() holds its wake-up, so it needs no other reference.
-        loop.create_task(_watch_collected(receive, generation, sink, starting))  # noqa: RUF006
+        asyncio.get_running_loop().create_task(_watch_collected(receive, generation, sink, starting))
         try:
             return await sink.result()
         finally:
@@ -141,6 +138,12 @@ async def _watch_collected(receive: Receive, generation: Generation, sink: Colle
 
 def _nothing() -> None:
     pass
+
+
+def _start(generation: Generation) -> asyncio.Task[None]:
+    task = asyncio.get_running_loop().create_task(generation.start())
+    task.add_done_callback(functools.partial(_started, generation))
+    return task
 
 
 def _started(generation: Generation, task: asyncio.Task[None]) -> None:
