@@ -9,7 +9,8 @@ A streaming request (docs/architecture.md draws it):
   buffer is full. The upstream's bytes arrive by callback, with no task of their own, and
   are sent to the client from that callback.
 - A client that leaves closes the upstream at once (``Generation.close``) and cancels the
-  start task if it is still connecting. Nothing else is ever cancelled.
+  start task if it is still connecting. Otherwise only a client that stops reading is
+  cancelled, after its ``slow_consumer`` grace (``DirectStream``).
 
 A ``stream: false`` request runs the same, with ``CollectedStream`` in place of the writer:
 the request task waits for the whole answer, and a watcher task on ``receive()`` ends when
