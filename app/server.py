@@ -36,6 +36,8 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         log_config=log_config(settings),
         log_level=settings.log_level,
         access_log=settings.access_log,
+        # None leaves uvicorn's own default: FORWARDED_ALLOW_IPS, else 127.0.0.1 and ::1.
+        forwarded_allow_ips=None if settings.forwarded_allow_ips is None else list(settings.forwarded_allow_ips),
         # Streams are ended by the shutdown drain (app/shutdown.py); this bounds the wait for them.
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
         timeout_keep_alive=5,

@@ -181,6 +181,24 @@ async def test_no_log_line_shows_a_stream_token_whatever_its_spelling(serve, cli
         assert not decodes_to(log, url_with_token.split("token=")[1].split(".")[1])
 
 
+async def test_x_forwarded_proto_is_trusted_only_from_the_forwarded_allow_ips(serve) -> None:  # type: ignore[no-untyped-def]
+    """Behind a TLS proxy the stream URLs are https://, but only a listed proxy may say so."""
+    _, url = serve(RELAY_FORWARDED_ALLOW_IPS="127.0.0.2", FORWARDED_ALLOW_IPS="127.0.0.1")
+    schemes = {}
+    for source in ("127.0.0.2", "127.0.0.1"):  # the proxy, and a client that connects directly
+        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address=source), timeout=10) as client:
+            response = await client.post(url + "/v1/streams", json={"prompt": "x", "max_tokens": 1}, headers={"x-forwarded-proto": "https"})
+            schemes[source] = response.json()["events_url"].partition("://")[0]
+    assert schemes == {"127.0.0.2": "https", "127.0.0.1": "http"}
+
+
+async def test_without_a_relay_setting_uvicorns_forwarded_allow_ips_is_honoured(serve) -> None:  # type: ignore[no-untyped-def]
+    _, url = serve(FORWARDED_ALLOW_IPS="127.0.0.2")
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address="127.0.0.1"), timeout=10) as client:
+        response = await client.post(url + "/v1/streams", json={"prompt": "x", "max_tokens": 1}, headers={"x-forwarded-proto": "https"})
+    assert response.json()["events_url"].startswith("http://")
+
+
 async def test_serve_raises_its_open_files_limit_and_warns_when_it_is_still_too_low(serve) -> None:  # type: ignore[no-untyped-def]
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (512, 1024))

@@ -191,7 +191,14 @@ def _unauthorised(action: str) -> RequestError:
 
 
 def _origin(scope: Scope) -> str:
-    """This relay's origin as the client reached it, so the URLs it hands out work from another origin too."""
+    """The base of the URLs the relay hands out, absolute so that they work from another origin too.
+
+    The public URL when one is set; else the scheme (``X-Forwarded-Proto`` from a trusted proxy)
+    and the ``Host`` the client reached, which the host check has let through.
+    """
+    runtime: Runtime = scope["state"]["runtime"]
+    if runtime.settings.public_url is not None:
+        return runtime.settings.public_url.rstrip("/")
     host = header(scope, b"host")
     if host is None:
         server_host, port = scope["server"]
