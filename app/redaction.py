@@ -62,7 +62,11 @@ class RedactTokens(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError):  # a malformed call: the formatter reports it as it would anyway
             return True
-        record.msg, record.args = redact(message), None
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+            # uvicorn's coloured variant of the message would be formatted with the arguments.
+            record.__dict__.pop("color_message", None)
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(self._traceback.formatException(record.exc_info))
         if record.stack_info:

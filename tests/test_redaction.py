@@ -57,6 +57,16 @@ def test_the_relays_messages_arguments_and_tracebacks_are_redacted() -> None:
     assert not decodes_to(line, SIGNATURE)
 
 
+def test_uvicorns_coloured_messages_keep_their_arguments_and_lose_their_tokens() -> None:
+    coloured = DefaultFormatter("%(message)s", use_colors=True)
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "Started server process [%d]", (42,), None)
+    record.color_message = "Started server process [\x1b[36m%d\x1b[0m]"
+    assert _formatted(record, coloured) == "Started server process [\x1b[36m42\x1b[0m]\n"
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "Uvicorn running on %s", (f"http://x/?token={TOKEN}",), None)
+    record.color_message = "Uvicorn running on \x1b[1m%s\x1b[0m"
+    assert _formatted(record, coloured) == "Uvicorn running on http://x/?token=[redacted]\n"
+
+
 def test_lines_without_a_token_are_left_alone() -> None:
     for line in ['127.0.0.1:5000 - "GET /v1/streams/st_abc/events?last_event_id=12 HTTP/1.1" 200', "GET /healthz", "upstream default: relaying to http://x",
                  "request 4f1c: attempt 1 on upstream a failed (upstream_error: upstream_status_500)", "1.5 2024.01"]:
