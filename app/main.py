@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -30,7 +31,7 @@ from app.routes.ops import healthz, readyz
 from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
 from app.runtime import Runtime, build_upstreams, raise_open_files_limit
-from app.settings import Settings, settings_from_json
+from app.settings import WILDCARD_ADDRESSES, Settings, settings_from_json
 from app.shutdown import on_shutdown_signal
 from app.streaming.log_memory import MemoryEventLog
 from app.streaming.respond import LiveRequests
@@ -101,6 +102,9 @@ def create_app(settings: Settings) -> ASGIApp:
             upstreams = build_upstreams(settings, client, os.environ, mock_url)
             if not settings.api_keys:
                 logger.warning("RELAY_API_KEYS is not set: the /v1 routes are open to anyone who can reach %s:%d", settings.host, settings.port)
+            if settings.host in WILDCARD_ADDRESSES and settings.allowed_hosts is None and settings.public_url is None:
+                logger.warning("bound to %s, but only requests for %s are answered (others get 400): set RELAY_PUBLIC_URL or RELAY_ALLOWED_HOSTS",
+                               settings.host or "every address", ", ".join(settings.trusted_hosts()))
             for upstream in upstreams.values():
                 logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
                             upstream.origin.base_path, upstream.protocol)
@@ -143,19 +147,23 @@ def create_app(settings: Settings) -> ASGIApp:
         "/v1/chat/completions": ApiKeyAuth(chat_completions, settings.api_keys),
         "/v1/generate": ApiKeyAuth(generate, settings.api_keys),
     }
-    app = RelayApp(starlette, direct)
-    if not settings.cors_origins:
+    app: ASGIApp = RelayApp(starlette, direct)
+    if settings.cors_origins:
+        app = CORSMiddleware(
+            app,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "last-event-id"],
+            # Credentials (cookies, HTTP auth) only for origins named one by one, never for "*".
+            allow_credentials="*" not in settings.cors_origins,
+            expose_headers=["x-request-id", "retry-after"],
+            max_age=600,
+        )
+    hosts = settings.trusted_hosts()
+    if "*" in hosts:
         return app
-    return CORSMiddleware(
-        app,
-        allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "DELETE"],
-        allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "last-event-id"],
-        # Credentials (cookies, HTTP auth) only for origins named one by one, never for "*".
-        allow_credentials="*" not in settings.cors_origins,
-        expose_headers=["x-request-id", "retry-after"],
-        max_age=600,
-    )
+    # Outermost, so that no route (not even those RelayApp dispatches itself) answers a Host it was not configured for.
+    return TrustedHostMiddleware(app, allowed_hosts=hosts, www_redirect=False)
 
 
 def create_app_from_environment() -> ASGIApp:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import os
-import re
 import secrets
 from typing import Any
 
@@ -16,26 +14,17 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
 from app.main import SETTINGS_ENV, create_app
+from app.redaction import RedactTokens
 from app.settings import Settings, settings_to_json
 
 
-class RedactTokens(logging.Filter):
-    """Keeps the capability tokens of stream URLs (``?token=…``) out of the access log."""
-
-    _token = re.compile(r"(?<=[?&]token=)[^&#\s]+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(self._token.sub("[redacted]", arg) if isinstance(arg, str) else arg for arg in record.args)
-        return True
-
-
 def log_config(settings: Settings) -> dict[str, Any]:
-    """uvicorn's logging, with the relay's own logger on the same handler."""
+    """uvicorn's logging, with the relay's own logger on the same handler, and no stream token on any handler."""
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["token_relay"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
     config["filters"] = {"redact_tokens": {"()": RedactTokens}}
-    config["handlers"]["access"]["filters"] = ["redact_tokens"]
+    for handler in ("default", "access"):
+        config["handlers"][handler]["filters"] = ["redact_tokens"]
     return config
 
 
@@ -47,6 +36,8 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         log_config=log_config(settings),
         log_level=settings.log_level,
         access_log=settings.access_log,
+        # None leaves uvicorn's own default: FORWARDED_ALLOW_IPS, else 127.0.0.1 and ::1.
+        forwarded_allow_ips=None if settings.forwarded_allow_ips is None else list(settings.forwarded_allow_ips),
         # Streams are ended by the shutdown drain (app/shutdown.py); this bounds the wait for them.
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
         timeout_keep_alive=5,

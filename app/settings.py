@@ -7,6 +7,7 @@ variables, command-line flags. ``load_settings`` validates everything and raises
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -24,6 +25,10 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 Protocol = Literal["openai", "tgi", "ollama", "anthropic"]
 _URL = re.compile(r"^https?://[^/\s]+")
+_PUBLIC_URL = re.compile(r"^https?://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?(?:/[^\s?#]*)?$", re.IGNORECASE)
+_HOST_PATTERN = re.compile(r"^(?:\*|(?:\*\.)?[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])$", re.IGNORECASE)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")  # no name a client would use
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -51,6 +56,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workers: Positive = 1
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True
+    # The URL clients reach the relay at ("https://relay.example.com", maybe with a path prefix):
+    # the base of the stream URLs it hands out. Unset: the request's scheme and Host.
+    public_url: str | None = None
+    # Host header values answered ("relay.example.com", "*.example.com", "*" for any); the
+    # others get 400. Unset: loopback's, the bound address's and the public URL's (trusted_hosts).
+    allowed_hosts: tuple[str, ...] | None = None
+    # Proxies whose X-Forwarded-Proto and X-Forwarded-For are believed (addresses, networks, "*").
+    # Unset: uvicorn's FORWARDED_ALLOW_IPS, else 127.0.0.1 and ::1.
+    forwarded_allow_ips: tuple[str, ...] | None = None
 
     # Upstream. With no upstream, the embedded mock model server is started and used.
     upstream: str | None = None
@@ -127,12 +141,45 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise ValueError(f"cors_origins: {origin!r} is not an origin such as https://chat.example.com (scheme and host, no path)")
         if self.stream_secret is not None and len(self.stream_secret) < 32:
             raise ValueError("stream_secret: must be at least 32 characters")
+        if self.public_url is not None and not _PUBLIC_URL.match(self.public_url):
+            raise ValueError(f"public_url: {self.public_url!r} is not a URL such as https://relay.example.com or https://example.com/relay")
+        for host in self.allowed_hosts or ():
+            if not _HOST_PATTERN.match(host):
+                raise ValueError(f"allowed_hosts: {host!r} is not a host name, *.domain, [IPv6] or * (no scheme, no port)")
+        proxies = self.forwarded_allow_ips or ()
+        if "*" in proxies and len(proxies) > 1:
+            raise ValueError("forwarded_allow_ips: '*' trusts every peer, and must then be the only entry")
+        for proxy in proxies:
+            # uvicorn takes what it cannot parse for a name no TCP peer has: a typo would trust nobody, silently.
+            if proxy != "*" and not _is_address(proxy):
+                raise ValueError(f"forwarded_allow_ips: {proxy!r} is not an IP address or network such as 10.0.0.0/8")
+
+    def trusted_hosts(self) -> tuple[str, ...]:
+        """The Host header values answered: ``allowed_hosts`` (else loopback's and the bound address's), and the public URL's."""
+        if self.allowed_hosts is not None:
+            hosts = [host.lower() for host in self.allowed_hosts]
+        else:
+            hosts = list(LOOPBACK_HOSTS)
+            if self.host not in WILDCARD_ADDRESSES:
+                hosts.append(f"[{self.host}]" if ":" in self.host else self.host.lower())
+        public = _PUBLIC_URL.match(self.public_url or "")
+        if public is not None:
+            hosts.append(public["host"].lower())
+        return tuple(dict.fromkeys(hosts))
 
     def upstream_list(self) -> tuple[UpstreamSettings, ...]:
         """The configured upstreams; the shorthand ``upstream`` (or the embedded mock, with ``None``) is one named "default"."""
         if self.upstreams:
             return self.upstreams
         return (UpstreamSettings(DEFAULT_UPSTREAM, self.upstream or "http://127.0.0.1/", self.protocol),)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text) if "/" in text else ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class SettingsError(Exception):
@@ -157,10 +204,10 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[name] = msgspec.json.decode(raw)
             except msgspec.DecodeError as exc:
                 raise SettingsError(f"invalid setting {name} ({env_name(name)}): not JSON: {exc}") from exc
-        elif field.type == tuple[str, ...]:
-            values[name] = tuple(part.strip() for part in raw.split(",") if part.strip())
         elif raw == "" and type(None) in typing.get_args(field.type):
             values[name] = None
+        elif tuple[str, ...] in (field.type, *typing.get_args(field.type)):
+            values[name] = tuple(part.strip() for part in raw.split(",") if part.strip())
         else:
             values[name] = raw
     return values

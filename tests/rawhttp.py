@@ -47,6 +47,11 @@ async def open_get(url: str, path: str, *, receive_buffer: int | None = None) ->
     return await _open(url, f"GET {path}", "", b"", receive_buffer)
 
 
+async def open_request(url: str, request_line: str) -> SocketStream:
+    """Connect and send a request without a body, its line (``"DELETE /path?query"``) exactly as given."""
+    return await _open(url, request_line, "", b"", None)
+
+
 async def _open(url: str, request_line: str, headers: str, body: bytes, receive_buffer: int | None) -> SocketStream:
     host, port = url.removeprefix("http://").split(":")
     stream = await anyio.connect_tcp(host, int(port))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import anyio
@@ -43,3 +44,25 @@ async def read(
 
 def text_of(events: list[SSEEvent]) -> str:
     return "".join(data(event)["text"] for event in events if event.event == "token")
+
+
+def misspelled_token_queries(token: str) -> list[str]:
+    """Query strings that carry ``token`` under another spelling: none of them is a token to the relay."""
+    expires, signature = token.split(".")
+    escaped = "".join(f"%{ord(char):02X}" for char in token)
+    return [
+        f"%74oken={token}", f"%54oken={token}", f"t%6Fken={token}", f"%2574oken={token}", f"%252574%25256F%25256B%252565%25256E={token}",
+        f"TOKEN={token}", f"Token={token}", f"x=1;token={token}", f"x=1;%74oken={token}", f"token={token}&token={token}", f"token=x&token={token}",
+        f"token={token}&token=x", f"token%3D{token}", f"token={expires}%2E{signature}", f"token={escaped}", f"x={escaped}", f"token={token}%00",
+        f"token={token};x=1", f"token=+{token}", f"token={token}+", f"token+={token}", f"+token={token}", f"token%20={token}",
+        f"token=0{token}", f"token={token}=", f"x={token}", f"last_event_id={token}",
+    ]
+
+
+def decodes_to(text: str, secret: str) -> bool:
+    """Whether ``secret`` is in ``text``, or in it once percent-decoded up to five times."""
+    for _ in range(6):
+        if secret in text:
+            return True
+        text = urllib.parse.unquote(text)
+    return False

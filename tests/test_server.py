@@ -17,8 +17,10 @@ import httpx
 import pytest
 
 from app.streaming.upstreams.mock import MockModel, mock_text
+from tests.rawhttp import Response, open_request, read_until
 from tests.servers import bound_socket, mock_server
 from tests.sse import read_events
+from tests.streams import decodes_to, misspelled_token_queries
 
 
 def _free_port() -> int:
@@ -142,20 +144,59 @@ async def test_sigint_shuts_down_cleanly_without_a_traceback(serve) -> None:  # 
     assert "Traceback" not in log and "KeyboardInterrupt" not in log
 
 
-async def test_the_access_log_shows_requests_but_never_the_tokens_of_stream_urls(serve, client: httpx.AsyncClient) -> None:  # type: ignore[no-untyped-def]
-    process, url = serve(RELAY_ACCESS_LOG="true", RELAY_MOCK_TTFT="0", RELAY_MOCK_INTERVAL="0", PYTHONUNBUFFERED="1")
-    created = (await client.post(url + "/v1/streams", json={"prompt": "x", "max_tokens": 2})).json()
-    async with client.stream("GET", created["events_url"]) as response:
-        await read_events(response)
-    await client.delete(created["cancel_url"])
-    process.send_signal(signal.SIGTERM)
-    await anyio.to_thread.run_sync(process.wait, 10)
+async def test_no_log_line_shows_a_stream_token_whatever_its_spelling(serve, client: httpx.AsyncClient) -> None:  # type: ignore[no-untyped-def]
+    """The access log (every spelling, in the query or the path) and the relay's own log (a token as a request id)."""
+    with mock_server(ttft=0.0, interval=0.0) as (_, upstream):
+        # The first upstream always fails, so the relay logs each request's id as it fails over.
+        upstreams = [{"name": "failing", "base_url": upstream.removesuffix("/v1") + "/mock-fault-http-500/v1"}, {"name": "good", "base_url": upstream}]
+        process, url = serve(RELAY_ACCESS_LOG="true", PYTHONUNBUFFERED="1", RELAY_UPSTREAMS=json.dumps(upstreams),
+                             RELAY_ROUTES=json.dumps({"mock": ["failing", "good"]}), RELAY_DEFAULT_MODEL="mock")
+        created = (await client.post(url + "/v1/streams", json={"prompt": "x", "max_tokens": 2})).json()
+        async with client.stream("GET", created["events_url"]) as response:
+            await read_events(response)
+        await client.delete(created["cancel_url"])
+        token = created["events_url"].split("token=")[1]
+        events = f"/v1/streams/{created['id']}/events"
+        queries = misspelled_token_queries(token)
+        requests = [f"GET {events}?{query}" for query in queries]
+        requests += [f"GET /v1/streams/{token}/events", f"DELETE /v1/streams/{created['id']}?x=1;token={token}"]
+        for request in requests:
+            with anyio.fail_after(10):
+                async with await open_request(url, request) as connection:
+                    await read_until(connection, Response())
+        response = await client.post(url + "/v1/generate", json={"prompt": "x", "max_tokens": 2}, headers={"x-request-id": token})
+        assert response.headers["x-request-id"] == token
+        process.send_signal(signal.SIGTERM)
+        await anyio.to_thread.run_sync(process.wait, 10)
     log = process.stdout.read().decode()
     assert '"POST /v1/streams HTTP/1.1" 201' in log
-    assert f'"GET /v1/streams/{created["id"]}/events?token=[redacted] HTTP/1.1" 200' in log
+    assert f'"GET {events}?token=[redacted] HTTP/1.1" 200' in log
     assert f'"DELETE /v1/streams/{created["id"]}?token=[redacted] HTTP/1.1" 200' in log
+    assert f'"GET {events}?%74oken=[redacted] HTTP/1.1" 401' in log
+    assert f'"GET {events}?x=1;token=[redacted] HTTP/1.1" 401' in log
+    assert log.count(f'"GET {events}?') == len(queries) + 1  # each was logged, and so was the read of events_url
+    assert '"GET /v1/streams/[redacted]/events HTTP/1.1" 401' in log
+    assert "request [redacted]: attempt 1 on upstream failing failed" in log
     for url_with_token in (created["events_url"], created["cancel_url"]):
-        assert url_with_token.split("token=")[1] not in log
+        assert not decodes_to(log, url_with_token.split("token=")[1].split(".")[1])
+
+
+async def test_x_forwarded_proto_is_trusted_only_from_the_forwarded_allow_ips(serve) -> None:  # type: ignore[no-untyped-def]
+    """Behind a TLS proxy the stream URLs are https://, but only a listed proxy may say so."""
+    _, url = serve(RELAY_FORWARDED_ALLOW_IPS="127.0.0.2", FORWARDED_ALLOW_IPS="127.0.0.1")
+    schemes = {}
+    for source in ("127.0.0.2", "127.0.0.1"):  # the proxy, and a client that connects directly
+        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address=source), timeout=10) as client:
+            response = await client.post(url + "/v1/streams", json={"prompt": "x", "max_tokens": 1}, headers={"x-forwarded-proto": "https"})
+            schemes[source] = response.json()["events_url"].partition("://")[0]
+    assert schemes == {"127.0.0.2": "https", "127.0.0.1": "http"}
+
+
+async def test_without_a_relay_setting_uvicorns_forwarded_allow_ips_is_honoured(serve) -> None:  # type: ignore[no-untyped-def]
+    _, url = serve(FORWARDED_ALLOW_IPS="127.0.0.2")
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address="127.0.0.1"), timeout=10) as client:
+        response = await client.post(url + "/v1/streams", json={"prompt": "x", "max_tokens": 1}, headers={"x-forwarded-proto": "https"})
+    assert response.json()["events_url"].startswith("http://")
 
 
 async def test_serve_raises_its_open_files_limit_and_warns_when_it_is_still_too_low(serve) -> None:  # type: ignore[no-untyped-def]

@@ -24,6 +24,8 @@ def test_environment_values_are_typed() -> None:
     })
     assert (settings.api_keys, settings.access_log, settings.total_timeout, settings.workers) == (("one", "two"), False, 30.0, 3)
     assert load_settings(environ={}).total_timeout is None
+    proxies = load_settings(environ={"RELAY_FORWARDED_ALLOW_IPS": "10.0.0.1, 10.1.0.0/16,fd00::/8", "RELAY_ALLOWED_HOSTS": ""})
+    assert (proxies.forwarded_allow_ips, proxies.allowed_hosts) == (("10.0.0.1", "10.1.0.0/16", "fd00::/8"), None)
 
 
 @pytest.mark.parametrize(("environ", "message"), [
@@ -36,6 +38,16 @@ def test_environment_values_are_typed() -> None:
      "invalid setting cors_origins (RELAY_CORS_ORIGINS): 'https://b.example/chat' is not an origin"),
     ({"RELAY_STREAM_SECRET": "short"}, "invalid setting stream_secret (RELAY_STREAM_SECRET): must be at least 32 characters"),
     ({"RELAY_STREAM_GRACE": "0"}, "invalid setting stream_grace (RELAY_STREAM_GRACE): Expected `float` > 0.0"),
+    ({"RELAY_PUBLIC_URL": "relay.example.com"}, "invalid setting public_url (RELAY_PUBLIC_URL): 'relay.example.com' is not a URL such as"),
+    ({"RELAY_PUBLIC_URL": "https://relay.example.com/?a=1"}, "invalid setting public_url (RELAY_PUBLIC_URL): 'https://relay.example.com/?a=1' is not a URL"),
+    ({"RELAY_PUBLIC_URL": "https://user@relay.example.com"}, "invalid setting public_url (RELAY_PUBLIC_URL): 'https://user@relay.example.com' is not"),
+    ({"RELAY_ALLOWED_HOSTS": "relay.example.com:8000"}, "invalid setting allowed_hosts (RELAY_ALLOWED_HOSTS): 'relay.example.com:8000' is not a host"),
+    ({"RELAY_ALLOWED_HOSTS": "https://relay.example.com"}, "invalid setting allowed_hosts (RELAY_ALLOWED_HOSTS): 'https://relay.example.com' is not"),
+    ({"RELAY_ALLOWED_HOSTS": "a.*.example.com"}, "invalid setting allowed_hosts (RELAY_ALLOWED_HOSTS): 'a.*.example.com' is not a host"),
+    ({"RELAY_FORWARDED_ALLOW_IPS": "10.0.0.1,proxy.internal"},
+     "invalid setting forwarded_allow_ips (RELAY_FORWARDED_ALLOW_IPS): 'proxy.internal' is not an IP address or network"),
+    ({"RELAY_FORWARDED_ALLOW_IPS": "10.0.0.1/8"}, "invalid setting forwarded_allow_ips (RELAY_FORWARDED_ALLOW_IPS): '10.0.0.1/8' is not an IP"),
+    ({"RELAY_FORWARDED_ALLOW_IPS": "*,10.0.0.1"}, "invalid setting forwarded_allow_ips (RELAY_FORWARDED_ALLOW_IPS): '*' trusts every peer"),
 ])
 def test_a_bad_value_names_the_setting(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as raised:

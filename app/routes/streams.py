@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qs
 
 import anyio
 
@@ -164,7 +163,17 @@ async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
 
 
 def _query(scope: Scope) -> dict[str, str]:
-    return {name: values[-1] for name, values in parse_qs(scope["query_string"].decode("latin-1")).items()}
+    """The parameters by their literal names and values: ``&`` separates them, nothing is percent-decoded.
+
+    The relay's own parameters never need escaping, and a token must have one spelling, the one
+    the access log's filter and any proxy in between see: ``%74oken=`` is not ``token=``, and a
+    ``token`` given twice is none.
+    """
+    query: dict[str, str] = {}
+    for parameter in scope["query_string"].decode("latin-1").split("&"):
+        name, _, value = parameter.partition("=")
+        query[name] = "" if name == "token" and name in query else value
+    return query
 
 
 def _authorised(scope: Scope, query: dict[str, str], stream_id: str, action: str) -> bool:
@@ -182,7 +191,14 @@ def _unauthorised(action: str) -> RequestError:
 
 
 def _origin(scope: Scope) -> str:
-    """This relay's origin as the client reached it, so the URLs it hands out work from another origin too."""
+    """The base of the URLs the relay hands out, absolute so that they work from another origin too.
+
+    The public URL when one is set; else the scheme (``X-Forwarded-Proto`` from a trusted proxy)
+    and the ``Host`` the client reached, which the host check has let through.
+    """
+    runtime: Runtime = scope["state"]["runtime"]
+    if runtime.settings.public_url is not None:
+        return runtime.settings.public_url.rstrip("/")
     host = header(scope, b"host")
     if host is None:
         server_host, port = scope["server"]

@@ -14,10 +14,10 @@ import pytest
 
 from app.capability import CANCEL, READ, Capabilities
 from app.streaming.upstreams.mock import MockModel, mock_text
-from tests.rawhttp import Response, open_get, read_until
+from tests.rawhttp import Response, open_get, open_request, read_until
 from tests.servers import mock_server, relay_server
 from tests.sse import data
-from tests.streams import create, read, text_of
+from tests.streams import create, misspelled_token_queries, read, text_of
 
 SECRET = "s" * 32
 
@@ -128,6 +128,31 @@ async def test_wrong_expired_or_misused_tokens_get_401(relay_url: str, client: h
     assert response.status_code == 401
     forged, _ = Capabilities(b"x" * 32, 60).issue(stream_id, READ)
     assert (await client.get(events_path + f"?token={forged}")).status_code == 401
+
+
+async def test_the_token_is_read_only_from_a_literal_token_parameter_given_once(relay_url: str, client: httpx.AsyncClient) -> None:
+    """Another spelling of the parameter (percent-escapes, case, another separator) or of the token is no token."""
+    created = await create(client, relay_url, {"prompt": "x", "max_tokens": 3})
+    stream_id = created["id"]
+    token = urlsplit(created["events_url"]).query.removeprefix("token=")
+    cancel = urlsplit(created["cancel_url"]).query.removeprefix("token=")
+    events, stream = f"/v1/streams/{stream_id}/events", f"/v1/streams/{stream_id}"
+
+    async def status(method: str, path: str) -> int:
+        with anyio.fail_after(10):
+            response = Response()
+            async with await open_request(relay_url, f"{method} {path}") as connection:
+                await read_until(connection, response)
+            return response.status
+
+    for query in misspelled_token_queries(token):
+        assert await status("GET", f"{events}?{query}") == 401, query
+    assert await status("GET", f"/v1/streams/{token}/events") == 401
+    for query in [f"token={token}", f"x=1&token={token}", f"token={token}&x=1", f"%74oken=x&token={token}"]:
+        assert await status("GET", f"{events}?{query}") == 200, query
+    for query in misspelled_token_queries(cancel):
+        assert await status("DELETE", f"{stream}?{query}") == 401, query
+    assert await status("DELETE", f"{stream}?x=1&token={cancel}") == 200
 
 
 async def test_several_readers_each_get_the_whole_sequence(slow_relay_url: str, client: httpx.AsyncClient) -> None:
