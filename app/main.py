@@ -17,13 +17,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from app.capability import Capabilities
+from app.hosts import AllowedHosts
 from app.middleware import ApiKeyAuth
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
@@ -163,7 +163,7 @@ def create_app(settings: Settings) -> ASGIApp:
     if "*" in hosts:
         return app
     # Outermost, so that no route (not even those RelayApp dispatches itself) answers a Host it was not configured for.
-    return TrustedHostMiddleware(app, allowed_hosts=hosts, www_redirect=False)
+    return AllowedHosts(app, hosts)
 
 
 def create_app_from_environment() -> ASGIApp:

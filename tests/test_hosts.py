@@ -21,8 +21,6 @@ ROUTES = [
     ("DELETE", "/v1/streams/st_x", None),
     ("GET", "/", None),
     ("GET", "/static/chat.js", None),
-    ("GET", "/healthz", None),
-    ("GET", "/readyz", None),
     ("GET", "/nowhere", None),
     ("OPTIONS", "/v1/streams", None),
 ]
@@ -35,7 +33,7 @@ async def _statuses(client: httpx.AsyncClient, relay_url: str, host: str | None)
     statuses = []
     for method, path, body in ROUTES:
         response = await client.request(method, relay_url + path, json=body, headers=headers)
-        assert response.status_code != 400 or response.text == "Invalid host header", (path, response.text)
+        assert response.status_code != 400 or response.json()["error"]["code"] == "invalid_host", (path, response.text)
         statuses.append(response.status_code)
     return statuses
 
@@ -48,6 +46,18 @@ async def test_a_host_not_allowed_gets_400_on_every_route(mock: tuple[MockModel,
         # The defaults: loopback's names and addresses, with any port.
         for host in [None, f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "127.0.0.1"]:
             assert 400 not in await _statuses(client, relay_url, host), host
+
+
+async def test_the_health_routes_answer_whatever_the_host(mock: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
+    """A platform's probes reach the process by an address nobody lists: they must not take it out of service."""
+    with relay_server(mock[1], models=("mock",)) as relay_url:
+        for host in ["10.1.2.3:8000", "evil.example", ""]:
+            assert (await client.get(relay_url + "/healthz", headers={"host": host})).status_code == 200, host
+            assert (await client.get(relay_url + "/readyz", headers={"host": host})).status_code == 200, host
+        refused = await client.get(relay_url + "/v1/streams/st_x/events", headers={"host": "10.1.2.3:8000"})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "invalid_host"
+        assert "RELAY_ALLOWED_HOSTS" in refused.json()["error"]["message"]
 
 
 async def test_the_configured_hosts_and_wildcards_are_answered(mock: tuple[MockModel, str], client: httpx.AsyncClient) -> None:

@@ -1,0 +1,63 @@
+"""Answers only the ``Host`` header values the relay is configured for (``Settings.trusted_hosts``).
+
+Starlette's ``TrustedHostMiddleware`` does the same check; this one answers in the relay's JSON
+error shape with a message that names the settings to change, and lets the health routes
+through whatever their ``Host``: a platform's probes (a load balancer's, Kubernetes' ``httpGet``)
+send the address they reach the process at, which no one lists, and a 400 there would take an
+otherwise healthy relay out of service. The health routes hand out no URL, so an odd Host costs
+nothing there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from app.errors import RequestError
+from app.routes.http import send_error
+from app.types import ASGIApp, Receive, Scope, Send
+
+PROBES = frozenset({"/healthz", "/readyz"})
+
+
+class AllowedHosts:
+    def __init__(self, app: ASGIApp, hosts: Sequence[str]) -> None:
+        self.app = app
+        self._names = frozenset(host for host in hosts if not host.startswith("*."))
+        self._suffixes = tuple(host[1:] for host in hosts if host.startswith("*."))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBES:
+            await self.app(scope, receive, send)
+            return
+        host = _host(scope)
+        if host is not None and (host in self._names or host.endswith(self._suffixes)):
+            await self.app(scope, receive, send)
+            return
+        await send_error(send, RequestError(
+            400, "invalid_host",
+            f"this relay does not answer for the host {host or ''!r}: list it in RELAY_ALLOWED_HOSTS, or set RELAY_PUBLIC_URL",
+            param="Host",
+        ))
+
+
+def _host(scope: Scope) -> str | None:
+    """The host of the request's ``Host`` header, lower-cased and without its port; ``None`` if absent or malformed."""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host: str = value.decode("latin-1").lower()
+            break
+    else:
+        return None
+    if host.startswith("["):  # [IPv6]:port
+        end = host.find("]")
+        if end < 0 or (host[end + 1 :] and not _port(host[end + 1 :])):
+            return None
+        return host[: end + 1]
+    name, colon, port = host.partition(":")
+    if colon and not port.isdigit():
+        return None
+    return name or None
+
+
+def _port(rest: str) -> bool:
+    return rest.startswith(":") and rest[1:].isdigit()
