@@ -10,7 +10,7 @@ from app.routes.http import (
     SSE_HEADERS,
     ClientGone,
     convert,
-    decode,
+    decode_object,
     json_body,
     read_body,
     request_id,
@@ -19,7 +19,7 @@ from app.routes.http import (
     send_upstream_failure,
 )
 from app.runtime import Runtime
-from app.schemas import ChatRequest, json_decoder
+from app.schemas import ChatRequest
 from app.streaming.encoders import OpenAIChunks, openai_completion
 from app.streaming.events import Error
 from app.streaming.generation import Route
@@ -46,9 +46,7 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     rid = request_id(scope)
     headers = [(b"x-request-id", rid.encode())]
     try:
-        raw = decode(await read_body(scope, receive, settings.max_body_bytes), json_decoder)
-        if not isinstance(raw, dict):
-            raise RequestError(422, "invalid_request", "the request body must be a JSON object", param="$")
+        raw = decode_object(await read_body(scope, receive, settings.max_body_bytes))
         chat, upstream = admit_chat(runtime, raw)
     except ClientGone:
         return None
