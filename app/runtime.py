@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import resource
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from app.errors import RequestError
 from app.settings import Settings
@@ -66,10 +66,12 @@ class Runtime:
             raise RequestError(status, code, message, headers={"Retry-After": str(wait)})
         return route
 
-    def admit(self, max_tokens: int | None) -> None:
-        """Refuse what is over a limit before anything starts."""
-        if max_tokens is not None and max_tokens > self.settings.max_tokens_limit:
-            raise RequestError(422, "max_tokens_too_large", f"max_tokens may be at most {self.settings.max_tokens_limit}", param="$.max_tokens")
+    def admit(self, lengths: Iterable[tuple[str, int]] = ()) -> None:
+        """Refuse what is over a limit before anything starts; ``lengths`` are the request's token limits, by path."""
+        limit = self.settings.max_tokens_limit
+        for param, length in lengths:
+            if length > limit:
+                raise RequestError(422, "max_tokens_too_large", f"{param.removeprefix('$.')} may be at most {limit}", param=param)
         if self.live.closing:
             raise RequestError(503, "shutting_down", "the relay is shutting down; retry on another instance", headers={"Retry-After": "1"})
         if len(self.live) >= self.settings.max_concurrent_requests:

@@ -37,9 +37,9 @@ async def test_a_draining_relay_refuses_new_requests_with_503() -> None:
     client = Client()
     upstream = Upstream("u", "http://127.0.0.1:9/v1", client, Timeouts(1, 1, 1, None))
     runtime = Runtime(relay_settings("http://127.0.0.1:9/v1"), upstream, (), live, client)
-    runtime.admit(10)
+    runtime.admit([("$.max_tokens", 10)])
     live.shut_down()
     with pytest.raises(RequestError) as refused:
-        runtime.admit(10)
+        runtime.admit([("$.max_tokens", 10)])
     assert (refused.value.status, refused.value.code, refused.value.headers) == (503, "shutting_down", {"Retry-After": "1"})
     await client.aclose()

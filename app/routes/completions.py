@@ -10,7 +10,7 @@ from app.routes.http import (
     SSE_HEADERS,
     ClientGone,
     convert,
-    decode,
+    decode_object,
     json_body,
     read_body,
     request_id,
@@ -19,7 +19,7 @@ from app.routes.http import (
     send_upstream_failure,
 )
 from app.runtime import Runtime
-from app.schemas import ChatRequest, json_decoder
+from app.schemas import ChatRequest
 from app.streaming.encoders import OpenAIChunks, openai_completion
 from app.streaming.events import Error
 from app.streaming.generation import Route
@@ -46,9 +46,7 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     rid = request_id(scope)
     headers = [(b"x-request-id", rid.encode())]
     try:
-        raw = decode(await read_body(scope, receive, settings.max_body_bytes), json_decoder)
-        if not isinstance(raw, dict):
-            raise RequestError(422, "invalid_request", "the request body must be a JSON object", param="$")
+        raw = decode_object(await read_body(scope, receive, settings.max_body_bytes))
         chat, upstream = admit_chat(runtime, raw)
     except ClientGone:
         return None
@@ -61,8 +59,8 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
         encoder = OpenAIChunks(completion_id, model, include_usage)
-        return relay_stream(receive, send, upstream, generation_request(rid, model, raw), encoder, settings, runtime.live)
-    result = await relay_collected(receive, upstream, generation_request(rid, model, raw), runtime.live)
+        return relay_stream(receive, send, upstream, generation_request(rid, model, raw, settings.max_tokens_limit), encoder, settings, runtime.live)
+    result = await relay_collected(receive, upstream, generation_request(rid, model, raw, settings.max_tokens_limit), runtime.live)
     if result is None:
         return None
     if isinstance(result.terminal, Error):
@@ -74,11 +72,12 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
 
 def admit_chat(runtime: Runtime, raw: dict[str, Any]) -> tuple[ChatRequest, Route]:
     chat = convert(raw, ChatRequest)
-    runtime.admit(chat.max_completion_tokens or chat.max_tokens)
+    runtime.admit(chat.lengths())
     return chat, runtime.upstream_for(chat.model)
 
 
-def generation_request(rid: str, model: str, raw: dict[str, Any]) -> GenerationRequest:
+def generation_request(rid: str, model: str, raw: dict[str, Any], max_tokens_limit: int) -> GenerationRequest:
     """Takes the messages out of ``raw``: what is left of it is only the small extra parameters."""
     messages = raw.pop("messages")
-    return GenerationRequest(rid, model, messages, extra={key: value for key, value in raw.items() if key not in _RELAY_FIELDS})
+    extra = {key: value for key, value in raw.items() if key not in _RELAY_FIELDS}
+    return GenerationRequest(rid, model, messages, extra=extra, max_tokens_limit=max_tokens_limit)

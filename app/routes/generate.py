@@ -65,7 +65,7 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
 
 
 def admit_generate(runtime: Runtime, rid: str, body: GenerateRequest) -> tuple[Route, GenerationRequest]:
-    runtime.admit(body.max_tokens)
+    runtime.admit(body.lengths())
     max_tokens = body.max_tokens or min(DEFAULT_MAX_TOKENS, runtime.settings.max_tokens_limit)
     model = body.model or runtime.default_model
     if model is None:

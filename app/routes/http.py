@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from app.errors import RequestError
-from app.schemas import ErrorBody, ErrorEnvelope, FailureBody, encoder
+from app.schemas import ErrorBody, ErrorEnvelope, FailureBody, encoder, json_decoder
 from app.streaming.events import Error
 from app.types import Receive, Scope, Send
 
@@ -22,6 +22,9 @@ SSE_HEADERS = [
 ]
 _JSON = (b"content-type", b"application/json")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# The deepest nesting a request body may have (serde_json's default). Well under what Python's
+# recursion limit lets msgspec decode and encode from inside a request's or a stream's stack.
+MAX_JSON_DEPTH = 128
 
 
 class ClientGone(Exception):
@@ -64,6 +67,32 @@ def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
         raise invalid(exc) from exc
     except msgspec.DecodeError as exc:
         raise RequestError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _too_deep() from exc
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    """A body that is one JSON object, of any fields, at most ``MAX_JSON_DEPTH`` levels deep."""
+    value = decode(body, json_decoder)
+    if not isinstance(value, dict):
+        raise RequestError(422, "invalid_request", "the request body must be a JSON object", param="$")
+    # A body with fewer brackets than the limit cannot nest past it: the common request is never walked.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and not _nests_within(value, MAX_JSON_DEPTH - 1):
+        raise _too_deep()
+    return value
+
+
+def _nests_within(container: dict[str, Any] | list[Any], room: int) -> bool:
+    """Whether no value inside ``container`` nests more than ``room`` levels below it."""
+    for item in container.values() if type(container) is dict else container:
+        if type(item) is dict or type(item) is list:
+            if room == 0 or not _nests_within(item, room - 1):
+                return False
+    return True
+
+
+def _too_deep() -> RequestError:
+    return RequestError(400, "too_deeply_nested", f"the request body nests JSON arrays and objects deeper than {MAX_JSON_DEPTH} levels")
 
 
 def convert(value: Any, type_: type[T]) -> T:

@@ -23,9 +23,9 @@ from app.errors import RequestError
 from app.middleware import has_api_key
 from app.routes.completions import admit_chat, generation_request
 from app.routes.generate import admit_generate
-from app.routes.http import SSE_HEADERS, ClientGone, convert, decode, header, json_body, read_body, request_id, send_error, send_json
+from app.routes.http import SSE_HEADERS, ClientGone, convert, decode_object, header, json_body, read_body, request_id, send_error, send_json
 from app.runtime import Runtime
-from app.schemas import GenerateRequest, json_decoder
+from app.schemas import GenerateRequest
 from app.streaming.eventlog import Entry, InvalidEventId
 from app.streaming.resumable import TERMINAL_EVENTS, ResumableStream, ResumableStreams
 from app.streaming.sse import HEARTBEAT
@@ -42,12 +42,10 @@ async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
     settings = runtime.settings
     rid = request_id(scope)
     try:
-        raw = decode(await read_body(scope, receive, settings.max_body_bytes), json_decoder)
-        if not isinstance(raw, dict):
-            raise RequestError(422, "invalid_request", "the request body must be a JSON object", param="$")
+        raw = decode_object(await read_body(scope, receive, settings.max_body_bytes))
         if "messages" in raw:  # a chat body, as for /v1/chat/completions
             chat, upstream = admit_chat(runtime, raw)
-            request = generation_request(rid, chat.model, raw)
+            request = generation_request(rid, chat.model, raw, settings.max_tokens_limit)
         else:
             upstream, request = admit_generate(runtime, rid, convert(raw, GenerateRequest))
         if streams.running >= settings.max_streams:

@@ -6,6 +6,11 @@ from typing import Any
 
 import msgspec
 
+# The names a chat client may give a generation's length under: OpenAI's, then other model servers'
+# (the Responses API and Gemini, TGI, llama.cpp, Ollama), and those nested in Ollama's options and TGI's parameters.
+LENGTH_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens", "max_new_tokens", "n_predict", "num_predict")
+NESTED_LENGTH_FIELDS = (("options", "num_predict"), ("parameters", "max_new_tokens"))
+
 
 class GenerationRequest(msgspec.Struct, frozen=True):
     request_id: str
@@ -15,11 +20,20 @@ class GenerationRequest(msgspec.Struct, frozen=True):
     temperature: float | None = None
     # Extra OpenAI parameters the client sent (top_p, stop, seed…), passed through as sent.
     extra: dict[str, Any] = {}
+    # The relay's limit: what a protocol that must bound a generation asks for when the client gave no length.
+    max_tokens_limit: int | None = None
 
     def token_limit(self) -> int | None:
-        """The client's token limit, whichever field it came in (``max_completion_tokens`` wins, as with OpenAI)."""
-        limit = self.max_tokens or self.extra.get("max_completion_tokens") or self.extra.get("max_tokens")
-        return limit if isinstance(limit, int) else None
+        """The client's token limit: ``max_tokens``, else the smallest length it gave under any name in ``extra``."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        extra = self.extra
+        given = [value for name in LENGTH_FIELDS if type(value := extra.get(name)) is int]
+        for outer, name in NESTED_LENGTH_FIELDS:
+            nested = extra.get(outer)
+            if type(nested) is dict and type(value := nested.get(name)) is int:
+                given.append(value)
+        return min(given, default=None)
 
     def sampling_temperature(self) -> float | None:
         temperature = self.temperature if self.temperature is not None else self.extra.get("temperature")

@@ -3,8 +3,8 @@
 The request carries ``x-api-key`` and ``anthropic-version``; system (and developer)
 messages become the top-level ``system`` text, the others keep their role (a ``tool``
 message is sent as the user's); ``max_tokens``, which Anthropic requires, defaults to
-4096; ``temperature`` is capped at 1, Anthropic's maximum; ``stop`` becomes
-``stop_sequences``.
+4096 (or the relay's limit, if lower); ``temperature`` is capped at 1, Anthropic's maximum;
+``stop`` becomes ``stop_sequences``.
 
 The response is SSE, named events whose data repeats the name in ``type``::
 
@@ -81,7 +81,8 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
         else:
             messages.append({"role": "assistant" if role == "assistant" else "user", "content": text})
     body: dict[str, Any] = {key: request.extra[key] for key in _PASSED if request.extra.get(key) is not None}
-    body.update(model=request.model, max_tokens=request.token_limit() or DEFAULT_MAX_TOKENS, messages=messages, stream=True)
+    max_tokens = request.token_limit() or min(DEFAULT_MAX_TOKENS, request.max_tokens_limit or DEFAULT_MAX_TOKENS)
+    body.update(model=request.model, max_tokens=max_tokens, messages=messages, stream=True)
     if system:
         body["system"] = "\n\n".join(system)
     temperature = request.sampling_temperature()

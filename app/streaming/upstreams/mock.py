@@ -83,6 +83,8 @@ class MockModel:
         self.peers: deque[str] = deque(maxlen=max_records)  # each request's client address, to see connection reuse
         self.paths: deque[str] = deque(maxlen=max_records)  # each generation request's path, to see which upstream was asked
         self.request_ids: deque[str] = deque(maxlen=max_records)  # each generation request's x-request-id, once its body is read
+        # The last generation requests' (x-request-id, body): what the upstream received, for tests. Few, as bodies can be large.
+        self.bodies: deque[tuple[str, bytes]] = deque(maxlen=256)
         self._recorded = threading.Condition()
 
     def wait_for_disconnect(self, request_id: str, timeout: float) -> dict[str, Any]:
@@ -110,6 +112,10 @@ class MockModel:
         with self._recorded:
             if not self._recorded.wait_for(lambda: self.requests >= count, timeout):
                 raise TimeoutError(f"{self.requests} of {count} requests arrived within {timeout} s")
+
+    def body_of(self, request_id: str) -> bytes | None:
+        """The body of the last generation request sent with ``request_id``, if it is among the recorded ones."""
+        return next((body for rid, body in reversed(self.bodies) if rid == request_id), None)
 
     def disconnect_of(self, request_id: str) -> dict[str, Any] | None:
         return next((record for record in self.disconnects if record["request_id"] == request_id), None)
@@ -157,6 +163,7 @@ class MockModel:
             call.stream = False
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.request_ids.append(headers.get("x-request-id", ""))
+        self.bodies.append((headers.get("x-request-id", ""), body))
         if self.api_key is not None and self.api_key not in (headers.get("authorization", "").removeprefix("Bearer "), headers.get("x-api-key")):
             await _json(send, 401, wire.error_status(401, "mock: invalid API key"))
             return

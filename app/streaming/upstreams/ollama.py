@@ -2,7 +2,7 @@
 
 The request is ``{"model", "messages", "stream": true, "options": {...}}``: message
 contents are plain text (text parts of a list are joined), ``max_tokens`` becomes
-``num_predict``. Each line of the response is one JSON object::
+``num_predict`` (the relay's limit when the client gave none). Each line of the response is one JSON object::
 
     {"model":"llama3.2","created_at":"...","message":{"role":"assistant","content":"The"},"done":false}
 
@@ -47,7 +47,8 @@ _encode = msgspec.json.Encoder().encode
 
 def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
     options: dict[str, Any] = {key: request.extra[key] for key in _OPTIONS if request.extra.get(key) is not None}
-    limit, temperature = request.token_limit(), request.sampling_temperature()
+    # Without num_predict Ollama generates until the model stops, however long: the relay's limit bounds it.
+    limit, temperature = request.token_limit() or request.max_tokens_limit, request.sampling_temperature()
     if limit is not None:
         options["num_predict"] = limit
     if temperature is not None:
