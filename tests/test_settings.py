@@ -36,6 +36,8 @@ def test_environment_values_are_typed() -> None:
      "invalid setting cors_origins (RELAY_CORS_ORIGINS): 'https://b.example/chat' is not an origin"),
     ({"RELAY_STREAM_SECRET": "short"}, "invalid setting stream_secret (RELAY_STREAM_SECRET): must be at least 32 characters"),
     ({"RELAY_STREAM_GRACE": "0"}, "invalid setting stream_grace (RELAY_STREAM_GRACE): Expected `float` > 0.0"),
+    ({"RELAY_STREAM_LOG_BUDGET_BYTES": "1000"},
+     "invalid setting stream_log_budget_bytes (RELAY_STREAM_LOG_BUDGET_BYTES): must be at least stream_log_max_bytes"),
 ])
 def test_a_bad_value_names_the_setting(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as raised:
