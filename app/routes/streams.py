@@ -6,6 +6,7 @@ connection, the end of the body). So it answers:
 
 - 401 for a missing, wrong or expired token (the reader must not go on);
 - 204 for a stream that is unknown, expired, or finished and fully read (stop reconnecting);
+- 400 for a ``Last-Event-ID`` the stream cannot have (not an id, or past its last event);
 - 200 with only a ``retry:`` hint when the relay is at its limit of readers (come back later);
 - otherwise 200: the events after ``Last-Event-ID``, then the live ones, up to the terminal one.
 """
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 import anyio
+import msgspec
 
 from app.capability import CANCEL, READ, Capabilities
 from app.errors import RequestError
@@ -27,13 +29,19 @@ from app.routes.generate import admit_generate
 from app.routes.http import SSE_HEADERS, ClientGone, convert, decode, header, json_body, read_body, request_id, send_error, send_json
 from app.runtime import Runtime
 from app.schemas import GenerateRequest, json_decoder
+from app.streaming.encoders import error_body
 from app.streaming.eventlog import Entry, InvalidEventId
+from app.streaming.events import Error
 from app.streaming.resumable import TERMINAL_EVENTS, ResumableStream, ResumableStreams
 from app.streaming.sse import HEARTBEAT
 from app.types import Receive, Scope, Send
 
 # Events read from the log at a time, per reader.
 READ_BATCH = 256
+# For a reader still reading when the log drops its stream (its retention ended, or the log needed the room).
+EXPIRED = b"event: error\ndata: %b\n\n" % msgspec.json.encode(error_body(Error(
+    "relay_error", "stream_expired", "the relay dropped this stream's events before they were all read", "stream",
+)))
 
 
 async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
@@ -54,6 +62,10 @@ async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
         if streams.running >= settings.max_streams:
             raise RequestError(
                 429, "too_many_streams", "the relay is at its limit of resumable streams; retry shortly", headers={"Retry-After": "2"},
+            )
+        if streams.full:
+            raise RequestError(
+                503, "stream_log_full", "the streams being generated fill the relay's event log; retry shortly", headers={"Retry-After": "5"},
             )
     except ClientGone:
         return
@@ -134,6 +146,7 @@ async def _follow(
                 await send(HEARTBEAT)
         read = await streams.log.read_after(stream.id, after, READ_BATCH)
         if read is None:
+            await send(EXPIRED)
             return
         entries = read
 
