@@ -57,9 +57,10 @@ class ResumableStream:
 
     def __init__(
         self, stream_id: str, log: EventLog, limits: StreamLimits, upstream: Route | Upstream, request: GenerationRequest,
-        *, log_full: Callable[[], None],
+        *, owner: str | None, log_full: Callable[[], None],
     ) -> None:
         self.id = stream_id
+        self.owner = owner  # the id of the API key that created it: no other key sees it
         self.readers = 0
         self.finished = False
         self.terminal: str | None = None  # the terminal event's name, once appended
@@ -221,10 +222,10 @@ class ResumableStreams:
     def get(self, stream_id: str) -> ResumableStream | None:
         return self._streams.get(stream_id)
 
-    async def start(self, upstream: Route | Upstream, request: GenerationRequest) -> ResumableStream:
+    async def start(self, upstream: Route | Upstream, request: GenerationRequest, owner: str | None = None) -> ResumableStream:
         stream_id = "st_" + secrets.token_urlsafe(16)
         await self.log.create(stream_id)
-        stream = ResumableStream(stream_id, self.log, self._limits, upstream, request, log_full=self._shed_largest)
+        stream = ResumableStream(stream_id, self.log, self._limits, upstream, request, owner=owner, log_full=self._shed_largest)
         self._streams[stream_id] = stream
         self.running += 1
         self._task_group.start_soon(self._run, stream, name=f"stream {stream_id}")

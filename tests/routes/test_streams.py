@@ -527,6 +527,31 @@ async def test_an_id_past_the_end_is_a_400_at_once_and_takes_no_reader_slot(slow
         assert response.status_code == 400
 
 
+async def test_a_stream_is_seen_only_by_the_key_that_created_it(slow_mock: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
+    with _relay(slow_mock[1], api_keys=("key-a", "key-b")) as relay_url:
+        async with httpx.AsyncClient(timeout=10, headers={"authorization": "Bearer key-a"}) as as_a, \
+                httpx.AsyncClient(timeout=10, headers={"x-api-key": "key-b"}) as as_b:
+            created = await create(as_a, relay_url, {"prompt": "mine", "max_tokens": 30})
+            events_path = f"{relay_url}/v1/streams/{created['id']}/events"
+            stream_path = f"{relay_url}/v1/streams/{created['id']}"
+            # Another key gets what it would get for a stream that does not exist.
+            assert (await as_b.get(events_path)).status_code == 204
+            refused = await as_b.delete(stream_path)
+            assert refused.status_code == 404
+            assert refused.json()["error"]["code"] == "stream_not_found"
+            # The stream runs on for its owner.
+            _, events = await read(as_a, events_path)
+            assert text_of(events) == "".join(mock_text("mine", 30))
+            assert events[-1].event == "done"
+            # A signed URL is a capability of its own: it works with no key, and whatever key comes with it.
+            _, by_token = await read(client, created["events_url"])
+            assert by_token == events
+            _, by_token = await read(as_b, created["events_url"])
+            assert by_token == events
+            assert (await as_b.delete(created["cancel_url"])).status_code == 200
+            assert (await as_a.delete(stream_path)).json() == {"id": created["id"], "cancelled": False}
+
+
 async def test_a_reader_still_reading_when_the_log_drops_its_stream_gets_a_terminal_error() -> None:
     log = MemoryEventLog(budget=MIB)
     await log.create("st_old")
