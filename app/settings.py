@@ -93,7 +93,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stream_grace: Seconds = 10.0
     stream_retention: Seconds = 300.0
     stream_log_max_bytes: Positive = 4_194_304
-    # The event log's bytes for all streams together: 64 streams at their own cap, thousands of usual answers.
+    # The event log's bytes for all streams together: 64 streams at their own cap, or over a thousand long answers.
     stream_log_budget_bytes: Positive = 268_435_456
     max_streams: Positive = 1_000
     max_stream_readers: Positive = 10_000
