@@ -111,7 +111,7 @@ def create_app(settings: Settings) -> ASGIApp:
             stack.enter_context(on_shutdown_signal(live.shut_down))
             raise_open_files_limit(settings)
             runtime = Runtime(settings, upstreams, models, live, client)
-            log = MemoryEventLog()
+            log = MemoryEventLog(settings.stream_log_budget_bytes)
             stack.push_async_callback(log.aclose)
             # Resumable streams' generations belong to the app, not to a request: they run here.
             detached = await stack.enter_async_context(anyio.create_task_group())

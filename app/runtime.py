@@ -7,6 +7,7 @@ import resource
 from collections.abc import Iterable, Mapping
 
 from app.errors import RequestError
+from app.middleware import ApiKeys
 from app.settings import Settings
 from app.streaming.respond import LiveRequests
 from app.streaming.routing import Circuit, Route, Target, Timeouts, Upstream
@@ -44,6 +45,7 @@ class Runtime:
         if isinstance(upstreams, Upstream):
             upstreams = {upstreams.name: upstreams}
         self.settings = settings
+        self.keys = ApiKeys(settings.api_keys)
         self.upstreams = upstreams
         # A model named in routes goes to its upstreams; any other (if allowed) to every upstream, in order.
         self.routes = {model: Route(tuple(_target(upstreams, name) for name in targets)) for model, targets in settings.routes.items()}

@@ -107,6 +107,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stream_grace: Seconds = 10.0
     stream_retention: Seconds = 300.0
     stream_log_max_bytes: Positive = 4_194_304
+    # The event log's bytes for all streams together: 64 streams at their own cap, or over a thousand long answers.
+    stream_log_budget_bytes: Positive = 268_435_456
     max_streams: Positive = 1_000
     max_stream_readers: Positive = 10_000
     stream_retry_ms: Positive = 2_000
@@ -139,6 +141,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         for origin in self.cors_origins:
             if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
                 raise ValueError(f"cors_origins: {origin!r} is not an origin such as https://chat.example.com (scheme and host, no path)")
+        if self.stream_log_budget_bytes < self.stream_log_max_bytes:
+            raise ValueError("stream_log_budget_bytes: must be at least stream_log_max_bytes (one stream at its limit must fit)")
         if self.stream_secret is not None and len(self.stream_secret) < 32:
             raise ValueError("stream_secret: must be at least 32 characters")
         if self.public_url is not None and not _PUBLIC_URL.match(self.public_url):

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from app.middleware import ApiKeys
 from app.streaming.upstreams.mock import MockModel
 from tests.servers import relay_server
 
@@ -41,3 +42,20 @@ async def test_an_open_relay_warns_once_at_start_up(mock: tuple[MockModel, str],
         pass
     warnings = [r.getMessage() for r in caplog.records if "RELAY_API_KEYS is not set" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def _scope(headers: dict[str, str]) -> dict[str, object]:
+    return {"type": "http", "headers": [(name.encode(), value.encode()) for name, value in headers.items()]}
+
+
+def test_the_key_of_a_request_is_known_by_an_id_that_is_not_the_key() -> None:
+    keys = ApiKeys(("key-one", "key-two", "key-one"))
+    one = keys.identify(_scope({"authorization": "Bearer key-one"}))
+    two = keys.identify(_scope({"x-api-key": "key-two"}))
+    assert one is not None and two is not None and one != two
+    assert "key-one" not in one
+    # The same key has the same id in any process, whatever the order of the keys.
+    assert ApiKeys(("key-two", "key-one")).identify(_scope({"x-api-key": "key-one"})) == one
+    for headers in [{}, {"authorization": "Bearer key-three"}, {"authorization": "Basic key-one"}, {"x-api-key": "key-one "}]:
+        assert keys.identify(_scope(headers)) is None
+    assert not ApiKeys(())

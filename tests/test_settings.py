@@ -48,6 +48,8 @@ def test_environment_values_are_typed() -> None:
      "invalid setting forwarded_allow_ips (RELAY_FORWARDED_ALLOW_IPS): 'proxy.internal' is not an IP address or network"),
     ({"RELAY_FORWARDED_ALLOW_IPS": "10.0.0.1/8"}, "invalid setting forwarded_allow_ips (RELAY_FORWARDED_ALLOW_IPS): '10.0.0.1/8' is not an IP"),
     ({"RELAY_FORWARDED_ALLOW_IPS": "*,10.0.0.1"}, "invalid setting forwarded_allow_ips (RELAY_FORWARDED_ALLOW_IPS): '*' trusts every peer"),
+    ({"RELAY_STREAM_LOG_BUDGET_BYTES": "1000"},
+     "invalid setting stream_log_budget_bytes (RELAY_STREAM_LOG_BUDGET_BYTES): must be at least stream_log_max_bytes"),
 ])
 def test_a_bad_value_names_the_setting(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as raised:

@@ -5,7 +5,9 @@ The events route is written for ``EventSource``, which gives up for good on any 
 connection, the end of the body). So it answers:
 
 - 401 for a missing, wrong or expired token (the reader must not go on);
-- 204 for a stream that is unknown, expired, or finished and fully read (stop reconnecting);
+- 204 for a stream that is unknown, expired, or finished and fully read (stop reconnecting),
+  and for one that another API key created: a key sees only its own streams;
+- 400 for a ``Last-Event-ID`` the stream cannot have (not an id, or past its last event);
 - 200 with only a ``retry:`` hint when the relay is at its limit of readers (come back later);
 - otherwise 200: the events after ``Last-Event-ID``, then the live ones, up to the terminal one.
 """
@@ -17,22 +19,30 @@ import datetime
 from collections.abc import Awaitable, Callable
 
 import anyio
+import msgspec
 
 from app.capability import CANCEL, READ, Capabilities
 from app.errors import RequestError
-from app.middleware import has_api_key
 from app.routes.completions import admit_chat, generation_request
 from app.routes.generate import admit_generate
 from app.routes.http import SSE_HEADERS, ClientGone, convert, decode_object, header, json_body, read_body, request_id, send_error, send_json
 from app.runtime import Runtime
 from app.schemas import GenerateRequest
+from app.streaming.encoders import error_body
 from app.streaming.eventlog import Entry, InvalidEventId
+from app.streaming.events import Error
 from app.streaming.resumable import TERMINAL_EVENTS, ResumableStream, ResumableStreams
 from app.streaming.sse import HEARTBEAT
 from app.types import Receive, Scope, Send
 
 # Events read from the log at a time, per reader.
 READ_BATCH = 256
+# Who a signed URL's token lets in: whoever holds it, with or without a key.
+BY_TOKEN = "token"
+# For a reader still reading when the log drops its stream (its retention ended, or the log needed the room).
+EXPIRED = b"event: error\ndata: %b\n\n" % msgspec.json.encode(error_body(Error(
+    "relay_error", "stream_expired", "the relay dropped this stream's events before they were all read", "stream",
+)))
 
 
 async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
@@ -52,12 +62,16 @@ async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
             raise RequestError(
                 429, "too_many_streams", "the relay is at its limit of resumable streams; retry shortly", headers={"Retry-After": "2"},
             )
+        if streams.full:
+            raise RequestError(
+                503, "stream_log_full", "the streams being generated fill the relay's event log; retry shortly", headers={"Retry-After": "5"},
+            )
     except ClientGone:
         return
     except RequestError as exc:
         await send_error(send, exc)
         return
-    stream = await streams.start(upstream, request)
+    stream = await streams.start(upstream, request, owner=runtime.keys.identify(scope))
     base = _origin(scope) + "/v1/streams/" + stream.id
     read_token, expires = capabilities.issue(stream.id, READ)
     cancel_token, _ = capabilities.issue(stream.id, CANCEL)
@@ -78,10 +92,11 @@ async def stream_events(scope: Scope, receive: Receive, send: Send) -> None:
     settings = runtime.settings
     stream_id: str = scope["path_params"]["stream_id"]
     query = _query(scope)
-    if not _authorised(scope, query, stream_id, READ):
+    grant = _grant(scope, query, stream_id, READ)
+    if grant is None:
         await send_error(send, _unauthorised("read"))
         return
-    stream = streams.get(stream_id)
+    stream = _visible(streams, stream_id, grant)
     # The header is what EventSource sends when it reconnects; the query is for a first connection that resumes.
     after = header(scope, b"last-event-id") or query.get("last_event_id") or None
     try:
@@ -131,6 +146,7 @@ async def _follow(
                 await send(HEARTBEAT)
         read = await streams.log.read_after(stream.id, after, READ_BATCH)
         if read is None:
+            await send(EXPIRED)
             return
         entries = read
 
@@ -138,10 +154,11 @@ async def _follow(
 async def cancel_stream(scope: Scope, receive: Receive, send: Send) -> None:
     streams: ResumableStreams = scope["state"]["streams"]
     stream_id: str = scope["path_params"]["stream_id"]
-    if not _authorised(scope, _query(scope), stream_id, CANCEL):
+    grant = _grant(scope, _query(scope), stream_id, CANCEL)
+    if grant is None:
         await send_error(send, _unauthorised("cancel"))
         return
-    stream = streams.get(stream_id)
+    stream = _visible(streams, stream_id, grant)
     if stream is None:
         await send_error(send, RequestError(404, "stream_not_found", f"there is no stream {stream_id!r}: it never existed or has expired"))
         return
@@ -174,14 +191,26 @@ def _query(scope: Scope) -> dict[str, str]:
     return query
 
 
-def _authorised(scope: Scope, query: dict[str, str], stream_id: str, action: str) -> bool:
+def _grant(scope: Scope, query: dict[str, str], stream_id: str, action: str) -> str | None:
+    """What lets the request in: ``BY_TOKEN``, the id of its API key, or nothing (``None``: 401).
+
+    A valid token is enough whatever key comes with it: it is the capability the stream's
+    creator handed out, for this stream and action alone.
+    """
     capabilities: Capabilities = scope["state"]["capabilities"]
     runtime: Runtime = scope["state"]["runtime"]
     token = query.get("token")
     if token is not None and capabilities.check(token, stream_id, action):
-        return True
-    keys = runtime.settings.api_keys
-    return bool(keys) and has_api_key(scope, [key.encode() for key in keys])
+        return BY_TOKEN
+    return runtime.keys.identify(scope)
+
+
+def _visible(streams: ResumableStreams, stream_id: str, grant: str) -> ResumableStream | None:
+    """The stream, unless the request came with a key other than its creator's: then, as for an unknown one, nothing."""
+    stream = streams.get(stream_id)
+    if stream is None or grant == BY_TOKEN or grant == stream.owner:
+        return stream
+    return None
 
 
 def _unauthorised(action: str) -> RequestError:

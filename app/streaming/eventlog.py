@@ -5,10 +5,16 @@ assigns. Ids are opaque strings that increase within a stream; a reader resumes 
 back the last id it saw. The interface is small on purpose, so that a log shared by several
 processes (Redis Streams: ``XADD``, ``XRANGE``/``XREAD BLOCK``, ``EXPIRE``) fits it as well
 as the in-memory one (``app/streaming/log_memory.py``).
+
+A log has a byte budget for all its streams together. Past it, finished streams (those given
+an expiry) are dropped before their time, oldest first; streams still being written are
+never dropped by the log: it reports how much room they have left (``room``), and the one
+who writes them decides what to end (``app/streaming/resumable.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
@@ -23,10 +29,12 @@ class Entry(msgspec.Struct, frozen=True):
 
 
 class InvalidEventId(ValueError):
-    """An id this log never issued (not of its form): a reader cannot resume from it."""
+    """An id this log never issued (not of its form, or past the stream's last event): a reader cannot resume from it."""
 
 
 class EventLog(Protocol):
+    budget: int  # the bytes it may hold, all streams together
+
     async def create(self, stream_id: str) -> None:
         """Start an empty stream."""
 
@@ -36,13 +44,25 @@ class EventLog(Protocol):
     async def read_after(self, stream_id: str, after: str | None, limit: int) -> list[Entry] | None:
         """Up to ``limit`` events after the id ``after`` (from the start when ``None``), oldest first.
 
-        ``None`` when the stream is unknown or has expired. Raises ``InvalidEventId``.
+        ``None`` when the stream is unknown or has expired. Raises ``InvalidEventId`` for an id
+        that is not of this log's form, or that lies past the stream's last event (ids are
+        issued in order, so nobody can hold one the stream has not reached yet).
         """
 
     async def wait(self, stream_id: str, after: str | None) -> None:
         """Return when the stream has an event after ``after``, or is gone. Bound it with a cancel scope."""
 
     async def expire(self, stream_id: str, ttl: float) -> None:
-        """Drop the stream ``ttl`` seconds from now."""
+        """Drop the stream ``ttl`` seconds from now, or earlier, oldest first, when the log passes its budget."""
+
+    async def trim(self, stream_id: str) -> None:
+        """Drop every event of the stream but its last: a reader from any id before it gets that one."""
+
+    @property
+    def room(self) -> int:
+        """Bytes the streams not yet given an expiry may still grow by, together, within the budget (negative past it)."""
+
+    def on_drop(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(stream_id)`` when the log drops a stream, so that an index of the streams forgets it at once."""
 
     async def aclose(self) -> None: ...

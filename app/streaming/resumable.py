@@ -13,9 +13,12 @@ Who ends a generation:
   timer starts; a reader coming back stops it, otherwise the generation ends with
   ``error`` code ``no_readers`` and its upstream is closed;
 - the log cap: ``error`` code ``stream_too_long``;
+- the log's budget: when the generating streams alone pass it, the largest of them ends with
+  ``error`` code ``stream_log_full``, and the log keeps only that terminal event of it;
 - a shutdown, through ``LiveRequests``: ``shutting_down``.
 
-After its terminal event a stream stays readable for ``retention`` seconds, then the log drops it.
+After its terminal event a stream stays readable for ``retention`` seconds, or less when the
+log needs the room (oldest first); the registry forgets it when the log drops it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import anyio.abc
@@ -52,8 +55,12 @@ class StreamLimits(msgspec.Struct, frozen=True):
 class ResumableStream:
     """One generation writing into the log: the ``Sink`` of its ``Generation``."""
 
-    def __init__(self, stream_id: str, log: EventLog, limits: StreamLimits, upstream: Route | Upstream, request: GenerationRequest) -> None:
+    def __init__(
+        self, stream_id: str, log: EventLog, limits: StreamLimits, upstream: Route | Upstream, request: GenerationRequest,
+        *, owner: str | None, log_full: Callable[[], None],
+    ) -> None:
         self.id = stream_id
+        self.owner = owner  # the id of the API key that created it: no other key sees it
         self.readers = 0
         self.finished = False
         self.terminal: str | None = None  # the terminal event's name, once appended
@@ -66,6 +73,8 @@ class ResumableStream:
         self._grace: asyncio.TimerHandle | None = None
         self._usage: Usage | None = None
         self._bytes = 0
+        self._log_full = log_full
+        self._trim = False
 
     # The Sink protocol, called by the generation (from the upstream's socket callbacks).
 
@@ -79,11 +88,30 @@ class ResumableStream:
 
     # Control.
 
+    @property
+    def generating(self) -> bool:
+        return not self._generation.done
+
+    @property
+    def logged_bytes(self) -> int:
+        return self._bytes
+
     def cancel(self, code: str = "cancelled", message: str = "the stream was cancelled") -> None:
         """End the generation now with a ``cancelled`` error, closing its upstream."""
+        self._end(Error("cancelled", code, message, self._generation.phase))
+
+    def shed(self, budget: int) -> None:
+        """End the generation to give the log's memory back: the log then keeps only its terminal event."""
+        self._trim = True
+        self._end(Error(
+            "relay_error", "stream_log_full",
+            f"the relay's event log passed its budget of {budget} bytes, and this was its largest stream", self._generation.phase,
+        ))
+
+    def _end(self, error: Error) -> None:
         if self.finished:
             return
-        self._generation.fail(Error("cancelled", code, message, self._generation.phase))
+        self._generation.fail(error)
         self._connecting.cancel()
 
     def reader_joined(self) -> None:
@@ -132,6 +160,8 @@ class ResumableStream:
             with anyio.CancelScope(shield=True):
                 if self.terminal is None:  # ended by a defect or the app stopping: the readers still get a terminal event
                     await self._append_terminal(fallback)
+                if self._trim:
+                    await self._log.trim(self.id)
                 await self._log.expire(self.id, self._limits.retention)
 
     async def _append(self, events: list[Event]) -> None:
@@ -149,11 +179,13 @@ class ResumableStream:
             data = b'{"text":' + _encode(text) + b"}"
             self._bytes += len(data)
             await self._log.append(self.id, "token", data)
-            if self._bytes > self._limits.max_bytes and terminal is None:
+            if terminal is None and self._bytes > self._limits.max_bytes:
                 self._generation.fail(Error(
                     "relay_error", "stream_too_long",
                     f"the stream passed the relay's limit of {self._limits.max_bytes} bytes", self._generation.phase,
                 ))
+            elif terminal is None and self._log.room < 0:
+                self._log_full()
         if terminal is not None:
             await self._append_terminal(terminal)
 
@@ -178,14 +210,22 @@ class ResumableStreams:
         self._live = live
         self._task_group = task_group
         self._streams: dict[str, ResumableStream] = {}
+        self._shedding: ResumableStream | None = None
+        # The registry forgets a stream when the log drops it: a reader then finds neither.
+        log.on_drop(self._forget)
+
+    @property
+    def full(self) -> bool:
+        """Whether a new stream could not grow to its own limit within the room the log has left."""
+        return self.log.room < self._limits.max_bytes
 
     def get(self, stream_id: str) -> ResumableStream | None:
         return self._streams.get(stream_id)
 
-    async def start(self, upstream: Route | Upstream, request: GenerationRequest) -> ResumableStream:
+    async def start(self, upstream: Route | Upstream, request: GenerationRequest, owner: str | None = None) -> ResumableStream:
         stream_id = "st_" + secrets.token_urlsafe(16)
         await self.log.create(stream_id)
-        stream = ResumableStream(stream_id, self.log, self._limits, upstream, request)
+        stream = ResumableStream(stream_id, self.log, self._limits, upstream, request, owner=owner, log_full=self._shed_largest)
         self._streams[stream_id] = stream
         self.running += 1
         self._task_group.start_soon(self._run, stream, name=f"stream {stream_id}")
@@ -198,8 +238,23 @@ class ResumableStreams:
             logger.exception("stream %s failed", stream.id)
         finally:
             self.running -= 1
-            # The registry forgets the stream with the log: a reader then finds neither.
-            asyncio.get_running_loop().call_later(self._limits.retention, self._streams.pop, stream.id, None)
+            if self._shedding is stream:
+                self._shedding = None
+
+    def _shed_largest(self) -> None:
+        """The generating streams alone passed the log's budget: end the largest, which gives its events back.
+
+        One at a time: until that one has let its events go, the log still counts them.
+        """
+        if self._shedding is not None:
+            return
+        generating = [stream for stream in self._streams.values() if stream.generating]
+        if generating:
+            self._shedding = max(generating, key=lambda stream: stream.logged_bytes)
+            self._shedding.shed(self.log.budget)
+
+    def _forget(self, stream_id: str) -> None:
+        self._streams.pop(stream_id, None)
 
     @contextlib.contextmanager
     def reading(self, stream: ResumableStream) -> Iterator[None]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -13,13 +17,19 @@ import httpx
 import pytest
 
 from app.capability import CANCEL, READ, Capabilities
+from app.routes.streams import READ_BATCH, _follow
+from app.streaming.log_memory import MemoryEventLog
+from app.streaming.sse import SSEParser
 from app.streaming.upstreams.mock import MockModel, mock_text
+from tests.hostile import LAST_CHUNK, Conn, HostileUpstream, chunk, chunked_head, chunked_response, probing, sse
 from tests.rawhttp import Response, open_get, open_request, read_until
 from tests.servers import mock_server, relay_server
 from tests.sse import data
 from tests.streams import create, misspelled_token_queries, read, text_of
 
 SECRET = "s" * 32
+KIB = 1024
+MIB = 1024 * KIB
 
 
 def _relay(upstream: str, **overrides: object) -> contextlib.AbstractContextManager[str]:
@@ -347,7 +357,8 @@ async def test_with_api_keys_post_needs_a_key_and_the_urls_work_without_one(mock
 async def test_a_reader_that_takes_nothing_for_the_grace_is_cut_off() -> None:
     endless = 10_000_000
     with mock_server(ttft=0.0, interval=0.0, tokens=endless) as (model, upstream), \
-            _relay(upstream, slow_consumer_grace=0.3, stream_grace=0.2, max_tokens_limit=endless, stream_log_max_bytes=1 << 30) as relay_url:
+            _relay(upstream, slow_consumer_grace=0.3, stream_grace=0.2, max_tokens_limit=endless, stream_log_max_bytes=1 << 30,
+                   stream_log_budget_bytes=1 << 30) as relay_url:
         async with httpx.AsyncClient(timeout=10) as client:
             created = await create(client, relay_url, {"prompt": "endless", "max_tokens": endless}, headers={"x-request-id": "stuck"})
             url = urlsplit(created["events_url"])
@@ -378,3 +389,216 @@ async def test_readers_get_heartbeats_while_the_generation_waits_for_its_first_t
                         break
         assert body.startswith(b"retry: 2000\n\n: ping\n\n")
         await client.delete(created["cancel_url"])
+
+
+def _prompt_of(request: bytes) -> str:
+    body = json.loads(request.partition(b"\r\n\r\n")[2])
+    return str(body["messages"][-1]["content"])
+
+
+def _deltas(size: int, piece: int = 8 * KIB) -> bytes:
+    """Content events carrying ``size`` characters of text in all, ``piece`` at a time."""
+    return b"".join(
+        b'data: {"choices":[{"index":0,"delta":{"content":"%b"}}]}\n\n' % (b"x" * min(piece, size - start)) for start in range(0, size, piece)
+    )
+
+
+def _answering(size: int) -> HostileUpstream:
+    """A model server that answers every request with ``size`` characters, in events of 8 KiB."""
+
+    async def script(conn: Conn) -> None:
+        while await conn.read_request():
+            await conn.write(chunked_response(_deltas(size) + sse()))
+
+    return HostileUpstream(script)
+
+
+async def test_past_the_log_budget_finished_streams_expire_oldest_first(client: httpx.AsyncClient) -> None:
+    upstream = _answering(16 * KIB)
+    with upstream.serving() as url, _relay(url, stream_log_max_bytes=32 * KIB, stream_log_budget_bytes=64 * KIB) as relay_url:
+        created = []
+        for n in range(6):
+            stream = await create(client, relay_url, {"prompt": f"answer {n}"})
+            _, events = await read(client, stream["events_url"])
+            assert text_of(events) == "x" * 16 * KIB
+            assert events[-1].event == "done"
+            created.append((stream, events))
+        statuses = [(await client.get(stream["events_url"], headers={"last-event-id": "0"})).status_code for stream, _ in created]
+        # The oldest are gone, the newest are whole: never a stream in between.
+        assert statuses[:2] == [204, 204]
+        assert statuses[-2:] == [200, 200]
+        assert statuses == sorted(statuses, reverse=True)
+        for stream, _ in created[:2]:
+            response = await client.delete(stream["cancel_url"])
+            assert response.status_code == 404
+            assert response.json()["error"]["code"] == "stream_not_found"
+        for stream, events in created[-2:]:
+            _, replayed = await read(client, stream["events_url"])
+            assert replayed == events
+
+
+async def test_many_large_streams_keep_the_memory_within_the_log_budget(client: httpx.AsyncClient) -> None:
+    upstream = _answering(MIB)
+    with upstream.serving() as url, _relay(url, stream_log_max_bytes=2 * MIB, stream_log_budget_bytes=2 * MIB) as relay_url:
+        async with probing(relay_url) as probe:
+            for n in range(48):
+                stream = await create(client, relay_url, {"prompt": f"a long answer {n}"})
+                _, events = await read(client, stream["events_url"])
+                assert len(text_of(events)) == MIB
+                assert events[-1].event == "done"
+                del events
+    # Unbounded, the 48 finished streams alone would hold 48 MiB.
+    assert probe.peak_growth < 20 * MIB, probe.peak_growth
+    assert probe.slowest < 0.5
+
+
+class _Follower:
+    """Reads an events URL to its end in the background; the test looks at what it has so far."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+        self.client = client
+        self.url = url
+        self.events: list = []  # type: ignore[type-arg]
+        self.ended = False
+
+    async def run(self) -> None:
+        parser = SSEParser()
+        with anyio.fail_after(20):
+            async with self.client.stream("GET", self.url) as response:
+                async for chunk in response.aiter_raw():
+                    self.events.extend(parser.feed(chunk))
+        self.ended = True
+
+    async def until(self, condition: Callable[[_Follower], bool]) -> None:
+        with anyio.fail_after(10):
+            while not condition(self):  # noqa: ASYNC110 (the reader's progress, polled from outside)
+                await anyio.sleep(0.01)
+
+
+async def test_when_generating_streams_alone_fill_the_budget_new_ones_wait_and_the_largest_is_ended(client: httpx.AsyncClient) -> None:
+    gates = {"a": asyncio.Event(), "b1": asyncio.Event(), "b2": asyncio.Event()}
+
+    async def script(conn: Conn) -> None:
+        while request := await conn.read_request():
+            prompt = _prompt_of(request)
+            if prompt == "a":
+                await conn.write(chunked_head() + chunk(_deltas(50 * KIB)))
+                await gates["a"].wait()
+                await conn.write(chunk(_deltas(40 * KIB)))
+                assert await conn.closed_by_peer()  # it is never let finish
+            elif prompt == "b":
+                await conn.write(chunked_head() + chunk(_deltas(30 * KIB)))
+                await gates["b1"].wait()
+                await conn.write(chunk(_deltas(50 * KIB)))
+                await gates["b2"].wait()
+                await conn.write(chunk(sse()) + LAST_CHUNK)
+            else:
+                await conn.write(chunked_response(_deltas(10) + sse()))
+
+    upstream = HostileUpstream(script)
+
+    def release(gate: str) -> None:
+        upstream.call(gates[gate].set)
+
+    def text(size: int) -> Callable[[_Follower], bool]:
+        return lambda follower: len(text_of(follower.events)) >= size
+
+    with upstream.serving() as url, _relay(url, stream_log_max_bytes=100 * KIB, stream_log_budget_bytes=160 * KIB) as relay_url:
+        async with httpx.AsyncClient(timeout=20) as readers, anyio.create_task_group() as tg:
+            a = _Follower(readers, (await create(client, relay_url, {"prompt": "a"}))["events_url"])
+            tg.start_soon(a.run)
+            await a.until(text(50 * KIB))
+            b = _Follower(readers, (await create(client, relay_url, {"prompt": "b"}))["events_url"])
+            tg.start_soon(b.run)
+            await b.until(text(30 * KIB))
+            # 50 + 30 KiB generating: a new stream could not grow to its 100 KiB without passing the 160 KiB.
+            refused = await client.post(relay_url + "/v1/streams", json={"prompt": "c"})
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "stream_log_full"
+            assert refused.headers["retry-after"]
+            release("a")
+            await a.until(text(90 * KIB))
+            release("b1")  # 90 + 80 KiB: past the budget; a, the largest, is ended
+            await a.until(lambda follower: follower.ended)
+            assert a.events[-1].event == "error"
+            assert data(a.events[-1])["code"] == "stream_log_full"
+            assert len(text_of(a.events)) == 90 * KIB
+            await b.until(text(80 * KIB))
+            release("b2")
+            await b.until(lambda follower: follower.ended)
+            assert len(text_of(b.events)) == 80 * KIB
+            assert b.events[-1].event == "done"
+        # Only a's terminal event is kept: a reader coming back learns how it ended.
+        _, again = await read(client, a.url, last_event_id="1")
+        assert [(e.id, e.event) for e in again] == [(a.events[-1].id, "error")]
+        assert (await client.post(relay_url + "/v1/streams", json={"prompt": "c"})).status_code == 201
+
+
+async def test_an_id_past_the_end_is_a_400_at_once_and_takes_no_reader_slot(slow_mock: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
+    with _relay(slow_mock[1], max_stream_readers=1) as relay_url:
+        created = await create(client, relay_url, {"prompt": "past the end", "max_tokens": 150})  # 3 s of generation
+        with anyio.fail_after(2):
+            response = await client.get(created["events_url"], headers={"last-event-id": "100000"})
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "invalid_event_id"
+        # The one reader slot is free: a real reader gets the whole stream.
+        _, events = await read(client, created["events_url"])
+        assert text_of(events) == "".join(mock_text("past the end", 150))
+        assert events[-1].event == "done"
+        # Finished: the last id is read to the end (204), one past it cannot be of this stream (400).
+        response, _ = await read(client, created["events_url"], last_event_id=events[-1].id)
+        assert response.status_code == 204
+        response = await client.get(created["events_url"], headers={"last-event-id": str(int(events[-1].id) + 1)})
+        assert response.status_code == 400
+
+
+async def test_a_stream_is_seen_only_by_the_key_that_created_it(slow_mock: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
+    with _relay(slow_mock[1], api_keys=("key-a", "key-b")) as relay_url:
+        async with httpx.AsyncClient(timeout=10, headers={"authorization": "Bearer key-a"}) as as_a, \
+                httpx.AsyncClient(timeout=10, headers={"x-api-key": "key-b"}) as as_b:
+            created = await create(as_a, relay_url, {"prompt": "mine", "max_tokens": 30})
+            events_path = f"{relay_url}/v1/streams/{created['id']}/events"
+            stream_path = f"{relay_url}/v1/streams/{created['id']}"
+            # Another key gets what it would get for a stream that does not exist.
+            assert (await as_b.get(events_path)).status_code == 204
+            refused = await as_b.delete(stream_path)
+            assert refused.status_code == 404
+            assert refused.json()["error"]["code"] == "stream_not_found"
+            # The stream runs on for its owner.
+            _, events = await read(as_a, events_path)
+            assert text_of(events) == "".join(mock_text("mine", 30))
+            assert events[-1].event == "done"
+            # A signed URL is a capability of its own: it works with no key, and whatever key comes with it.
+            _, by_token = await read(client, created["events_url"])
+            assert by_token == events
+            _, by_token = await read(as_b, created["events_url"])
+            assert by_token == events
+            assert (await as_b.delete(created["cancel_url"])).status_code == 200
+            assert (await as_a.delete(stream_path)).json() == {"id": created["id"], "cancelled": False}
+
+
+async def test_a_reader_still_reading_when_the_log_drops_its_stream_gets_a_terminal_error() -> None:
+    log = MemoryEventLog(budget=MIB)
+    await log.create("st_old")
+    for _ in range(READ_BATCH + 10):
+        await log.append("st_old", "token", b'{"text":"x"}')
+    await log.append("st_old", "done", b"{}")
+    await log.expire("st_old", 60)
+    sent: list[bytes] = []
+
+    async def send(body: bytes) -> None:
+        sent.append(body)
+        if len(sent) == 1:  # between two batches of the replay, a new stream needs the room
+            await log.create("st_new")
+            await log.append("st_new", "token", b"x" * (MIB - 10 * KIB))
+
+    streams: Any = SimpleNamespace(log=log)
+    first = await log.read_after("st_old", None, READ_BATCH)
+    assert first is not None
+    with anyio.fail_after(2):
+        await _follow(send, streams, SimpleNamespace(id="st_old"), None, first, heartbeat=15)
+    assert await log.read_after("st_old", None, 1) is None
+    events = SSEParser().feed(b"".join(sent))
+    assert len(events) == READ_BATCH + 1
+    assert events[-1].event == "error"
+    assert data(events[-1])["code"] == "stream_expired"
