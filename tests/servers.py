@@ -1,7 +1,8 @@
 """Real uvicorn servers for the tests, each in its own thread with its own event loop.
 
 A server listens on a socket the test binds first (port 0 on 127.0.0.1), so there is no
-race for the port, and stops when its context exits.
+race for the port, and stops when its context exits. The streaming tests marked
+``under_every_server`` run the relay under granian and hypercorn too (tests/asgi_servers.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import uvicorn
 
 from app.main import create_app
 from app.settings import Settings, load_settings
 from app.streaming.upstreams.mock import MockModel
+from tests.asgi_servers import OTHER_SERVERS
+
+SERVERS = ("uvicorn", *OTHER_SERVERS)
+under_every_server = pytest.mark.parametrize("asgi_server", SERVERS, indirect=True)
+"""Runs a test once per ASGI server: the test, or its relay's fixture, takes ``asgi_server`` (tests/conftest.py)."""
 
 
 def bound_socket() -> socket.socket:
@@ -63,7 +70,8 @@ def relay_settings(upstream: str | None, *, environ: dict[str, str] | None = Non
 
 
 @contextlib.contextmanager
-def relay_server(upstream: str | None, *, environ: dict[str, str] | None = None, **overrides: Any) -> Iterator[str]:
-    """The relay, relaying to ``upstream``; yields its base URL (``environ`` is what the settings are checked against)."""
-    with serve_in_thread(create_app(relay_settings(upstream, environ=environ, **overrides))) as url:
+def relay_server(upstream: str | None, *, server: str = "uvicorn", environ: dict[str, str] | None = None, **overrides: Any) -> Iterator[str]:
+    """The relay under ``server``, relaying to ``upstream``; yields its base URL (``environ`` is what the settings are checked against)."""
+    app = create_app(relay_settings(upstream, environ=environ, **overrides))
+    with (serve_in_thread(app) if server == "uvicorn" else OTHER_SERVERS[server](app)) as url:
         yield url

@@ -10,6 +10,9 @@ by callback (``push``), and at the end of each upstream read ``flush`` sends wha
 - Otherwise events wait in ``_pending`` until the writer is free, and the encoder coalesces
   everything pending into one event, text concatenated.
 
+ASGI promises only that ``send()`` returns an awaitable: one that is not a coroutine (granian's)
+cannot be driven by hand, so it is handed to the writer task as it is, to be awaited.
+
 When more than ``lag_limit`` bytes of text are pending, the stream ends with a
 ``slow_consumer`` error, the upstream is closed, and the client gets ``grace`` seconds to
 take the error before the writer is cancelled. Memory per stream is therefore bounded by
@@ -23,8 +26,9 @@ The tasks of one request and who cancels whom are drawn in docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Generator
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from types import CoroutineType
+from typing import Any
 
 import anyio
 
@@ -89,7 +93,7 @@ class DirectStream:
         self._terminal: Terminal | None = None
         self._terminal_sent = False
         self._busy = False  # the request task is sending: callbacks must leave the sending to it
-        self._suspended: _Suspended | None = None
+        self._suspended: Awaitable[None] | None = None  # a send begun in a callback, for the request task to finish
         self._failure: BaseException | None = None
         self._parked: anyio.CancelScope | None = None
         self._beat = False
@@ -133,15 +137,17 @@ class DirectStream:
 
     def _send_inline(self, body: bytes, *, more: bool) -> None:
         self._last_write = self._loop.time()
-        coro = cast(Coroutine[Any, Any, None], self._send({"type": "http.response.body", "body": body, "more_body": more}))
         try:
-            waiting_on = coro.send(None)
+            sent = self._send({"type": "http.response.body", "body": body, "more_body": more})
+            if type(sent) is not CoroutineType:
+                self._suspended = sent  # only its owner knows how to drive it: the request task awaits it
+            else:
+                waiting_on = sent.send(None)
+                self._suspended = _Suspended(sent, waiting_on)
         except StopIteration:
             return
         except BaseException as exc:  # the request task re-raises it
             self._failure = exc
-        else:
-            self._suspended = _Suspended(coro, waiting_on)
         self._wake()
 
     def _take(self) -> bytes:
@@ -175,7 +181,7 @@ class DirectStream:
 
         Sends normally happen in the upstream's callbacks (``flush``); this task takes over a send
         that had to wait for the client, and whatever arrives meanwhile. When the response is
-        complete uvicorn's ``receive()`` returns ``http.disconnect`` too, which ends the wait.
+        complete ASGI's ``receive()`` returns ``http.disconnect`` too, which ends the wait.
         """
         try:
             while True:

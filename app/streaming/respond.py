@@ -118,9 +118,10 @@ async def relay_collected(
     del request
     with live.track(generation):
         starting = _start(generation)
-        # Watches receive() until the client leaves, or until the answer is sent (uvicorn then
-        # says http.disconnect too): it ends by itself, nobody cancels it. While it waits,
-        # uvicorn's receive() holds its wake-up, so it needs no other reference.
+        # Watches receive() until the client leaves, or until the answer is sent (ASGI's receive()
+        # then says http.disconnect too): it ends by itself, nobody cancels it. While it waits, the
+        # server's receive() holds its wake-up (uvicorn's, granian's and hypercorn's all do), so
+        # it needs no other reference.
         asyncio.get_running_loop().create_task(_watch_collected(receive, generation, sink, starting))
         try:
             return await sink.result()

@@ -7,9 +7,11 @@ import httpx
 import openai
 
 from app.streaming.upstreams.mock import mock_text
+from tests.servers import under_every_server
 from tests.sse import chat, data, post_stream
 
 
+@under_every_server
 async def test_stream_is_chat_completion_chunks_then_done(relay_url: str, client: httpx.AsyncClient) -> None:
     response, events = await post_stream(client, relay_url + "/v1/chat/completions", chat(content="hi there", max_tokens=6, stream=True))
     assert response.status_code == 200
@@ -32,6 +34,7 @@ async def test_usage_chunk_only_when_asked(relay_url: str, client: httpx.AsyncCl
     assert usage["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
 
 
+@under_every_server
 async def test_non_streaming_is_a_chat_completion(relay_url: str, client: httpx.AsyncClient) -> None:
     response = await client.post(relay_url + "/v1/chat/completions", json=chat(content="hi there", max_tokens=4))
     assert response.status_code == 200
@@ -64,12 +67,14 @@ def _sdk_create(base_url: str) -> tuple[str | None, str, int]:
     return completion.choices[0].message.content, completion.choices[0].finish_reason, completion.usage.completion_tokens
 
 
+@under_every_server
 async def test_openai_sdk_streams_through_unchanged(relay_url: str) -> None:
     with anyio.fail_after(15):
         text, finish, usage = await anyio.to_thread.run_sync(_sdk_stream, relay_url)
     assert (text, finish, usage) == ("".join(mock_text("sdk", 7)), "length", 7)
 
 
+@under_every_server
 async def test_openai_sdk_non_streaming(relay_url: str) -> None:
     with anyio.fail_after(15):
         content, finish, usage = await anyio.to_thread.run_sync(_sdk_create, relay_url)
@@ -86,6 +91,7 @@ def _sdk_stream_error(base_url: str) -> str:
     return "no error raised"
 
 
+@under_every_server
 async def test_openai_sdk_raises_on_an_in_band_error(relay_url: str) -> None:
     with anyio.fail_after(15):
         message = await anyio.to_thread.run_sync(_sdk_stream_error, relay_url)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import httpx
 
 from app.streaming.upstreams.mock import mock_text
+from tests.servers import under_every_server
 from tests.sse import data, post_stream
 
 
+@under_every_server
 async def test_streams_tokens_then_one_done_event_each_with_an_id(relay_url: str, client: httpx.AsyncClient) -> None:
     response, events = await post_stream(client, relay_url + "/v1/generate", {"prompt": "tell me", "max_tokens": 10, "stream": True})
     assert response.status_code == 200
@@ -26,6 +28,7 @@ async def test_natural_end_finishes_with_stop(relay_url: str, client: httpx.Asyn
     assert "".join(data(e)["text"] for e in events[:-1]) == "".join(mock_text("short", 16))
 
 
+@under_every_server
 async def test_non_streaming_answers_json(relay_url: str, client: httpx.AsyncClient) -> None:
     response = await client.post(relay_url + "/v1/generate", json={"prompt": "tell me", "max_tokens": 5})
     assert response.status_code == 200

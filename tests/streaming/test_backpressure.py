@@ -10,15 +10,16 @@ import httpx
 from app.streaming.sse import SSEParser
 from app.streaming.upstreams.mock import mock_text
 from tests.rawhttp import Response, open_post, read_until
-from tests.servers import mock_server, relay_server
+from tests.servers import mock_server, relay_server, under_every_server
 
 TOKENS = 60_000
 ENDLESS = 10_000_000
 
 
-async def test_a_lagging_reader_gets_fewer_larger_events_with_all_the_text() -> None:
+@under_every_server
+async def test_a_lagging_reader_gets_fewer_larger_events_with_all_the_text(asgi_server: str) -> None:
     with mock_server(ttft=0.0, interval=0.0, tokens=TOKENS) as (_, upstream), \
-            relay_server(upstream, slow_consumer_lag_bytes=50_000_000, max_tokens_limit=ENDLESS) as url:
+            relay_server(upstream, server=asgi_server, slow_consumer_lag_bytes=50_000_000, max_tokens_limit=ENDLESS) as url:
         with anyio.fail_after(30):
             body = {"prompt": "lag", "stream": True, "model": "mock", "max_tokens": TOKENS}
             stream = await open_post(url, "/v1/generate", body, receive_buffer=262_144)
@@ -34,9 +35,10 @@ async def test_a_lagging_reader_gets_fewer_larger_events_with_all_the_text() -> 
     assert "".join(json.loads(event.data)["text"] for event in tokens) == "".join(mock_text("lag", TOKENS))
 
 
-async def test_a_reader_that_stops_is_ended_with_slow_consumer_and_the_upstream_closed() -> None:
+@under_every_server
+async def test_a_reader_that_stops_is_ended_with_slow_consumer_and_the_upstream_closed(asgi_server: str) -> None:
     with mock_server(ttft=0.0, interval=0.0, tokens=ENDLESS) as (model, upstream), \
-            relay_server(upstream, slow_consumer_lag_bytes=20_000, slow_consumer_grace=10, max_tokens_limit=ENDLESS) as url:
+            relay_server(upstream, server=asgi_server, slow_consumer_lag_bytes=20_000, slow_consumer_grace=10, max_tokens_limit=ENDLESS) as url:
         with anyio.fail_after(30):
             body = {"prompt": "stop", "stream": True, "model": "mock", "max_tokens": ENDLESS}
             stream = await open_post(url, "/v1/generate", body, receive_buffer=262_144, request_id="stops-reading")
@@ -52,9 +54,10 @@ async def test_a_reader_that_stops_is_ended_with_slow_consumer_and_the_upstream_
     assert json.loads(events[-1].data)["code"] == "slow_consumer"
 
 
-async def test_a_reader_that_never_comes_back_is_dropped_after_the_grace_period() -> None:
+@under_every_server
+async def test_a_reader_that_never_comes_back_is_dropped_after_the_grace_period(asgi_server: str) -> None:
     with mock_server(ttft=0.0, interval=0.0, tokens=ENDLESS) as (model, upstream), \
-            relay_server(upstream, slow_consumer_lag_bytes=20_000, slow_consumer_grace=0.2, max_tokens_limit=ENDLESS) as url:
+            relay_server(upstream, server=asgi_server, slow_consumer_lag_bytes=20_000, slow_consumer_grace=0.2, max_tokens_limit=ENDLESS) as url:
         with anyio.fail_after(30):
             body = {"prompt": "gone", "stream": True, "model": "mock", "max_tokens": ENDLESS}
             stream = await open_post(url, "/v1/generate", body, receive_buffer=262_144, request_id="never-reads")

@@ -9,19 +9,21 @@ import httpx
 import pytest
 
 from app.streaming.upstreams.mock import MockModel
-from tests.servers import mock_server, relay_server
+from tests.servers import mock_server, relay_server, under_every_server
 
 
 @pytest.fixture(scope="module")
-def slow() -> Iterator[tuple[MockModel, str]]:
+def slow(asgi_server: str) -> Iterator[tuple[MockModel, str]]:
     """A model that takes 30 s to its first token, then a token every 50 ms."""
-    with mock_server(ttft=30.0, interval=0.05, tokens=1000) as (model, upstream), relay_server(upstream, max_tokens_limit=1000, default_model="mock") as url:
+    with mock_server(ttft=30.0, interval=0.05, tokens=1000) as (model, upstream), \
+            relay_server(upstream, server=asgi_server, max_tokens_limit=1000, default_model="mock") as url:
         yield model, url
 
 
 @pytest.fixture(scope="module")
-def steady() -> Iterator[tuple[MockModel, str]]:
-    with mock_server(ttft=0.0, interval=0.02, tokens=1000) as (model, upstream), relay_server(upstream, max_tokens_limit=1000, default_model="mock") as url:
+def steady(asgi_server: str) -> Iterator[tuple[MockModel, str]]:
+    with mock_server(ttft=0.0, interval=0.02, tokens=1000) as (model, upstream), \
+            relay_server(upstream, server=asgi_server, max_tokens_limit=1000, default_model="mock") as url:
         yield model, url
 
 
@@ -30,6 +32,7 @@ async def _disconnect_of(model: MockModel, request_id: str) -> dict:
         return await anyio.to_thread.run_sync(model.wait_for_disconnect, request_id, 5)
 
 
+@under_every_server
 @pytest.mark.parametrize("path", ["/v1/generate", "/v1/chat/completions"])
 async def test_leaving_before_the_first_token(path: str, slow: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
     model, url = slow
@@ -45,6 +48,7 @@ async def test_leaving_before_the_first_token(path: str, slow: tuple[MockModel, 
     assert record["tokens_sent"] == 0
 
 
+@under_every_server
 async def test_leaving_right_after_the_head(slow: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
     """Gone before the relay has even asked the model: the request is never sent, or it is closed like any other."""
     model, url = slow
@@ -62,6 +66,7 @@ async def test_leaving_right_after_the_head(slow: tuple[MockModel, str], client:
         assert (await _disconnect_of(model, request_id))["tokens_sent"] == 0
 
 
+@under_every_server
 async def test_leaving_mid_stream(steady: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
     model, url = steady
     with anyio.fail_after(5):
@@ -76,6 +81,7 @@ async def test_leaving_mid_stream(steady: tuple[MockModel, str], client: httpx.A
     assert 5 <= record["tokens_sent"] < 1000
 
 
+@under_every_server
 async def test_leaving_a_non_streaming_request(slow: tuple[MockModel, str]) -> None:
     model, url = slow
     async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=0.3)) as impatient:
@@ -85,6 +91,7 @@ async def test_leaving_a_non_streaming_request(slow: tuple[MockModel, str]) -> N
     assert record["tokens_sent"] == 0
 
 
+@under_every_server
 async def test_no_disconnect_is_recorded_for_a_stream_read_to_its_end(steady: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
     model, url = steady
     async with client.stream("POST", url + "/v1/generate", json={"prompt": "x", "stream": True, "max_tokens": 3},

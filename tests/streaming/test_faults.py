@@ -11,7 +11,7 @@ import pytest
 
 from app.streaming.generation import Generation
 from app.streaming.upstreams.mock import MockModel
-from tests.servers import mock_server, relay_server
+from tests.servers import mock_server, relay_server, under_every_server
 from tests.sse import chat, data, post_stream
 
 FAULT_CODES = {
@@ -110,10 +110,11 @@ async def test_connect_timeout_when_the_upstream_never_accepts(client: httpx.Asy
     assert (error["type"], error["code"], error["phase"]) == ("timeout", "connect_timeout", "connect")
 
 
+@under_every_server
 @pytest.mark.parametrize("fault", ["stall-head", "stall-first"])
-async def test_heartbeats_flow_while_waiting_for_the_first_token(fault: str, client: httpx.AsyncClient) -> None:
+async def test_heartbeats_flow_while_waiting_for_the_first_token(fault: str, asgi_server: str, client: httpx.AsyncClient) -> None:
     """Whether the model server has not answered at all yet (stall-head) or answered without a token (stall-first)."""
-    with mock_server(ttft=0.0) as (_, upstream), relay_server(upstream, heartbeat_interval=0.05, first_token_timeout=0.5) as url:
+    with mock_server(ttft=0.0) as (_, upstream), relay_server(upstream, server=asgi_server, heartbeat_interval=0.05, first_token_timeout=0.5) as url:
         with anyio.fail_after(5):
             async with client.stream("POST", url + "/v1/generate", json={"prompt": "x", "stream": True, "model": f"mock-fault-{fault}"}) as r:
                 raw = b"".join([chunk async for chunk in r.aiter_raw()])

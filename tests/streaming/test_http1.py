@@ -91,6 +91,18 @@ async def test_closing_a_finished_exchange_leaves_the_reused_connection_alone(up
     assert slow.body.endswith(b"data: [DONE]\n\n")
 
 
+async def test_closing_the_client_closes_a_connection_still_in_an_exchange(upstream: tuple[MockModel, str]) -> None:
+    """One whose response has not ended (a relay's stream past its end marker, say) must not outlive the client."""
+    client = Client()
+    handler = Collect()
+    await client.request(Origin(upstream[1]), "POST", "/chat/completions", [("x-mock-interval", "0.05"), ("x-mock-tokens", "1000")], BODY, handler,
+                         connect_timeout=5, head_timeout=5)
+    await client.aclose()
+    with anyio.fail_after(5):
+        await handler.ended.wait()
+    assert handler.lost is not None
+
+
 async def test_the_relay_reuses_its_upstream_connection_across_requests(client: httpx.AsyncClient) -> None:
     """Even when the body's end arrives after the model's [DONE], in its own packet."""
     from tests.servers import relay_server

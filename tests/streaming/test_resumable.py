@@ -12,17 +12,17 @@ from hypothesis import strategies as st
 
 from app.streaming.sse import SSEEvent, SSEParser
 from app.streaming.upstreams.mock import mock_text
-from tests.servers import mock_server, relay_server
+from tests.servers import mock_server, relay_server, under_every_server
 from tests.streams import create, text_of
 
 TOKENS = 30
 
 
 @pytest.fixture(scope="module")
-def paced_relay_url() -> Iterator[str]:
+def paced_relay_url(asgi_server: str) -> Iterator[str]:
     """The generation takes about 0.1 s, so cuts fall before, during and after it."""
     with mock_server(ttft=0.0, interval=0.003, tokens=TOKENS) as (_, upstream):
-        with relay_server(upstream, models=("mock",), stream_secret="p" * 32) as url:
+        with relay_server(upstream, server=asgi_server, models=("mock",), stream_secret="p" * 32) as url:
             yield url
 
 
@@ -45,6 +45,7 @@ async def _read_until_cut(client: httpx.AsyncClient, url: str, last_event_id: st
     return events, True
 
 
+@under_every_server
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cuts=st.lists(st.integers(min_value=1, max_value=600), max_size=6), first_by_query=st.booleans())
 async def test_a_reader_that_reconnects_anywhere_gets_every_event_exactly_once(paced_relay_url: str, cuts: list[int], first_by_query: bool) -> None:
@@ -67,6 +68,7 @@ async def test_a_reader_that_reconnects_anywhere_gets_every_event_exactly_once(p
     assert text_of(received) == "".join(mock_text("resume", TOKENS))
 
 
+@under_every_server
 async def test_a_cut_reader_of_a_finished_stream_ends_with_204(paced_relay_url: str, client: httpx.AsyncClient) -> None:
     created = await create(client, paced_relay_url, {"prompt": "x", "max_tokens": 3})
     events, ended = await _read_until_cut(client, created["events_url"], None, None)

@@ -105,6 +105,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._client.forget(self)
         try:
             if self._handler is None or self._complete:
                 return
@@ -243,6 +244,7 @@ class Client:
 
     def __init__(self, *, max_idle_per_origin: int = 256, idle_expiry: float = 4.0) -> None:
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
+        self._open: set[_Connection] = set()  # idle or not: aclose() closes them all
         self._max_idle = max_idle_per_origin
         self._idle_expiry = idle_expiry
         self._ssl: ssl.SSLContext | None = None
@@ -324,7 +326,11 @@ class Client:
             )
         except OSError as exc:
             raise UpstreamConnectError(f"cannot connect to the model server at {origin.host_header}: {exc.strerror or exc}") from exc
+        self._open.add(protocol)
         return protocol
+
+    def forget(self, connection: _Connection) -> None:
+        self._open.discard(connection)
 
     def _release(self, connection: _Connection) -> None:
         if self._closed:
@@ -341,8 +347,8 @@ class Client:
         return self._closed
 
     async def aclose(self) -> None:
+        """Close every connection, idle or still finishing a response (one in its end-of-body grace, say)."""
         self._closed = True
-        for idle in self._idle.values():
-            for connection in idle:
-                connection.abort()
         self._idle.clear()
+        for connection in list(self._open):
+            connection.abort()

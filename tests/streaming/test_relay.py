@@ -1,0 +1,100 @@
+"""DirectStream with every shape of ``send()`` that ASGI allows: a coroutine, or any other awaitable.
+
+The relay runs under real servers of each kind in the route and streaming tests (``under_every_server``);
+these pin down the two paths themselves, with the sends seen one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+import anyio
+import pytest
+
+from app.streaming.encoders import NativeEvents
+from app.streaming.events import Delta, Finish
+from app.streaming.relay import DirectStream
+from app.streaming.sse import SSEParser
+from app.types import Message
+
+
+class Recorder:
+    """The bodies ``send()`` was called with, in order, and whether any was sent after the last."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.ended = False
+
+    def record(self, message: Message) -> None:
+        assert not self.ended, "a body after the last one"
+        self.bodies.append(message["body"])
+        self.ended = not message["more_body"]
+
+
+def _stream(send: Callable[[Message], Awaitable[None]]) -> DirectStream:
+    return DirectStream(send, NativeEvents(), lag_limit=1_000_000, heartbeat_interval=60, grace=1, cancel=lambda: None)
+
+
+async def _stay() -> Message:
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def test_a_coroutine_send_is_driven_inline_in_the_upstream_callback() -> None:
+    """The fast path: the client's bytes go out from flush() itself, with no task switch."""
+    sent = Recorder()
+
+    async def send(message: Message) -> None:
+        sent.record(message)
+
+    stream = _stream(send)
+    stream.push(Delta("a"))
+    stream.flush()
+    assert sent.bodies == [b'id: 1\nevent: token\ndata: {"text":"a"}\n\n']
+
+
+async def test_an_awaitable_that_is_not_a_coroutine_is_awaited_and_the_stream_goes_on() -> None:
+    """As granian's send() returns: the call has begun the send; the request task must await what it returned."""
+    sent = Recorder()
+    loop = asyncio.get_running_loop()
+    awaited: list[asyncio.Future[None]] = []
+
+    def send(message: Message) -> asyncio.Future[None]:
+        sent.record(message)
+        future = loop.create_future()
+        loop.call_later(0.01, future.set_result, None)  # a client that takes a moment
+        awaited.append(future)
+        return future
+
+    stream = _stream(send)
+
+    async def model() -> None:
+        for text in "abc":
+            stream.push(Delta(text))
+            stream.flush()
+            await anyio.sleep(0.005)
+        stream.push(Finish("stop"))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(model)
+            await stream.run(_stay)
+    events = SSEParser().feed(b"".join(sent.bodies))
+    assert "".join(json.loads(event.data)["text"] for event in events if event.event == "token") == "abc"
+    assert events[-1].event == "done" and sent.ended
+    assert all(future.done() for future in awaited)
+
+
+async def test_a_send_that_raises_when_called_fails_the_request_task_not_the_upstream_callback() -> None:
+    """ASGI lets a server raise from send() for a closed connection; a non-coroutine send raises at the call."""
+
+    def send(message: Message) -> Awaitable[None]:
+        raise OSError("the client's connection is closed")
+
+    stream = _stream(send)
+    stream.push(Delta("a"))
+    stream.flush()  # an upstream callback: it must not see the client's failure
+    with anyio.fail_after(5), pytest.raises(OSError, match="closed"):
+        await stream.run(_stay)
