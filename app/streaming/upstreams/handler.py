@@ -19,7 +19,7 @@ import msgspec
 
 from app.errors import UpstreamError, UpstreamStatusError
 from app.streaming.events import Error, Event, Finish
-from app.streaming.sse import SSEParser
+from app.streaming.sse import SSEEvent, SSEParser, SSETooLarge
 
 MAX_ERROR_BODY = 65_536
 
@@ -146,10 +146,21 @@ class SSEStreamHandler(StreamHandler):
         self._parser = SSEParser()
 
     def _feed(self, data: bytes) -> None:
-        for event in self._parser.feed(data):
+        self._dispatch(self._parser.feed, data)
+
+    def _dispatch(self, parse: Callable[[bytes], list[SSEEvent]], data: bytes) -> None:
+        """Each event ``parse`` finds in ``data`` to ``_on_event``; past the parser's bounds, the end."""
+        too_large: SSETooLarge | None = None
+        try:
+            events = parse(data)
+        except SSETooLarge as exc:
+            events, too_large = exc.events, exc
+        for event in events:
             self._on_event(event.data)
             if self._ended:
                 return
+        if too_large is not None:
+            self._end(self._error("upstream_malformed", f"{too_large} from the model server"))
 
     def _on_event(self, data: str) -> None:
         raise NotImplementedError

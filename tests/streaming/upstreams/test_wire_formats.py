@@ -87,6 +87,34 @@ def test_a_stream_of_the_wrong_kind_is_malformed(protocol: str) -> None:
     assert len(events) == 1 and isinstance(events[0], Error) and events[0].code == "upstream_malformed"
 
 
+@pytest.mark.parametrize("end", [b"", b"\n"], ids=["unended", "ended"])
+@pytest.mark.parametrize("size", [None, 65_536])
+@pytest.mark.parametrize("protocol", sorted(ADAPTERS))
+def test_a_line_past_the_bound_ends_the_stream_as_malformed(protocol: str, size: int | None, end: bytes) -> None:
+    line = (b"" if protocol == "ollama" else b"data: ") + b"x" * 1_048_577 + end
+    [error] = run(protocol, line, size=size)
+    assert (error.code, error.phase) == ("upstream_malformed", "first_token")
+    assert error.message.endswith(" of more than 1048576 bytes from the model server")
+
+
+@pytest.mark.parametrize("protocol", sorted(protocol for protocol in ADAPTERS if protocol != "ollama"))
+def test_data_lines_past_the_event_bound_end_the_stream_as_malformed(protocol: str) -> None:
+    [error] = run(protocol, (b"data: " + b"x" * 65_530 + b"\n") * 65, size=65_536)
+    assert (error.code, error.message) == ("upstream_malformed", "an SSE event with more than 4194304 bytes of data from the model server")
+
+
+@pytest.mark.parametrize(("protocol", "token"), [
+    ("openai", b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'),
+    ("tgi", b'data:{"token":{"id":1,"text":"Hi","special":false}}\n\n'),
+    ("anthropic", b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"type":"text_delta","text":"Hi"}}\n\n'),
+    ("ollama", b'{"message":{"role":"assistant","content":"Hi"},"done":false}\n'),
+])
+def test_what_came_before_the_bound_in_the_same_read_is_kept(protocol: str, token: bytes) -> None:
+    events = run(protocol, token + (b"" if protocol == "ollama" else b"data: ") + b"x" * 1_048_576)
+    assert events[0] == Delta("Hi")
+    assert isinstance(events[1], Error) and (events[1].code, events[1].phase) == ("upstream_malformed", "stream") and len(events) == 2
+
+
 REQUEST = GenerationRequest(
     "rid-1", "m", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
     extra={"max_tokens": 20, "temperature": 1.5, "top_p": 0.9, "stop": "END", "seed": 7},
