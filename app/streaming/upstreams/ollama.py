@@ -22,7 +22,7 @@ import msgspec
 from app.streaming.events import Delta, Event, Finish, Usage
 from app.streaming.lines import LineSplitter
 from app.streaming.request import GenerationRequest, content_text
-from app.streaming.upstreams.handler import StreamHandler
+from app.streaming.upstreams.handler import StreamHandler, decode_repaired
 
 MAX_LINE = 1_048_576
 # OpenAI request parameters Ollama takes in its options, under the same name.
@@ -87,8 +87,11 @@ class ChatLines(StreamHandler):
         try:
             parsed = _decode_line(line)
         except msgspec.DecodeError as exc:
-            self._end(self._malformed("line", exc))
-            return
+            repaired = decode_repaired(_decode_line, line)
+            if repaired is None:
+                self._end(self._malformed("line", exc))
+                return
+            parsed = repaired
         if parsed.error is not None:
             self._end(self._error("upstream_error", parsed.error))
             return

@@ -17,7 +17,7 @@ import msgspec
 
 from app.streaming.events import Delta, Event, Finish, Usage
 from app.streaming.request import GenerationRequest
-from app.streaming.upstreams.handler import MAX_ERROR_BODY, ErrorBody, SSEStreamHandler, error_code
+from app.streaming.upstreams.handler import MAX_ERROR_BODY, ErrorBody, SSEStreamHandler, decode_repaired, error_code
 
 
 class _Delta(msgspec.Struct):
@@ -102,8 +102,11 @@ class ChatStream(SSEStreamHandler):
         try:
             chunk = _decode_chunk(data)
         except msgspec.DecodeError as exc:
-            self._end(self._malformed("chunk", exc))
-            return
+            repaired = decode_repaired(_decode_chunk, data)
+            if repaired is None:
+                self._end(self._malformed("chunk", exc))
+                return
+            chunk = repaired
         if chunk.error is not None:
             error = chunk.error
             if isinstance(error, str):
@@ -126,8 +129,11 @@ class ChatStream(SSEStreamHandler):
         try:
             chunk = _decode_chunk(body)
         except msgspec.DecodeError:
-            self._end(self._error("upstream_malformed", "the model server answered neither SSE nor JSON"))
-            return
+            repaired = decode_repaired(_decode_chunk, body)
+            if repaired is None:
+                self._end(self._error("upstream_malformed", "the model server answered neither SSE nor JSON"))
+                return
+            chunk = repaired
         if chunk.error is None and not chunk.choices:
             self._end(self._error("upstream_malformed", "the model server's answer has no choices"))
             return
