@@ -3,53 +3,18 @@ soon after the parser's bound, and costs the relay neither memory nor a stalled 
 
 from __future__ import annotations
 
-import threading
-
 import anyio
 import httpx
 import pytest
 
-from tests.hostile import LAST_CHUNK, Conn, HostileUpstream, Script, chunk, chunked_head, chunked_response, probing, sse
+from tests.hostile import Flood, HostileUpstream, chunk, chunked_head, probing
 from tests.servers import relay_server
 from tests.sse import data, post_stream
 
-FLOOD = 64 * 1024 * 1024
-PIECE = 65_536
 MiB = 1024 * 1024
+FLOOD = 64 * MiB
+PIECE = 65_536
 MAX_LINE, MAX_EVENT = MiB, 4 * MiB  # the parser's bounds, as README documents them
-
-
-class Flood:
-    """What the flooding side saw: the bytes it sent, and whether the relay hung up on it."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self.closed = False
-        self.done = threading.Event()
-
-
-def flooding(start: bytes, piece: bytes, flood: Flood) -> Script:
-    """Answer a request for the model ``normal`` with a short stream; any other with ``start``, then ``piece`` until FLOOD bytes."""
-
-    async def script(conn: Conn) -> None:
-        while request := await conn.read_request():
-            if b'"model":"normal"' in request:
-                await conn.write(chunked_response(sse("one", " two")))
-                continue
-            try:
-                await conn.write(chunked_head() + chunk(start))
-                while flood.sent < FLOOD:
-                    await conn.write(chunk(piece))
-                    flood.sent += len(piece)
-                await conn.write(LAST_CHUNK)
-                flood.closed = await conn.closed_by_peer()
-            except ConnectionError:
-                flood.closed = True
-            finally:
-                flood.done.set()
-            return
-
-    return script
 
 
 @pytest.mark.parametrize(("start", "piece", "bound"), [
@@ -58,9 +23,8 @@ def flooding(start: bytes, piece: bytes, flood: Flood) -> Script:
                  id="data lines without a blank line"),
 ])
 async def test_a_flood_without_an_end_is_malformed_soon_after_the_bound(start: bytes, piece: bytes, bound: str) -> None:
-    flood = Flood()
-    hostile = HostileUpstream(flooding(start, piece, flood))
-    with hostile.serving() as upstream, relay_server(upstream) as url:
+    flood = Flood(chunked_head() + chunk(start), chunk(piece), FLOOD)
+    with HostileUpstream(flood.script).serving() as upstream, relay_server(upstream) as url:
         async with httpx.AsyncClient(timeout=httpx.Timeout(20.0)) as client, probing(url) as probe:
             results: dict[str, list[dict[str, object]]] = {}
 
