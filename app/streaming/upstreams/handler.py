@@ -25,7 +25,7 @@ import msgspec
 
 from app.errors import UpstreamError, UpstreamStatusError
 from app.streaming.events import Error, Event, Finish
-from app.streaming.sse import SSEEvent, SSEParser, SSETooLarge
+from app.streaming.sse import SSEParser, SSETooLarge
 
 MAX_ERROR_BODY = 65_536
 T = TypeVar("T")
@@ -181,13 +181,17 @@ class SSEStreamHandler(StreamHandler):
         self._parser = SSEParser()
 
     def _feed(self, data: bytes) -> None:
-        self._dispatch(self._parser.feed, data)
+        single = self._parser.single_data(data)
+        if single is not None:
+            self._on_event(single.decode("utf-8", "replace"))
+        else:
+            self._feed_lines(data)
 
-    def _dispatch(self, parse: Callable[[bytes], list[SSEEvent]], data: bytes) -> None:
-        """Each event ``parse`` finds in ``data`` to ``_on_event``; past the parser's bounds, the end."""
+    def _feed_lines(self, data: bytes) -> None:
+        """Each event of ``data`` (which ``single_data`` declined) to ``_on_event``; past the parser's bounds, the end."""
         too_large: SSETooLarge | None = None
         try:
-            events = parse(data)
+            events = self._parser.feed_lines(data)
         except SSETooLarge as exc:
             events, too_large = exc.events, exc
         for event in events:

@@ -82,7 +82,7 @@ class ChatStream(SSEStreamHandler):
         if single is not None:
             self._on_event(single)
         else:
-            self._dispatch(self._parser.feed_lines, data)
+            self._feed_lines(data)
         if not self._ended:
             self._flush()
 
