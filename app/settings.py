@@ -98,6 +98,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     heartbeat_interval: Seconds = 15.0
     slow_consumer_lag_bytes: Positive = 262_144
     slow_consumer_grace: Seconds = 5.0
+    # The text a stream: false answer may hold; past it the upstream is closed and the answer is a 502.
+    max_collected_bytes: Positive = 4_194_304
     drain_timeout: Seconds = 10.0
 
     # Resumable streams (POST /v1/streams, read with EventSource).

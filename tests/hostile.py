@@ -196,3 +196,39 @@ async def probing(relay_url: str, interval: float = 0.02) -> AsyncIterator[Probe
             tg.cancel_scope.cancel()
     probe.peak_rss = max(probe.peak_rss, rss())
     probe.end_rss = rss()
+
+
+class Flood:
+    """A script for a flood: ``head``, then ``piece`` until ``size`` bytes of pieces, then ``end``, to any request
+    but one for the model ``normal``, which gets a short stream (``"one two"``) on the same server.
+
+    It records the bytes of pieces sent, and whether the relay closed the connection (during the
+    flood, or after its end); ``done`` is set once that is known.
+    """
+
+    def __init__(self, head: bytes, piece: bytes, size: int, end: bytes = LAST_CHUNK) -> None:
+        self.head = head
+        self.piece = piece
+        self.size = size
+        self.end = end
+        self.sent = 0
+        self.closed = False
+        self.done = threading.Event()
+
+    async def script(self, conn: Conn) -> None:
+        while request := await conn.read_request():
+            if b'"model":"normal"' in request:
+                await conn.write(chunked_response(sse("one", " two")))
+                continue
+            try:
+                await conn.write(self.head)
+                while self.sent < self.size:
+                    await conn.write(self.piece)
+                    self.sent += len(self.piece)
+                await conn.write(self.end)
+                self.closed = await conn.closed_by_peer()
+            except ConnectionError:
+                self.closed = True
+            finally:
+                self.done.set()
+            return

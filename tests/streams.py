@@ -32,7 +32,8 @@ async def read(
     """GET an events URL and read events until the body ends, or until ``stop_after`` events, then hang up."""
     headers = {"last-event-id": last_event_id} if last_event_id is not None else {}
     events: list[SSEEvent] = []
-    parser = SSEParser()
+    # A browser's EventSource has no bound on an event: neither has this reader (a replay can be one large event).
+    parser = SSEParser(max_line=1 << 40, max_event=1 << 40)
     with anyio.fail_after(seconds):
         async with client.stream("GET", url, headers=headers) as response:
             async for chunk in response.aiter_raw():

@@ -8,7 +8,8 @@ How a stream ends (``outcome``), decided by the first of these to happen:
     ok             a terminal event: native ``event: done``, or ``data: [DONE]``
     error          an in-band error: native ``event: error``, or a data object with an
                    ``"error"`` member (OpenAI's error chunk); a ``[DONE]`` after it changes nothing
-    malformed      a data line that is not the JSON object the API promises, or HTTP that does not parse
+    malformed      a data line that is not the JSON object the API promises, an SSE line or event past the
+                   parser's bounds, or HTTP that does not parse
     no_terminal    the body ended, or the connection broke, before any terminal event
     http_status    the status was not 2xx
     connect_error  the connection could not be made (refused, unreachable, connect timeout)
@@ -30,7 +31,7 @@ import httptools
 import msgspec
 
 from app.loadtest.target import Target
-from app.streaming.sse import SSEEvent, SSEParser
+from app.streaming.sse import SSEEvent, SSEParser, SSETooLarge
 
 OK = "ok"
 ERROR = "error"
@@ -174,7 +175,12 @@ class Stream(asyncio.Protocol):
                 self.detail = (self.detail + body.decode("utf-8", "replace"))[:_DETAIL]
             return
         now = time.monotonic()
-        for event in self._sse.feed(body):
+        try:
+            events = self._sse.feed(body)
+        except SSETooLarge as exc:
+            self._decide(MALFORMED, str(exc))
+            return
+        for event in events:
             self.events += 1
             if event.event == "message":
                 self._message(event, now)

@@ -60,7 +60,9 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
         encoder = OpenAIChunks(completion_id, model, include_usage)
         return relay_stream(receive, send, upstream, generation_request(rid, model, raw, settings.max_tokens_limit), encoder, settings, runtime.live)
-    result = await relay_collected(receive, upstream, generation_request(rid, model, raw, settings.max_tokens_limit), runtime.live)
+    result = await relay_collected(
+        receive, upstream, generation_request(rid, model, raw, settings.max_tokens_limit), runtime.live, limit=settings.max_collected_bytes,
+    )
     if result is None:
         return None
     if isinstance(result.terminal, Error):

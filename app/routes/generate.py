@@ -54,7 +54,7 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     if body.stream:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
         return relay_stream(receive, send, upstream, request, NativeEvents(), settings, runtime.live)
-    result = await relay_collected(receive, upstream, request, runtime.live)
+    result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes)
     if result is None:
         return None
     if isinstance(result.terminal, Error):

@@ -18,7 +18,9 @@ When more than ``lag_limit`` bytes of text are pending, the stream ends with a
 take the error before the writer is cancelled. Memory per stream is therefore bounded by
 the lag limit plus the transport's write buffer, whatever the client does.
 
-``CollectedStream`` is the sink of a ``stream: false`` request: it gathers the text.
+``CollectedStream`` is the sink of a ``stream: false`` request: it gathers the text, up to
+a limit. Past it the answer is a ``response_too_large`` error, at once: the request task,
+woken by it, closes the generation, and the client gets a 502.
 
 The tasks of one request and who cancels whom are drawn in docs/architecture.md.
 """
@@ -244,16 +246,28 @@ class DirectStream:
 
 
 class CollectedStream:
-    """Gathers a whole generation for a ``stream: false`` answer."""
+    """Gathers a whole generation for a ``stream: false`` answer: at most ``limit`` characters of text (bytes, for ASCII)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self._parts: list[str] = []
+        self._size = 0
+        self._limit = limit
         self._usage: Usage | None = None
         self._done: asyncio.Future[Terminal | None] = asyncio.get_running_loop().create_future()
 
     def push(self, event: Event) -> None:
         if type(event) is Delta:
+            if self._done.done():  # cut off, or abandoned: the generation is being closed
+                return
             self._parts.append(event.text)
+            self._size += len(event.text)
+            if self._size > self._limit:
+                self._parts = []
+                self._done.set_result(Error(
+                    "relay_error", "response_too_large",
+                    f"the answer passed the relay's limit of {self._limit} bytes of text for a non-streaming answer; ask for a stream instead",
+                    "stream",
+                ))
         elif type(event) is Usage:
             self._usage = event
         elif not self._done.done():

@@ -13,8 +13,9 @@ A streaming request (docs/architecture.md draws it):
   cancelled, after its ``slow_consumer`` grace (``DirectStream``).
 
 A ``stream: false`` request runs the same, with ``CollectedStream`` in place of the writer:
-the request task waits for the whole answer, and a watcher task on ``receive()`` ends when
-the client leaves (closing the upstream) or when the answer has been sent.
+the request task waits for the whole answer (or for the collected text to pass its limit),
+then closes the upstream; a watcher task on ``receive()`` ends when the client leaves
+(closing the upstream) or when the answer has been sent.
 
 No request leaves reference cycles behind (tests/streaming/test_garbage.py): each is freed
 by reference counting, so the garbage collector has nothing to pause the process for.
@@ -110,10 +111,13 @@ async def relay_stream(
 
 
 async def relay_collected(
-    receive: Receive, upstream: Route | Upstream, request: GenerationRequest, live: LiveRequests
+    receive: Receive, upstream: Route | Upstream, request: GenerationRequest, live: LiveRequests, *, limit: int
 ) -> Collected | None:
-    """Run a generation to its end and return it whole; ``None`` if the client left first."""
-    sink = CollectedStream()
+    """Run a generation to its end and return it whole; ``None`` if the client left first.
+
+    Past ``limit`` characters of text the result is a ``response_too_large`` error, and the generation is closed.
+    """
+    sink = CollectedStream(limit)
     generation = Generation(upstream, request, sink)
     del request
     with live.track(generation):

@@ -6,6 +6,7 @@ import socket
 
 from app.loadtest.stream import CLOSED, CONNECT_ERROR, ERROR, HTTP_STATUS, MALFORMED, NO_TERMINAL, OK, TIMEOUT
 from app.streaming.upstreams.mock import MockModel
+from tests.hostile import Conn, HostileUpstream, chunked_response, sse
 from tests.loadtest.conftest import load
 
 
@@ -55,6 +56,17 @@ async def test_a_connection_reset_mid_stream_is_a_failure(mock: tuple[MockModel,
 async def test_a_chunk_that_is_not_json_is_a_failure(mock: tuple[MockModel, str]) -> None:
     runner = await load(mock[1] + "/chat/completions", model="mock-fault-malformed")
     assert outcomes(runner) == {MALFORMED}
+
+
+async def test_an_sse_line_past_the_parsers_bound_is_malformed() -> None:
+    async def long_line(conn: Conn) -> None:
+        while await conn.read_request():
+            await conn.write(chunked_response(sse("x" * 1_048_577)))  # a valid chunk, on one line too long
+
+    with HostileUpstream(long_line).serving() as url:
+        runner = await load(url + "/chat/completions", streams=1)
+    assert outcomes(runner) == {MALFORMED}
+    assert runner.details[0]["detail"] == "an SSE line of more than 1048576 bytes"
 
 
 async def test_a_stream_that_never_sends_its_first_token_times_out(mock: tuple[MockModel, str]) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.streaming.sse import SSEEvent, SSEParser
+from app.streaming.sse import MAX_EVENT, MAX_LINE, SSEEvent, SSEParser, SSETooLarge
 from tests.streaming.sse_cases import WPT
 
 
@@ -83,3 +85,71 @@ def test_any_split_yields_the_same_events(stream: bytes, cuts: list[int]) -> Non
 @given(stream=streams)
 def test_byte_by_byte_is_the_same_as_whole(stream: bytes) -> None:
     assert parse(*[stream[i:i + 1] for i in range(len(stream))]) == parse(stream)
+
+
+def feed_all(parser: SSEParser, chunks: list[bytes]) -> list[SSEEvent]:
+    return [event for chunk in chunks for event in parser.feed(chunk)]
+
+
+@pytest.mark.parametrize("size", [None, 1, 5])
+def test_a_line_over_the_bound_raises_with_the_events_before_it(size: int | None) -> None:
+    stream = b"data: a\n\n" + b"data: " + b"x" * 10
+    parser = SSEParser(max_line=15, max_event=100)
+    step = size or len(stream)
+    events: list[SSEEvent] = []
+    with pytest.raises(SSETooLarge, match=r"^an SSE line of more than 15 bytes$") as raised:
+        for start in range(0, len(stream), step):
+            events += parser.feed(stream[start:start + step])
+    assert [e.data for e in events + raised.value.events] == ["a"]
+
+
+def test_a_line_at_the_bound_is_taken_and_a_whole_line_over_it_is_not() -> None:
+    parser = SSEParser(max_line=8, max_event=100)
+    assert [e.data for e in feed_all(parser, [b"data: ", b"ab", b"\n\n"])] == ["ab"]
+    with pytest.raises(SSETooLarge):
+        parser.feed(b"data: abc\n")  # whole, in one chunk
+
+
+def test_data_lines_past_the_event_bound_raise_though_each_line_is_short() -> None:
+    parser = SSEParser(max_line=16, max_event=60)  # the bytes of the lines, "data: " and all: four lines of 15
+    assert [e.data for e in feed_all(parser, [b"data: 123456789\n" * 4 + b"\n"])] == ["\n".join(["123456789"] * 4)]
+    with pytest.raises(SSETooLarge, match=r"^an SSE event with more than 60 bytes of data$"):
+        feed_all(parser, [b"data: 123456789\n"] * 5)
+
+
+def test_comments_and_other_fields_do_not_count_towards_the_event_bound() -> None:
+    parser = SSEParser(max_line=16, max_event=20)
+    assert [e.data for e in feed_all(parser, [b": 123456789\n", b"event: x\n"] * 100 + [b"data: a\n\n"])] == ["a"]
+
+
+def test_the_default_bounds_are_a_mebibyte_a_line_and_four_an_event() -> None:
+    assert (MAX_LINE, MAX_EVENT) == (1_048_576, 4_194_304)
+    assert feed_all(SSEParser(), [b"data: " + b"x" * (MAX_LINE - 6) + b"\n\n"])[0].data == "x" * (MAX_LINE - 6)
+    with pytest.raises(SSETooLarge):
+        feed_all(SSEParser(), [b"data: ", b"x" * MAX_LINE])
+    with pytest.raises(SSETooLarge):
+        feed_all(SSEParser(), [b"data: " + b"x" * 65_536 + b"\n"] * 64)
+
+
+def test_past_a_bound_the_parser_lets_go_of_what_it_held() -> None:
+    parser = SSEParser(max_line=1_000, max_event=10_000)
+    with pytest.raises(SSETooLarge):
+        feed_all(parser, [b"data: " + b"x" * 900 + b"\n"] * 20)
+    assert feed_all(parser, [b"\n"]) == []  # the data lines before the bound are gone: no event
+    with pytest.raises(SSETooLarge):
+        feed_all(parser, [b"data: ", b"x" * 999])
+    assert [e.data for e in feed_all(parser, [b"\ndata: b\n\n"])] == ["b"]  # nor is the long line's start
+
+
+def test_a_long_line_in_small_pieces_costs_no_more_than_its_bytes() -> None:
+    # Rebuilding the pending line for each piece is quadratic: 8 MiB in 4 KiB pieces copies 8 GiB, seconds of
+    # CPU; joined once it is milliseconds. The bound is loose, for a loaded machine, and far below quadratic.
+    parser = SSEParser(max_line=16 * 1024 * 1024, max_event=16 * 1024 * 1024)
+    piece = b"x" * 4096
+    began = time.process_time()
+    parser.feed(b"data: ")
+    for _ in range(2048):
+        assert parser.feed(piece) == []
+    [event] = parser.feed(b"\n\n")
+    assert time.process_time() - began < 1.0
+    assert len(event.data) == 2048 * 4096

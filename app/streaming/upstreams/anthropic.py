@@ -29,7 +29,7 @@ import msgspec
 
 from app.streaming.events import Delta, Event, Finish, Usage
 from app.streaming.request import GenerationRequest, content_text
-from app.streaming.upstreams.handler import ErrorBody, SSEStreamHandler, error_code
+from app.streaming.upstreams.handler import ErrorBody, SSEStreamHandler, decode_repaired, error_code
 
 VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -113,8 +113,11 @@ class MessageStream(SSEStreamHandler):
         try:
             event = _decode_event(data)
         except msgspec.DecodeError as exc:
-            self._end(self._malformed("event", exc))
-            return
+            repaired = decode_repaired(_decode_event, data)
+            if repaired is None:
+                self._end(self._malformed("event", exc))
+                return
+            event = repaired
         kind = event.type
         if kind == "content_block_delta":
             delta = event.delta

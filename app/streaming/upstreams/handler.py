@@ -9,19 +9,32 @@ it has: OpenAI ``{"error": {"message"}}``, TGI and Ollama ``{"error": "..."}``, 
 
 After the terminal event (``_end``) the handler ignores everything: one terminal event,
 whatever the upstream does next.
+
+Models do emit broken escapes: a lone UTF-16 surrogate (``"\\ud800"``) that msgspec, rightly,
+refuses. Where JSON from upstream fails to decode, ``decode_repaired`` tries again with each
+lone surrogate escape read as U+FFFD, so one bad token does not end the stream.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 
 from app.errors import UpstreamError, UpstreamStatusError
 from app.streaming.events import Error, Event, Finish
-from app.streaming.sse import SSEParser
+from app.streaming.sse import SSEParser, SSETooLarge
 
 MAX_ERROR_BODY = 65_536
+T = TypeVar("T")
+
+# Scanned from the left, an escaped backslash is consumed whole (so ``\\ud800`` stays text), a
+# valid pair is kept, and what is left of the surrogate escapes is lone (the group).
+_SURROGATE_ESCAPES = re.compile(
+    rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})"
+)
 
 
 class ErrorBody(msgspec.Struct):
@@ -37,6 +50,25 @@ class ErrorEnvelope(msgspec.Struct):
 _decode_envelope = msgspec.json.Decoder(ErrorEnvelope).decode
 
 
+def _replace_lone(match: re.Match[bytes]) -> bytes:
+    return b"\\ufffd" if match.group(1) else match.group()
+
+
+def decode_repaired(decode: Callable[[bytes], T], data: bytes | str) -> T | None:
+    """``decode(data)`` with its lone surrogate escapes read as U+FFFD; ``None`` if it has none, or is still invalid.
+
+    For after ``decode(data)`` failed: the path of every well-formed chunk pays nothing.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    repaired = _SURROGATE_ESCAPES.sub(_replace_lone, raw)
+    if repaired == raw:
+        return None
+    try:
+        return decode(repaired)
+    except msgspec.DecodeError:
+        return None
+
+
 def error_code(error: ErrorBody) -> str:
     """The model server's own code for an in-band error: its ``code``, else its ``type``."""
     return str(error.code) if error.code is not None else (error.type or "upstream_error")
@@ -45,10 +77,13 @@ def error_code(error: ErrorBody) -> str:
 def status_message(body: bytes, status: int) -> str:
     """What the model server said along with an error status, in one line."""
     try:
-        error = _decode_envelope(body).error
+        envelope: ErrorEnvelope | None = _decode_envelope(body)
     except msgspec.DecodeError:
+        envelope = decode_repaired(_decode_envelope, body)
+    if envelope is None:
         text = " ".join(body.decode("utf-8", "replace").split())[:500]
         return f"the model server answered {status}" + (f": {text}" if text else "")
+    error = envelope.error
     if isinstance(error, ErrorBody):
         return f"the model server answered {status}: {error.message}"
     if isinstance(error, str):
@@ -146,10 +181,25 @@ class SSEStreamHandler(StreamHandler):
         self._parser = SSEParser()
 
     def _feed(self, data: bytes) -> None:
-        for event in self._parser.feed(data):
+        single = self._parser.single_data(data)
+        if single is not None:
+            self._on_event(single.decode("utf-8", "replace"))
+        else:
+            self._feed_lines(data)
+
+    def _feed_lines(self, data: bytes) -> None:
+        """Each event of ``data`` (which ``single_data`` declined) to ``_on_event``; past the parser's bounds, the end."""
+        too_large: SSETooLarge | None = None
+        try:
+            events = self._parser.feed_lines(data)
+        except SSETooLarge as exc:
+            events, too_large = exc.events, exc
+        for event in events:
             self._on_event(event.data)
             if self._ended:
                 return
+        if too_large is not None:
+            self._end(self._error("upstream_malformed", f"{too_large} from the model server"))
 
     def _on_event(self, data: str) -> None:
         raise NotImplementedError

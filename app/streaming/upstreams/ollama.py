@@ -20,8 +20,9 @@ from typing import Any
 import msgspec
 
 from app.streaming.events import Delta, Event, Finish, Usage
+from app.streaming.lines import LineSplitter
 from app.streaming.request import GenerationRequest, content_text
-from app.streaming.upstreams.handler import StreamHandler
+from app.streaming.upstreams.handler import StreamHandler, decode_repaired
 
 MAX_LINE = 1_048_576
 # OpenAI request parameters Ollama takes in its options, under the same name.
@@ -65,33 +66,33 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
 
 
 class ChatLines(StreamHandler):
-    __slots__ = ("_tail",)
+    __slots__ = ("_lines",)
 
     content_types = (b"application/x-ndjson", b"application/json")
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         super().__init__(emit, flush)
-        self._tail = b""
+        self._lines = LineSplitter(MAX_LINE)
 
     def _feed(self, data: bytes) -> None:
-        if self._tail:
-            data = self._tail + data
-        lines = data.split(b"\n")
-        self._tail = lines.pop()
+        lines, too_long = self._lines.split(data)
         for line in lines:
             if line.strip():
                 self._on_line(line)
                 if self._ended:
                     return
-        if len(self._tail) > MAX_LINE:
+        if too_long:
             self._end(self._error("upstream_malformed", f"a line of more than {MAX_LINE} bytes from the model server"))
 
     def _on_line(self, line: bytes) -> None:
         try:
             parsed = _decode_line(line)
         except msgspec.DecodeError as exc:
-            self._end(self._malformed("line", exc))
-            return
+            repaired = decode_repaired(_decode_line, line)
+            if repaired is None:
+                self._end(self._malformed("line", exc))
+                return
+            parsed = repaired
         if parsed.error is not None:
             self._end(self._error("upstream_error", parsed.error))
             return
@@ -103,8 +104,8 @@ class ChatLines(StreamHandler):
             self._end(Finish(parsed.done_reason or "stop"))
 
     def _at_end(self) -> None:
-        if self._tail.strip():  # a last line without its newline
-            line, self._tail = self._tail, b""
+        line = self._lines.take()
+        if line.strip():  # a last line without its newline
             self._on_line(line)
             if self._ended:
                 return

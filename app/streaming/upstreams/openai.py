@@ -17,8 +17,7 @@ import msgspec
 
 from app.streaming.events import Delta, Event, Finish, Usage
 from app.streaming.request import GenerationRequest
-from app.streaming.sse import SSEParser
-from app.streaming.upstreams.handler import MAX_ERROR_BODY, ErrorBody, StreamHandler, error_code
+from app.streaming.upstreams.handler import MAX_ERROR_BODY, ErrorBody, SSEStreamHandler, decode_repaired, error_code
 
 
 class _Delta(msgspec.Struct):
@@ -62,14 +61,13 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
     return "/chat/completions", headers, _encode(body)
 
 
-class ChatStream(StreamHandler):
+class ChatStream(SSEStreamHandler):
     """Response handler: turns the upstream's bytes into events for ``emit``; ``flush`` after each read."""
 
-    __slots__ = ("_finish_reason", "_parser")
+    __slots__ = ("_finish_reason",)
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         super().__init__(emit, flush)
-        self._parser = SSEParser()
         self._finish_reason: str | None = None
 
     def on_body(self, data: bytes) -> None:
@@ -82,12 +80,9 @@ class ChatStream(StreamHandler):
             return
         single = self._parser.single_data(data)
         if single is not None:
-            self._on_data(single)
+            self._on_event(single)
         else:
-            for event in self._parser.feed_lines(data):
-                self._on_data(event.data)
-                if self._ended:
-                    break
+            self._feed_lines(data)
         if not self._ended:
             self._flush()
 
@@ -100,15 +95,18 @@ class ChatStream(StreamHandler):
     def _unexpected(self, body: bytes) -> None:
         self._on_completion(body)
 
-    def _on_data(self, data: str | bytes) -> None:
+    def _on_event(self, data: str | bytes) -> None:
         if data == b"[DONE]" or data == "[DONE]":
             self._end(Finish(self._finish_reason or "stop"))
             return
         try:
             chunk = _decode_chunk(data)
         except msgspec.DecodeError as exc:
-            self._end(self._malformed("chunk", exc))
-            return
+            repaired = decode_repaired(_decode_chunk, data)
+            if repaired is None:
+                self._end(self._malformed("chunk", exc))
+                return
+            chunk = repaired
         if chunk.error is not None:
             error = chunk.error
             if isinstance(error, str):
@@ -131,11 +129,14 @@ class ChatStream(StreamHandler):
         try:
             chunk = _decode_chunk(body)
         except msgspec.DecodeError:
-            self._end(self._error("upstream_malformed", "the model server answered neither SSE nor JSON"))
-            return
+            repaired = decode_repaired(_decode_chunk, body)
+            if repaired is None:
+                self._end(self._error("upstream_malformed", "the model server answered neither SSE nor JSON"))
+                return
+            chunk = repaired
         if chunk.error is None and not chunk.choices:
             self._end(self._error("upstream_malformed", "the model server's answer has no choices"))
             return
-        self._on_data(body)
+        self._on_event(body)
         if not self._ended:
             self._end(Finish(self._finish_reason or "stop"))

@@ -24,7 +24,7 @@ import msgspec
 
 from app.streaming.events import Delta, Finish, Usage
 from app.streaming.request import GenerationRequest, prompt_text
-from app.streaming.upstreams.handler import SSEStreamHandler
+from app.streaming.upstreams.handler import SSEStreamHandler, decode_repaired
 
 # OpenAI request parameters TGI understands under the same name.
 _PASSED = ("top_p", "top_k", "seed", "repetition_penalty", "frequency_penalty")
@@ -78,8 +78,11 @@ class GenerateStream(SSEStreamHandler):
         try:
             event = _decode_event(data)
         except msgspec.DecodeError as exc:
-            self._end(self._malformed("event", exc))
-            return
+            repaired = decode_repaired(_decode_event, data)
+            if repaired is None:
+                self._end(self._malformed("event", exc))
+                return
+            event = repaired
         if event.error is not None:
             self._end(self._error(event.error_type or "upstream_error", event.error))
             return

@@ -3,14 +3,19 @@ and builds the request its model server expects."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.streaming.events import Delta, Error, Event, Finish, Usage
 from app.streaming.request import GenerationRequest
 from app.streaming.upstreams.adapters import ADAPTERS
+from app.streaming.upstreams.handler import ErrorBody, decode_repaired
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SSE, NDJSON = b"text/event-stream", b"application/x-ndjson"
@@ -85,6 +90,128 @@ def test_an_error_status_quotes_the_model_servers_message(protocol: str, status:
 def test_a_stream_of_the_wrong_kind_is_malformed(protocol: str) -> None:
     events = run(protocol, b"<html>hello</html>", content_type=b"text/html")
     assert len(events) == 1 and isinstance(events[0], Error) and events[0].code == "upstream_malformed"
+
+
+@pytest.mark.parametrize("end", [b"", b"\n"], ids=["unended", "ended"])
+@pytest.mark.parametrize("size", [None, 65_536])
+@pytest.mark.parametrize("protocol", sorted(ADAPTERS))
+def test_a_line_past_the_bound_ends_the_stream_as_malformed(protocol: str, size: int | None, end: bytes) -> None:
+    line = (b"" if protocol == "ollama" else b"data: ") + b"x" * 1_048_577 + end
+    [error] = run(protocol, line, size=size)
+    assert (error.code, error.phase) == ("upstream_malformed", "first_token")
+    assert error.message.endswith(" of more than 1048576 bytes from the model server")
+
+
+@pytest.mark.parametrize("protocol", sorted(protocol for protocol in ADAPTERS if protocol != "ollama"))
+def test_data_lines_past_the_event_bound_end_the_stream_as_malformed(protocol: str) -> None:
+    [error] = run(protocol, (b"data: " + b"x" * 65_530 + b"\n") * 65, size=65_536)
+    assert (error.code, error.message) == ("upstream_malformed", "an SSE event with more than 4194304 bytes of data from the model server")
+
+
+@pytest.mark.parametrize(("protocol", "token"), [
+    ("openai", b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'),
+    ("tgi", b'data:{"token":{"id":1,"text":"Hi","special":false}}\n\n'),
+    ("anthropic", b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"type":"text_delta","text":"Hi"}}\n\n'),
+    ("ollama", b'{"message":{"role":"assistant","content":"Hi"},"done":false}\n'),
+])
+def test_what_came_before_the_bound_in_the_same_read_is_kept(protocol: str, token: bytes) -> None:
+    events = run(protocol, token + (b"" if protocol == "ollama" else b"data: ") + b"x" * 1_048_576)
+    assert events[0] == Delta("Hi")
+    assert isinstance(events[1], Error) and (events[1].code, events[1].phase) == ("upstream_malformed", "stream") and len(events) == 2
+
+
+def one_token(protocol: str, text: bytes) -> bytes:
+    """A whole stream of one token, ``text`` being the bytes of its JSON string between the quotes."""
+    if protocol == "openai":
+        return (b'data: {"choices":[{"index":0,"delta":{"content":"%b"}}]}\n\n' % text
+                + b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    if protocol == "tgi":
+        return (b'data:{"token":{"id":1,"text":"%b","special":false}}\n\n' % text
+                + b'data:{"token":{"id":2,"text":"","special":true},"details":{"finish_reason":"eos_token","generated_tokens":2,"input_length":1}}\n\n')
+    if protocol == "anthropic":
+        return (b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"type":"text_delta","text":"%b"}}\n\n' % text
+                + b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+    return (b'{"message":{"role":"assistant","content":"%b"},"done":false}\n' % text
+            + b'{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop","prompt_eval_count":1,"eval_count":2}\n')
+
+
+ESCAPES = {  # the JSON string on the wire, and the text it stands for
+    "a lone high surrogate": (rb"a\ud800b", "a\ufffdb"),
+    "a lone high surrogate ending the string": (rb"a\ud800", "a\ufffd"),
+    "a lone low surrogate": (rb"a\udc00b", "a\ufffdb"),
+    "a low before a high": (rb"\udc00\ud800", "\ufffd\ufffd"),
+    "a high before a pair": (rb"\ud800\ud83d\ude00", "\ufffd\U0001f600"),
+    "a lone surrogate in capitals": (rb"\uD800x", "\ufffdx"),
+    "a pair": (rb"\ud83d\ude00", "\U0001f600"),
+    "a pair in capitals": (rb"\uD83D\uDE00", "\U0001f600"),
+    "an escaped backslash before ud800": (rb"a\\ud800", "a\\ud800"),
+    "an escaped backslash before ud800, then a lone surrogate": (rb"\\ud800\udc00", "\\ud800\ufffd"),
+    "an escaped backslash before a lone surrogate": (rb"\\\ud800", "\\\ufffd"),
+}
+
+
+def events_of(protocol: str, chunks: list[bytes], *, status: int = 200, content_type: bytes | None = None) -> list[Event]:
+    events: list[Event] = []
+    handler = ADAPTERS[protocol].handler(events.append, lambda: None)
+    handler.on_response(status, [(b"content-type", content_type or (NDJSON if protocol == "ollama" else SSE))])
+    for chunk in chunks:
+        handler.on_body(chunk)
+    handler.on_end()
+    return events
+
+
+@pytest.mark.parametrize("split", ["whole", "per event", "per byte"])
+@pytest.mark.parametrize("escape", sorted(ESCAPES))
+@pytest.mark.parametrize("protocol", sorted(ADAPTERS))
+def test_a_lone_surrogate_escape_is_read_as_a_replacement_character(protocol: str, escape: str, split: str) -> None:
+    wire, text = ESCAPES[escape]
+    body = one_token(protocol, wire)
+    if split == "whole":
+        chunks = [body]
+    elif split == "per event":  # one event a read: the OpenAI adapter's fast path
+        chunks = [part for part in re.split(rb"(?<=\n\n)" if protocol != "ollama" else rb"(?<=\n)", body) if part]
+    else:
+        chunks = [body[i:i + 1] for i in range(len(body))]
+    events = events_of(protocol, chunks)
+    assert events[0] == Delta(text)
+    assert isinstance(events[-1], Finish)
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+tricky_text = st.lists(st.sampled_from([
+    "\\", "\\ud800", "\\udc00", "u", "d", "8", "c", "0", "a", '"', "\ud800", "\udbff", "\udc00", "\udfff", "\U0001f600",
+]), max_size=20).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=tricky_text)
+def test_json_escapes_read_as_python_reads_them_with_lone_surrogates_as_replacement_characters(text: str) -> None:
+    wire = json.dumps({"message": text}).encode()  # ASCII: every surrogate, lone or paired, is a \u escape
+    expected = SURROGATE.sub("\ufffd", json.loads(wire)["message"])  # json pairs what it can; what is left is lone
+    try:
+        decoded = msgspec.json.decode(wire, type=ErrorBody)
+    except msgspec.DecodeError:
+        repaired = decode_repaired(msgspec.json.Decoder(ErrorBody).decode, wire)
+        assert repaired is not None
+        decoded = repaired
+    assert decoded.message == expected
+
+
+@pytest.mark.parametrize("protocol", sorted(ADAPTERS))
+def test_a_lone_surrogate_in_an_error_body_is_read_as_a_replacement_character(protocol: str) -> None:
+    body = rb'{"error":{"message":"bad \ud800 input"}}' if protocol in ("openai", "anthropic") else rb'{"error":"bad \ud800 input"}'
+    events = events_of(protocol, [body], status=500, content_type=b"application/json")
+    assert events == [Error("upstream_error", "upstream_status_500", "the model server answered 500: bad \ufffd input", "first_token")]
+
+
+def test_a_lone_surrogate_in_a_json_answer_to_a_stream_request_is_read_as_a_replacement_character() -> None:
+    body = rb'{"choices":[{"message":{"content":"a\udc00"},"finish_reason":"stop"}]}'
+    assert events_of("openai", [body], content_type=b"application/json") == [Delta("a\ufffd"), Finish("stop")]
+
+
+def test_an_invalid_chunk_with_a_lone_surrogate_is_still_malformed() -> None:
+    [error] = events_of("openai", [b'data: {"choices": \\ud800\n\n'])
+    assert error.code == "upstream_malformed"
 
 
 REQUEST = GenerationRequest(
