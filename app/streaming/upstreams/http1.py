@@ -102,7 +102,8 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self.serial = 0  # counts exchanges, so a finished one cannot touch the next
-        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)  # dropped when the connection is lost
+        # It holds this protocol's callbacks, a cycle: made once connected, dropped once the connection is lost.
+        self._parser: httptools.HttpResponseParser | None = None
         self._handler: ResponseHandler | None = None
         # Pending while the exchange waits for its final head; then (or on failure) dropped.
         self._head: asyncio.Future[int | None] | None = None
@@ -120,6 +121,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._parser = httptools.HttpResponseParser(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.fileno = sock.fileno()
@@ -276,6 +278,12 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def discard(self) -> None:
+        """Abort, and let go of what would hold this protocol in a cycle: its parser and its transport."""
+        self.abort()
+        self._parser = None
+        self.transport = None
+
 
 class _HeadDeadline:
     """Calls ``expire`` once ``seconds`` have passed, never before.
@@ -414,13 +422,16 @@ class Client:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
+        connection = _Connection(self, origin)
         try:
-            _, protocol = await loop.create_connection(
-                lambda: _Connection(self, origin), origin.host, origin.port, ssl=context
-            )
+            await loop.create_connection(lambda: connection, origin.host, origin.port, ssl=context)
         except OSError as exc:
+            connection.discard()  # refused or cancelled, its transport may never report the loss
             raise UpstreamConnectError(f"cannot connect to the model server at {origin.host_header}: {exc.strerror or exc}") from exc
-        return protocol
+        except BaseException:
+            connection.discard()
+            raise
+        return connection
 
     def _release(self, connection: _Connection) -> None:
         if self._closed:
