@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 
 import anyio
 import httpx
 import pytest
 
-from tests.hostile import LAST_CHUNK, Conn, HostileUpstream, chunk, chunked_response, sse
+from tests.hostile import LAST_CHUNK, Conn, HostileUpstream, Probe, chunk, chunked_head, chunked_response, probing, sse
 from tests.servers import relay_server
 from tests.sse import data, post_stream
 
 ALPHA = "alpha: the first client's answer"
 BETA = "beta: the second client's answer"
 STOLEN = "stolen: bytes nobody asked for"
+MB = 1024 * 1024
 
 
 class Overlap:
@@ -62,9 +64,9 @@ class Overlap:
             await conn.write(chunked_response(sse(BETA)))
 
 
-async def generate(http: httpx.AsyncClient, url: str) -> tuple[str, str | None]:
+async def generate(http: httpx.AsyncClient, url: str, prompt: str = "x") -> tuple[str, str | None]:
     """One streamed answer: its text and its error code (``None`` when it ended well), with exactly one terminal event."""
-    _, events = await post_stream(http, url + "/v1/generate", {"prompt": "x", "stream": True})
+    _, events = await post_stream(http, url + "/v1/generate", {"prompt": prompt, "stream": True}, seconds=30)
     terminal = [event.event for event in events if event.event in ("done", "error")]
     assert len(terminal) == 1 and events[-1].event == terminal[0], [event.event for event in events]
     text = "".join(data(event)["text"] for event in events if event.event == "token")
@@ -153,3 +155,80 @@ async def test_unsolicited_bytes_on_an_idle_connection_discard_it() -> None:
             assert await anyio.to_thread.run_sync(hung_up.wait, 5), "the relay kept the connection"
             assert await generate(http, url) == (BETA, None)
     assert_not_reused(upstream)
+
+
+async def _normal_answer(conn: Conn) -> None:
+    """NORMAL's ten tokens, one event per write, over about 0.2 s."""
+    await conn.write(chunked_head())
+    for event in sse(*TOKENS).split(b"\n\n")[:-1]:
+        await conn.write(chunk(event + b"\n\n"))
+        await asyncio.sleep(0.02)
+    await conn.write(LAST_CHUNK)
+
+
+def flooding(flood: Callable[[Conn], Awaitable[None]]) -> Callable[[Conn], Awaitable[None]]:
+    """A model server that floods a request whose prompt is ``flood`` and answers the others normally."""
+    async def script(conn: Conn) -> None:
+        while request := await conn.read_request():
+            if b'"flood"' in request:
+                await flood(conn)
+                return
+            await _normal_answer(conn)
+
+    return script
+
+
+async def under_flood(flood: Callable[[Conn], Awaitable[None]]) -> tuple[tuple[str, str | None], tuple[str, str | None], Probe]:
+    """The flooded request beside a normal one, both through the relay, with its health and memory watched."""
+    answers: dict[str, tuple[str, str | None]] = {}
+    with HostileUpstream(flooding(flood)).serving() as base, relay_server(base, default_model="m", first_token_timeout=5) as url:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http, probing(url) as probe:
+
+            async def ask(prompt: str) -> None:
+                answers[prompt] = await generate(http, url, prompt)
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(ask, "flood")
+                    tg.start_soon(ask, "normal")
+            await anyio.sleep(0.2)  # lets the allocator settle before the probe's last reading
+    return answers["flood"], answers["normal"], probe
+
+
+TOKENS = [f"t{index} " for index in range(10)]
+NORMAL = ("".join(TOKENS), None)
+
+
+async def test_a_flood_of_small_headers_ends_the_request_and_keeps_no_memory() -> None:
+    """20 MB of tiny headers: one clean error naming the cause, and no more memory than the cap costs."""
+    block = b"".join(b"X-Flood-%04d: v\r\n" % index for index in range(4096))  # 68 KB
+
+    async def flood(conn: Conn) -> None:
+        await conn.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        for _ in range(20 * MB // len(block)):
+            await conn.write(block)
+        await conn.write(b"Transfer-Encoding: chunked\r\n\r\n" + chunked_response(sse("flooded"))[len(chunked_head()):])
+
+    flooded, normal, probe = await under_flood(flood)
+    assert probe.peak_growth < 50 * MB, f"peak RSS growth {probe.peak_growth / MB:.0f} MB"
+    assert flooded == ("", "upstream_head_too_large")
+    assert normal == NORMAL
+    assert probe.left < 20 * MB
+    assert probe.checks > 0 and probe.slowest < 0.5
+
+
+async def test_a_never_ending_header_value_ends_the_request_without_stalling_the_relay() -> None:
+    """50 MB of one header's value, in 64 KiB writes: httptools would join them, again and again."""
+    block = b"v" * 65_536
+
+    async def flood(conn: Conn) -> None:
+        await conn.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Endless: ")
+        for _ in range(50 * MB // len(block)):
+            await conn.write(block)
+
+    flooded, normal, probe = await under_flood(flood)
+    assert probe.slowest < 0.5, f"the slowest /healthz took {probe.slowest:.2f} s"
+    assert probe.peak_growth < 50 * MB, f"peak RSS growth {probe.peak_growth / MB:.0f} MB"
+    assert flooded == ("", "upstream_head_too_large")
+    assert normal == NORMAL
+    assert probe.left < 20 * MB
