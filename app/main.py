@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import secrets
@@ -44,8 +43,6 @@ logger = logging.getLogger("token_relay")
 
 # The parent process hands its validated settings to worker processes in this variable.
 SETTINGS_ENV = "TOKEN_RELAY_SETTINGS_JSON"
-
-GC_THRESHOLD = 50_000
 
 
 class _Endpoint:
@@ -119,11 +116,6 @@ def create_app(settings: Settings) -> ASGIApp:
             streams = ResumableStreams(log, StreamLimits(settings.stream_grace, settings.stream_retention, settings.stream_log_max_bytes), live, detached)
             secret = settings.stream_secret.encode() if settings.stream_secret else secrets.token_bytes(32)
             capabilities = Capabilities(secret, settings.stream_token_ttl)
-            # Everything built so far lives as long as the process: keep the collector off it,
-            # and collect young objects less often (a stream allocates a little per event).
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
             yield {"runtime": runtime, "streams": streams, "capabilities": capabilities}
 
     routes = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import os
 import secrets
 from typing import Any
@@ -28,8 +29,21 @@ def log_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+class RelayConfig(uvicorn.Config):
+    """uvicorn's config; loading the app, once in each process that serves, also sets up its collector."""
+
+    def load(self) -> None:
+        super().load()
+        # What start-up built (modules, routes, the app) lives as long as the process: frozen,
+        # it is out of every full collection's walk. The thresholds stay CPython's: requests
+        # leave no cycles (tests/streaming/test_garbage.py), so collections are rare and short,
+        # and a cycle that slips through is still freed.
+        gc.collect()
+        gc.freeze()
+
+
 def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
-    return uvicorn.Config(
+    return RelayConfig(
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,

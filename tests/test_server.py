@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -16,9 +17,11 @@ import anyio
 import httpx
 import pytest
 
+from app.main import create_app
+from app.server import uvicorn_config
 from app.streaming.upstreams.mock import MockModel, mock_text
 from tests.rawhttp import Response, open_request, read_until
-from tests.servers import bound_socket, mock_server
+from tests.servers import bound_socket, mock_server, relay_server, relay_settings
 from tests.sse import read_events
 from tests.streams import decodes_to, misspelled_token_queries
 
@@ -211,3 +214,32 @@ async def test_serve_raises_its_open_files_limit_and_warns_when_it_is_still_too_
     log = process.stdout.read().decode()
     assert "the open-files limit (1024) is below the 2256 that RELAY_MAX_CONCURRENT_REQUESTS=1000 needs" in log
     assert "past about 384 streams" in log
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """The collector's settings put back as they were, whatever the test did to them."""
+    threshold = gc.get_threshold()
+    yield
+    gc.set_threshold(*threshold)
+    gc.unfreeze()
+
+
+@pytest.mark.usefixtures("collector")
+def test_the_app_leaves_the_collector_to_the_runner(mock: tuple[MockModel, str]) -> None:
+    """Process-wide settings are the runner's: create_app and its lifespan change none of them."""
+    gc.unfreeze()
+    threshold = gc.get_threshold()
+    with relay_server(mock[1]):
+        pass
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (threshold, 0)
+
+
+@pytest.mark.usefixtures("collector")
+def test_the_runner_freezes_what_start_up_built_and_keeps_the_default_thresholds() -> None:
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    config = uvicorn_config(relay_settings(None), create_app(relay_settings(None)))
+    config.load()
+    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == (700, 10, 10)

@@ -8,14 +8,17 @@ garbage piles up between runs the longer each pause (bench/RESULTS.md measured 1
 from __future__ import annotations
 
 import gc
+import socket
+import threading
 from collections.abc import Iterator
 
 import anyio
 import httpx
 import pytest
 
+from tests.hostile import Conn, HostileUpstream, Script
 from tests.servers import mock_server, relay_server
-from tests.sse import chat, post_stream
+from tests.sse import chat, data, post_stream
 
 
 @pytest.fixture
@@ -64,5 +67,77 @@ async def test_clients_that_leave_leave_no_cycles(client: httpx.AsyncClient, sav
                     with pytest.raises(httpx.ReadTimeout):
                         await impatient.post(url + "/v1/generate", json={"prompt": "x", "max_tokens": 1000})
                 await anyio.to_thread.run_sync(model.wait_for_disconnects, 2 * left, 5)
+        gc.collect()
+        assert relay_objects(saved_garbage) == []
+
+
+async def _silent(conn: Conn) -> None:
+    await conn.read_request()
+    await conn.closed_by_peer()
+
+
+def _answering(answer: bytes) -> Script:
+    async def script(conn: Conn) -> None:
+        while await conn.read_request():
+            await conn.write(answer)
+
+    return script
+
+
+async def _hang_up(conn: Conn) -> None:
+    await conn.read_request()
+
+
+HEAD_FAILURES: dict[str, tuple[Script, str | None]] = {
+    "timeout": (_silent, "first_token_timeout"),
+    "malformed": (_answering(b"HTTP/1.1 2x0 Broken\r\n\r\n"), "upstream_malformed_http"),
+    "too large": (_answering(b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 1000 + b"\r\n"), "upstream_head_too_large"),
+    "lost": (_hang_up, "upstream_disconnected"),
+    "client leaves": (_silent, None),
+}
+
+
+@pytest.mark.parametrize("failure", sorted(HEAD_FAILURES))
+async def test_a_head_that_fails_leaves_no_cycles(failure: str, client: httpx.AsyncClient, saved_garbage: list[object]) -> None:
+    """What a head that failed would keep (its connection, its headers) must not wait for the collector."""
+    script, code = HEAD_FAILURES[failure]
+    over = threading.Semaphore(0)
+
+    async def counted(conn: Conn) -> None:
+        try:
+            await script(conn)
+        finally:
+            over.release()
+
+    upstream = HostileUpstream(counted)
+    with upstream.serving() as base, relay_server(base, default_model="m", first_token_timeout=0.2, circuit_failures=100) as url:
+        gc.collect()
+        saved_garbage.clear()  # the servers' own start-up
+        with anyio.fail_after(10):
+            for _ in range(3):
+                if code is None:
+                    async with client.stream("POST", url + "/v1/generate", json={"prompt": "x", "stream": True}) as response:
+                        assert response.status_code == 200
+                else:
+                    _, events = await post_stream(client, url + "/v1/generate", {"prompt": "x", "stream": True})
+                    assert events[-1].event == "error" and data(events[-1])["code"] == code
+                # Until the relay has hung up on its upstream connection, some of it is still in use.
+                assert await anyio.to_thread.run_sync(over.acquire, True, 5)
+        gc.collect()
+        assert relay_objects(saved_garbage) == []
+
+
+async def test_a_refused_connection_leaves_no_cycles(client: httpx.AsyncClient, saved_garbage: list[object]) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with relay_server(f"http://127.0.0.1:{port}/v1", default_model="m", circuit_failures=100) as url:
+        gc.collect()
+        saved_garbage.clear()
+        with anyio.fail_after(10):
+            for _ in range(3):
+                _, events = await post_stream(client, url + "/v1/generate", {"prompt": "x", "stream": True})
+                assert data(events[-1])["code"] == "upstream_unreachable"
         gc.collect()
         assert relay_objects(saved_garbage) == []

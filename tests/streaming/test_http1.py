@@ -1,9 +1,10 @@
-"""The upstream HTTP client: connection reuse, and an exchange that is over cannot touch the next one."""
+"""The upstream HTTP client: connection reuse only at a clean boundary, capped heads, and an exchange that is over cannot touch the next one."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Iterator
 
 import anyio
@@ -11,9 +12,10 @@ import anyio.lowlevel
 import httpx
 import pytest
 
-from app.errors import UpstreamTimeout
-from app.streaming.upstreams.http1 import Client, Origin, _Connection, _HeadDeadline
+from app.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from app.streaming.upstreams.http1 import MAX_HEAD_BYTES, MAX_HEADERS, Client, Origin, _Connection, _HeadDeadline
 from app.streaming.upstreams.mock import MockModel
+from tests.hostile import Conn, HostileUpstream
 from tests.servers import mock_server
 
 
@@ -172,10 +174,136 @@ async def test_bytes_after_the_head_deadline_reach_no_handler() -> None:
     transport = _Transport()
     connection.connection_made(transport)
     handler = Collect()
-    head = connection.start(b"POST /v1/chat/completions HTTP/1.1\r\n\r\n", handler)
-    _HeadDeadline(asyncio.get_running_loop(), head, 0.001, functools.partial(connection.detach, connection.serial))
-    with anyio.fail_after(5), pytest.raises(UpstreamTimeout):
-        await head
+    connection.start(b"POST /v1/chat/completions HTTP/1.1\r\n\r\n", handler)
+    head = connection.head
+    _HeadDeadline(asyncio.get_running_loop(), 0.001, functools.partial(connection.time_out, connection.serial, 0.001))
+    with anyio.fail_after(5):
+        assert await head is None
+    assert isinstance(connection.take_failure(), UpstreamTimeout)
     connection.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi")
     assert transport.aborted
     assert handler.status == 0 and not handler.body and not handler.ended.is_set()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+
+async def _answered(answer: bytes) -> tuple[Collect | UpstreamError, bool, HostileUpstream]:
+    """One request to a server that answers ``answer``: what the caller got, and whether the connection is pooled."""
+    async def script(conn: Conn) -> None:
+        while await conn.read_request():
+            await conn.write(answer)
+
+    upstream = HostileUpstream(script)
+    client = Client()
+    with upstream.serving() as base:
+        origin = Origin(base)
+        try:
+            outcome: Collect | UpstreamError = await _exchange(client, origin)
+        except UpstreamError as exc:
+            outcome = exc
+        pooled = any(not connection.closed for connection in client._idle.get(origin.key, ()))
+        await client.aclose()
+    return outcome, pooled, upstream
+
+
+@pytest.mark.parametrize(("answer", "body"), [
+    pytest.param(b"HTTP/1.1 100 Continue\r\n\r\n" + OK, b"hi", id="100"),
+    pytest.param(b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + OK, b"hi", id="102-103"),
+    pytest.param(b"HTTP/1.1 199 Whatever\r\nX-Hint: 1\r\n\r\n" + OK, b"hi", id="199"),
+    pytest.param(OK, b"hi", id="none"),
+])
+async def test_interim_heads_are_skipped_and_the_connection_is_pooled_after_the_final_answer(answer: bytes, body: bytes) -> None:
+    outcome, pooled, _ = await _answered(answer)
+    assert isinstance(outcome, Collect) and (outcome.status, bytes(outcome.body), outcome.lost) == (200, body, None)
+    assert pooled
+
+
+@pytest.mark.parametrize("answer", [
+    pytest.param(b"HTTP/1.1 204 No Content\r\n\r\n", id="204"),
+    pytest.param(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", id="304"),
+    pytest.param(OK + b"H", id="a byte after"),
+    pytest.param(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", id="a response after"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nHTTP/1.1 2", id="a head after the last chunk"),
+])
+async def test_a_connection_that_may_carry_bytes_for_nobody_is_not_pooled(answer: bytes) -> None:
+    outcome, pooled, _ = await _answered(answer)
+    assert isinstance(outcome, Collect) and outcome.lost is None
+    assert not pooled
+
+
+@pytest.mark.parametrize(("answer", "code"), [
+    pytest.param(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", "upstream_switched_protocols", id="101"),
+    pytest.param(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "upstream_switched_protocols", id="101-bare"),
+    pytest.param(b"HTTP/1.1 150 Odd\r\nContent-Length: 7\r\n\r\n" + OK, "upstream_malformed_http", id="1xx-with-a-body"),
+    pytest.param(b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * (MAX_HEADERS + 1) + b"Content-Length: 2\r\n\r\nhi", "upstream_head_too_large", id="headers"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX-A: " + b"b" * MAX_HEAD_BYTES + b"\r\nContent-Length: 2\r\n\r\nhi", "upstream_head_too_large", id="bytes"),
+    pytest.param(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * MAX_HEADERS + OK, "upstream_head_too_large", id="interim-heads"),
+])
+async def test_a_head_that_breaks_http_or_the_caps_fails_the_request(answer: bytes, code: str) -> None:
+    outcome, pooled, _ = await _answered(answer)
+    assert isinstance(outcome, UpstreamProtocolError) and outcome.code == code
+    assert not pooled
+
+
+async def test_a_head_at_the_caps_is_taken() -> None:
+    headers = b"".join(b"X-%d: %b\r\n" % (i, b"v" * 600) for i in range(MAX_HEADERS - 1))
+    outcome, pooled, _ = await _answered(b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: 2\r\n\r\nhi")
+    assert isinstance(outcome, Collect) and (outcome.status, bytes(outcome.body)) == (200, b"hi")
+    assert pooled
+
+
+async def test_a_never_ending_header_value_stops_at_the_cap() -> None:
+    """httptools reports a header only once whole: the cap must count the bytes as they arrive."""
+    hung_up = threading.Event()
+
+    async def script(conn: Conn) -> None:
+        await conn.read_request()
+        await conn.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        block = b"v" * 16_384
+        try:
+            for _ in range(1024):  # 16 MiB, more than the socket buffers can hide
+                await conn.write(block)
+        except ConnectionError:
+            hung_up.set()
+
+    upstream = HostileUpstream(script)
+    client = Client()
+    with upstream.serving() as base:
+        with pytest.raises(UpstreamProtocolError) as failed:
+            await _exchange(client, Origin(base))
+        await client.aclose()
+        assert await anyio.to_thread.run_sync(hung_up.wait, 5)
+    assert failed.value.code == "upstream_head_too_large"
+
+
+async def test_bytes_waiting_unread_on_an_idle_connection_discard_it_before_reuse() -> None:
+    """The server wrote a response nobody asked for while the connection sat idle, and the loop
+    has not read it yet when the next request takes the connection: it would be that request's answer."""
+    go, stray_sent = asyncio.Event(), threading.Event()
+
+    async def script(conn: Conn) -> None:
+        if conn.index > 0:
+            while await conn.read_request():
+                await conn.write(OK.replace(b"hi", b"ok"))
+            return
+        await conn.read_request()
+        await conn.write(OK)
+        await go.wait()
+        await conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nNO")
+        stray_sent.set()
+        await conn.read_request()
+
+    upstream = HostileUpstream(script)
+    client = Client()
+    with upstream.serving() as base:
+        origin = Origin(base)
+        first = await _exchange(client, origin)
+        upstream.call(go.set)
+        # Blocks this loop on purpose, so that it cannot read the stray bytes before the reuse.
+        assert stray_sent.wait(5)
+        second = await _exchange(client, origin)
+        await client.aclose()
+    assert bytes(first.body) == b"hi"
+    assert bytes(second.body) == b"ok"
+    assert len(upstream.conns[0].requests) == 1

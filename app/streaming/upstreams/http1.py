@@ -7,17 +7,30 @@ connection is an ``asyncio.Protocol`` whose bytes go through httptools (C) strai
 connections are kept per origin in a LIFO list and reused; a reused connection that turns
 out to be closed before answering is retried once on a new one.
 
+A pooled connection is shared by every client, so it goes back to the pool only at a clean
+message boundary: after a final response whose end the parser saw, with keep-alive, with no
+byte after it (a byte that begins another message, in the same read or later, discards the
+connection, as does one waiting unread in the socket when the connection is taken again).
+Interim ``1xx`` heads are skipped (RFC 9110 §15.2); a ``101``, an interim head with a body, a
+head over ``MAX_HEAD_BYTES`` or ``MAX_HEADERS``, and a ``204`` or ``304`` (which no model
+server sends to a streaming POST) end the exchange and the connection with it.
+
 ``Client.request`` connects, sends the request and waits for the response head; the body
 then arrives through the handler. It raises ``UpstreamConnectError`` when the model server
 cannot be reached, ``UpstreamTimeout`` when connecting or waiting for the head takes too
-long, ``UpstreamProtocolError`` when the connection breaks before the head, and is
-cancellable at every await.
+long, ``UpstreamProtocolError`` when the connection breaks or the server breaks HTTP before
+the head, and is cancellable at every await.
+
+No exception is ever kept on a future or on the connection once raised: one would hold its
+traceback, the traceback its frames, and a frame the connection, a cycle that only the
+collector frees (and until then everything the connection holds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import select
 import ssl
 import time
 from collections import deque
@@ -28,7 +41,15 @@ from urllib.parse import urlsplit
 import anyio
 import httptools
 
-from app.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+from app.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+
+# A response head (its interim heads included) past these ends the exchange: a peer cannot
+# make the relay keep more of it than this.
+MAX_HEAD_BYTES = 65_536
+MAX_HEADERS = 100
+
+_FRAMING = (b"content-length", b"transfer-encoding")
+_NO_BODY = (204, 304)
 
 
 class ResponseHandler(Protocol):
@@ -60,26 +81,38 @@ class Origin:
         return (self.scheme, self.host, self.port)
 
 
+class _Stop(Exception):
+    """Raised from a parser callback once the exchange has failed, so that the parser reads no further."""
+
+
 class _Connection(asyncio.Protocol):
     """One TCP connection; carries one exchange at a time."""
 
     __slots__ = (
-        "_client", "_complete", "_handler", "_head", "_parser", "_received", "_until_eof", "closed",
-        "headers", "idle_since", "origin", "reused", "serial", "transport",
+        "_client", "_complete", "_failure", "_handler", "_head", "_head_bytes", "_header_bytes", "_header_count", "_parser",
+        "_received", "_status", "_until_eof", "closed", "fileno", "headers", "idle_since", "origin", "reused", "serial", "transport",
     )
 
     def __init__(self, client: Client, origin: Origin) -> None:
         self._client = client
         self.origin = origin
         self.transport: asyncio.Transport | None = None
+        self.fileno = -1
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
         self.serial = 0  # counts exchanges, so a finished one cannot touch the next
-        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)  # dropped when the connection is lost
+        # It holds this protocol's callbacks, a cycle: made once connected, dropped once the connection is lost.
+        self._parser: httptools.HttpResponseParser | None = None
         self._handler: ResponseHandler | None = None
-        self._head: asyncio.Future[int] | None = None
+        # Pending while the exchange waits for its final head; then (or on failure) dropped.
+        self._head: asyncio.Future[int | None] | None = None
+        self._failure: UpstreamError | None = None  # why the head failed, until the waiting request takes it
         self.headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0  # what arrived while the head was incomplete, over whole reads
+        self._header_bytes = 0  # names and values the parser reported, within a read
+        self._header_count = 0
+        self._status = 0
         self._received = False
         self._until_eof = False
         self._complete = False
@@ -88,6 +121,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._parser = httptools.HttpResponseParser(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.fileno = sock.fileno()
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -97,8 +134,15 @@ class _Connection(asyncio.Protocol):
         self._received = True
         try:
             parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._lost(UpstreamProtocolError("upstream_malformed_http", f"malformed HTTP from the model server: {exc}", "stream"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # _Stop arrives as a callback error
+            self._lost(UpstreamProtocolError("upstream_malformed_http", f"malformed HTTP from the model server: {exc}", self._phase()))
+            return
+        if self._head is not None:
+            # All of it was head. httptools joins the pieces of a header itself and reports it
+            # only once whole: a never-ending value must be stopped here, before that.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._lost(_head_too_large())
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
@@ -113,35 +157,56 @@ class _Connection(asyncio.Protocol):
                 self.on_message_complete()
                 return
             message = "the model server closed the connection" + (f": {exc}" if exc else " before the response ended")
-            self._lost(UpstreamProtocolError("upstream_disconnected", message, "first_token" if self._head is not None and not self._head.done() else "stream"))
+            self._lost(UpstreamProtocolError("upstream_disconnected", message, self._phase()))
         finally:
             self._parser = None  # it holds this protocol's callbacks: a cycle that reference counting cannot free
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self._handler is None:  # a message after the response ended: bytes nobody asked for
+            self.abort()
+            raise _Stop
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        self._header_count += 1
+        if self._header_count > MAX_HEADERS or self._header_bytes > MAX_HEAD_BYTES:
+            self._fail(_head_too_large())
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        headers = self.headers
-        names = {name for name, _ in headers}
-        self._until_eof = b"content-length" not in names and b"transfer-encoding" not in names
+        headers, self.headers = self.headers, []  # the handler sees them once: a long stream need not keep them
+        framed = any(name in _FRAMING for name, _ in headers)
         assert self._parser is not None  # called by the parser itself
         status = self._parser.get_status_code()
-        assert self._handler is not None
+        if status < 200:
+            if status == 101:
+                self._fail(UpstreamProtocolError(
+                    "upstream_switched_protocols", "the model server switched protocols (101) instead of answering", "first_token"))
+            if framed or status < 100:  # an interim response has no content (RFC 9110 §15.2); the parser would read one
+                self._fail(UpstreamProtocolError(
+                    "upstream_malformed_http", f"malformed HTTP from the model server: an interim response {status} with a body", "first_token"))
+            return  # 100 Continue, 103 Early Hints...: the final head follows
+        self._status = status
+        self._until_eof = not framed
+        assert self._handler is not None and self._head is not None
         self._handler.on_response(status, headers)
-        self.headers = []  # the handler has seen them: a long stream need not keep them
-        if self._head is not None and not self._head.done():
-            self._head.set_result(status)
+        head, self._head = self._head, None
+        head.set_result(status)
 
     def on_body(self, body: bytes) -> None:
         if self._handler is not None:
             self._handler.on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._head is not None:  # an interim response's end
+            return
         self._complete = True
         handler, self._handler = self._handler, None
-        if self._parser is not None and self._parser.should_keep_alive() and not self.closed:
+        parser = self._parser
+        if handler is not None and parser is not None and parser.should_keep_alive() and not self.closed and self._status not in _NO_BODY:
+            # Bytes after this in the same read begin another message: on_message_begin discards the connection.
             self._client._release(self)
         else:
             self.abort()
@@ -150,37 +215,63 @@ class _Connection(asyncio.Protocol):
 
     # exchange
 
-    def start(self, request: bytes, handler: ResponseHandler) -> asyncio.Future[int]:
+    def start(self, request: bytes, handler: ResponseHandler) -> None:
+        """Send ``request``; ``head`` then resolves to the final status, or to ``None`` if the exchange failed first."""
         assert self.transport is not None
         self.serial += 1
         self._handler = handler
         self.headers = []
+        self._head_bytes = self._header_bytes = self._header_count = 0
         self._received = False
         self._complete = False
+        self._failure = None
         self._head = asyncio.get_running_loop().create_future()
         self.transport.write(request)
+
+    @property
+    def head(self) -> asyncio.Future[int | None]:
+        assert self._head is not None
         return self._head
 
-    def _lost(self, exc: Exception) -> None:
+    def take_failure(self) -> UpstreamError:
+        """Why the head resolved to ``None``; the connection keeps no reference to it."""
+        failure, self._failure = self._failure, None
+        assert failure is not None
+        return failure
+
+    def time_out(self, serial: int, seconds: float) -> None:
+        """Exchange ``serial`` waited ``seconds`` for its head: it fails, and bytes that follow reach no handler."""
+        if serial == self.serial and self._head is not None:
+            self._lost(UpstreamTimeout("first_token", seconds))
+
+    def _fail(self, exc: UpstreamError) -> None:
+        """From a parser callback: the exchange ends with ``exc`` and the parser stops here."""
+        self._lost(exc)
+        raise _Stop
+
+    def _lost(self, exc: UpstreamError) -> None:
         handler, self._handler = self._handler, None
+        head, self._head = self._head, None
         self.abort()
-        if self._head is not None and not self._head.done():
-            self._head.set_exception(exc)
+        if head is not None:
+            self._failure = exc
+            head.set_result(None)
         elif handler is not None:
             handler.on_lost(exc)
 
-    @property
-    def received_anything(self) -> bool:
-        return self._received
+    def _phase(self) -> str:
+        return "first_token" if self._head is not None else "stream"
 
     @property
-    def complete(self) -> bool:
-        return self._complete
+    def retriable(self) -> bool:
+        """The head failed because a reused connection was closed before it answered anything."""
+        return self.reused and not self._received and isinstance(self._failure, UpstreamProtocolError)
 
     def detach(self, serial: int) -> None:
         """The owner of exchange ``serial`` is done with it: if unfinished, it is aborted."""
         if serial == self.serial and not self._complete:
             self._handler = None
+            self._head = None
             self.abort()
 
     def abort(self) -> None:
@@ -188,38 +279,44 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def discard(self) -> None:
+        """Abort, and let go of what would hold this protocol in a cycle: its parser and its transport."""
+        self.abort()
+        self._parser = None
+        self.transport = None
+
 
 class _HeadDeadline:
-    """Fails ``head`` with ``UpstreamTimeout`` once ``seconds`` have passed, never before.
+    """Calls ``expire`` once ``seconds`` have passed, never before.
 
     uvloop rounds a timer to whole milliseconds and may run it up to half of one early; a
     head timeout that the total deadline bounds must not fire before it, or it would be
     taken for a first-token timeout (an upstream fault) instead. So an early wake re-arms.
-    When it fires, the exchange is abandoned at once (``abandon``): bytes that arrive in
-    the same loop pass, before the waiting task resumes, reach no handler.
+    ``expire`` (``_Connection.time_out``) abandons the exchange at once: bytes that arrive
+    in the same loop pass, before the waiting task resumes, reach no handler.
     """
 
-    __slots__ = ("_abandon", "_deadline", "_handle", "_head", "_loop", "_seconds")
+    __slots__ = ("_deadline", "_expire", "_handle", "_loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, head: asyncio.Future[int], seconds: float, abandon: Callable[[], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float, expire: Callable[[], None]) -> None:
         self._loop = loop
-        self._head = head
-        self._seconds = seconds
-        self._abandon = abandon
+        self._expire = expire
         self._deadline = loop.time() + seconds
         self._handle = loop.call_at(self._deadline, self._fire)
 
     def _fire(self) -> None:
-        if self._head.done():
-            return
         if self._loop.time() < self._deadline:
             self._handle = self._loop.call_at(self._deadline, self._fire)
             return
-        self._head.set_exception(UpstreamTimeout("first_token", self._seconds))
-        self._abandon()
+        self._expire()
 
     def cancel(self) -> None:
         self._handle.cancel()
+
+
+def _head_too_large() -> UpstreamProtocolError:
+    message = f"the model server's response head is over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers"
+    return UpstreamProtocolError("upstream_head_too_large", message, "first_token")
 
 
 class Exchange:
@@ -248,6 +345,7 @@ class Client:
         self._max_idle = max_idle_per_origin
         self._idle_expiry = idle_expiry
         self._ssl: ssl.SSLContext | None = None
+        self._poll = select.poll()
         self._closed = False
 
     async def request(
@@ -275,28 +373,24 @@ class Client:
                         connection = await self._connect(origin)
                 except TimeoutError:
                     raise UpstreamTimeout("connect", connect_timeout) from None
-            head = connection.start(request, handler)
+            connection.start(request, handler)
             # Taken now: once the response ends, the connection may serve another request.
             serial = connection.serial
             # A timer fails the head rather than a cancel scope around the await: nothing to
             # enter, exit or cancel on the way of every request.
-            expiry = _HeadDeadline(loop, head, head_timeout, functools.partial(connection.detach, serial))
+            expiry = _HeadDeadline(loop, head_timeout, functools.partial(connection.time_out, serial, head_timeout))
             try:
-                status = await head
-            except UpstreamTimeout:
-                connection.detach(serial)  # its handler must hear nothing more: the caller may try elsewhere
-                raise
-            except UpstreamProtocolError:
-                connection.abort()
-                if attempt == 1 and connection.reused and not connection.received_anything:
-                    continue  # the server closed an idle connection as we reused it
-                raise
+                status = await connection.head  # not kept in a local: a raise here must find no cycle
             except BaseException:
                 connection.detach(serial)
                 raise
             finally:
                 expiry.cancel()
-            return Exchange(connection, serial, status)
+            if status is not None:
+                return Exchange(connection, serial, status)
+            if attempt == 1 and connection.retriable:
+                continue  # the server closed an idle connection as we reused it
+            raise connection.take_failure()
         raise AssertionError("unreachable")
 
     def _pooled(self, origin: Origin) -> _Connection | None:
@@ -307,11 +401,21 @@ class Client:
         now = time.monotonic()
         while idle:
             connection = idle.pop()
-            if not connection.closed and now - connection.idle_since < self._idle_expiry:
+            if not connection.closed and now - connection.idle_since < self._idle_expiry and not self._unread(connection):
                 connection.reused = True
                 return connection
             connection.abort()
         return None
+
+    def _unread(self, connection: _Connection) -> bool:
+        """Bytes (or the end) wait in the socket, not yet read: read now, they would seem the next request's answer."""
+        if connection.fileno < 0:
+            return False
+        self._poll.register(connection.fileno, select.POLLIN)
+        try:
+            return bool(self._poll.poll(0))
+        finally:
+            self._poll.unregister(connection.fileno)
 
     async def _connect(self, origin: Origin) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -320,14 +424,17 @@ class Client:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
+        connection = _Connection(self, origin)
         try:
-            _, protocol = await loop.create_connection(
-                lambda: _Connection(self, origin), origin.host, origin.port, ssl=context
-            )
+            await loop.create_connection(lambda: connection, origin.host, origin.port, ssl=context)
         except OSError as exc:
+            connection.discard()  # refused or cancelled, its transport may never report the loss
             raise UpstreamConnectError(f"cannot connect to the model server at {origin.host_header}: {exc.strerror or exc}") from exc
-        self._open.add(protocol)
-        return protocol
+        except BaseException:
+            connection.discard()
+            raise
+        self._open.add(connection)
+        return connection
 
     def forget(self, connection: _Connection) -> None:
         self._open.discard(connection)
