@@ -8,7 +8,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -30,7 +30,7 @@ from app.routes.ops import healthz, readyz
 from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
 from app.runtime import Runtime, build_upstreams, raise_open_files_limit
-from app.settings import Settings, settings_from_json
+from app.settings import Settings
 from app.shutdown import on_shutdown_signal
 from app.streaming.log_memory import MemoryEventLog
 from app.streaming.respond import LiveRequests
@@ -40,9 +40,6 @@ from app.streaming.upstreams.http1 import Client
 from app.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("token_relay")
-
-# The parent process hands its validated settings to worker processes in this variable.
-SETTINGS_ENV = "TOKEN_RELAY_SETTINGS_JSON"
 
 GC_THRESHOLD = 50_000
 
@@ -86,7 +83,8 @@ class RelayApp:
         await self.starlette(scope, receive, send)
 
 
-def create_app(settings: Settings) -> ASGIApp:
+def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
+    """The relay; ``environ`` is where upstreams' ``api_key_env`` keys are read (default: ``os.environ``)."""
     live = LiveRequests()
 
     @contextlib.asynccontextmanager
@@ -98,7 +96,7 @@ def create_app(settings: Settings) -> ASGIApp:
                 models = models or mock.MODELS
             client = Client()
             stack.push_async_callback(client.aclose)
-            upstreams = build_upstreams(settings, client, os.environ, mock_url)
+            upstreams = build_upstreams(settings, client, os.environ if environ is None else environ, mock_url)
             if not settings.api_keys:
                 logger.warning("RELAY_API_KEYS is not set: the /v1 routes are open to anyone who can reach %s:%d", settings.host, settings.port)
             for upstream in upstreams.values():
@@ -156,11 +154,6 @@ def create_app(settings: Settings) -> ASGIApp:
         expose_headers=["x-request-id", "retry-after"],
         max_age=600,
     )
-
-
-def create_app_from_environment() -> ASGIApp:
-    """The app factory each worker process calls (``--workers N``): settings come from the parent."""
-    return create_app(settings_from_json(os.environ[SETTINGS_ENV]))
 
 
 class _EmbeddedConfig(uvicorn.Config):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 import re
 import secrets
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -15,8 +17,8 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
-from app.main import SETTINGS_ENV, create_app
-from app.settings import Settings, settings_to_json
+from app.main import create_app
+from app.settings import ENV_PREFIX, Settings
 
 
 class RedactTokens(logging.Filter):
@@ -39,19 +41,30 @@ def log_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=settings.host,
-        port=settings.port,
-        log_config=log_config(settings),
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        # Streams are ended by the shutdown drain (app/shutdown.py); this bounds the wait for them.
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
-        timeout_keep_alive=5,
-        backlog=4096,
-    )
+class RelayConfig(uvicorn.Config):
+    """uvicorn's Config for the relay: it carries the settings, and builds the app from them.
+
+    With ``--workers N``, uvicorn pickles the Config to each worker through a pipe
+    (multiprocessing's spawn context), so the settings, client keys and stream secret among
+    them, reach the workers that way and no other: not through the environment or the command
+    line, which other processes can read in ``/proc``. ``environ`` holds the upstream keys named
+    by ``api_key_env``, for the same reason; ``None`` reads them from this process's environment.
+    """
+
+    def __init__(self, settings: Settings, environ: dict[str, str] | None = None, **overrides: Any) -> None:
+        self.settings = settings
+        options: dict[str, Any] = {
+            "host": settings.host,
+            "port": settings.port,
+            "log_config": log_config(settings),
+            "log_level": settings.log_level,
+            "access_log": settings.access_log,
+            # Streams are ended by the shutdown drain (app/shutdown.py); this bounds the wait for them.
+            "timeout_graceful_shutdown": max(1, round(settings.drain_timeout)),
+            "timeout_keep_alive": 5,
+            "backlog": 4096,
+        }
+        super().__init__(functools.partial(create_app, settings, environ), factory=True, **(options | overrides))
 
 
 def serve(settings: Settings) -> None:
@@ -60,12 +73,19 @@ def serve(settings: Settings) -> None:
         # After a clean shutdown uvicorn re-raises the signal it caught; for SIGINT that is a
         # KeyboardInterrupt, which would print a traceback (uvicorn.run suppresses it too).
         with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()
+            uvicorn.Server(RelayConfig(settings)).run()
         return
     if settings.stream_secret is None:  # every worker must accept the stream URLs any of them signed
         settings = msgspec.structs.replace(settings, stream_secret=secrets.token_urlsafe(32))
-    os.environ[SETTINGS_ENV] = settings_to_json(settings)
-    config = uvicorn_config(settings, "app.main:create_app_from_environment")
-    config.factory = True
-    config.workers = settings.workers
+    config = RelayConfig(settings, withdraw_environment(settings), workers=settings.workers)
     Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+def withdraw_environment(settings: Settings, environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Remove the settings' variables, and the upstream keys they name, from what worker processes
+    inherit; return those keys, for the workers' Config."""
+    names = {config.api_key_env for config in settings.upstream_list() if config.api_key_env is not None}
+    keys = {name: environ[name] for name in names if name in environ}
+    for name in [name for name in environ if name.startswith(ENV_PREFIX)] + list(keys):
+        environ.pop(name, None)
+    return keys

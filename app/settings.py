@@ -224,11 +224,3 @@ def _describe(message: str) -> str:
     if field in _FIELDS:
         return f"invalid setting {field} ({env_name(field)}): {what}"
     return f"invalid settings: {message}"
-
-
-def settings_to_json(settings: Settings) -> str:
-    return msgspec.json.encode(settings).decode()
-
-
-def settings_from_json(data: str) -> Settings:
-    return msgspec.json.decode(data, type=Settings)

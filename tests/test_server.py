@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import httpx
 import pytest
 
 from app.streaming.upstreams.mock import MockModel, mock_text
+from tests.rawhttp import Response
 from tests.servers import bound_socket, mock_server
 from tests.sse import read_events
 
@@ -170,3 +173,99 @@ async def test_serve_raises_its_open_files_limit_and_warns_when_it_is_still_too_
     log = process.stdout.read().decode()
     assert "the open-files limit (1024) is below the 2256 that RELAY_MAX_CONCURRENT_REQUESTS=1000 needs" in log
     assert "past about 384 streams" in log
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/status") as status:
+                if f"\nPPid:\t{pid}\n" in status.read():
+                    children.append(int(entry))
+    return children
+
+
+def _wait_for_workers(pid: int, count: int) -> list[int]:
+    deadline = time.monotonic() + 20
+    while len(workers := [child for child in _children(pid) if b"spawn_main" in _proc_bytes(child, "cmdline")]) < count:
+        assert time.monotonic() < deadline, f"{len(workers)} of {count} workers started"
+        time.sleep(0.05)
+    return workers
+
+
+def _proc_bytes(pid: int, name: str) -> bytes:
+    with open(f"/proc/{pid}/{name}", "rb") as file:
+        return file.read()
+
+
+def _process_holding(relay_port: int, client_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the relay's end of the connection from ``client_port`` (by its socket's inode)."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    inodes = [row[9] for row in rows if int(row[1].split(":")[1], 16) == relay_port and int(row[2].split(":")[1], 16) == client_port]
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in {f"socket:[{inode}]" for inode in inodes}:
+                    return pid
+    return None
+
+
+def _exchange(sock: socket.socket, request: bytes) -> Response:
+    response = Response()
+    sock.sendall(request)
+    while not response.complete:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        response.parser.feed_data(chunk)
+    return response
+
+
+async def test_workers_get_their_settings_and_secrets_through_a_pipe_not_the_environment(serve, client: httpx.AsyncClient) -> None:  # type: ignore[no-untyped-def]
+    key, secret, upstream_key = "client-key-" + "k" * 24, "stream-secret-" + "z" * 32, "upstream-key-" + "u" * 24
+    with mock_server(ttft=0.0, interval=0.0, tokens=2, api_key=upstream_key) as (_, upstream):
+        upstreams = json.dumps([{"name": "keyed", "base_url": upstream, "api_key_env": "TOKEN_RELAY_TEST_UPSTREAM_KEY"}])
+        process, url = serve("--workers", "2", RELAY_API_KEYS=key, RELAY_STREAM_SECRET=secret, RELAY_UPSTREAMS=upstreams,
+                             TOKEN_RELAY_TEST_UPSTREAM_KEY=upstream_key)
+        await _check_workers(process, url, client, key, {"key": key, "secret": secret, "upstream key": upstream_key})
+
+
+async def _check_workers(process: subprocess.Popen[bytes], url: str, client: httpx.AsyncClient, key: str, hidden: dict[str, str]) -> None:
+    workers = await anyio.to_thread.run_sync(_wait_for_workers, process.pid, 2)
+    assert key.encode() in _proc_bytes(process.pid, "environ")  # the test put it there: the parent's own environment
+    for pid in _children(process.pid):  # the workers, and multiprocessing's resource tracker
+        exposed = _proc_bytes(pid, "environ") + _proc_bytes(pid, "cmdline")
+        # Named, not shown: a failure must not print the environment.
+        assert [name for name, value in (*hidden.items(), ("settings", "TOKEN_RELAY_SETTINGS_JSON")) if value.encode() in exposed] == []
+
+    created = await client.post(url + "/v1/streams", json={"prompt": "hi", "model": "mock", "max_tokens": 2}, headers={"authorization": f"Bearer {key}"})
+    assert created.status_code == 201, created.text
+    events_path = created.json()["events_url"].removeprefix(url)
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"prompt": "hi", "model": "mock", "max_tokens": 2}).encode()
+
+    def post(with_key: str) -> bytes:
+        return (f"POST /v1/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {with_key}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    def visit_both_workers() -> dict[int, tuple[int, int, int]]:
+        seen: dict[int, tuple[int, int, int]] = {}
+        deadline = time.monotonic() + 15
+        while len(seen) < 2 and time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                statuses = (
+                    _exchange(sock, post(key)).status,
+                    _exchange(sock, post("wrong-" + key)).status,
+                    _exchange(sock, f"GET {events_path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()).status,
+                )
+                pid = _process_holding(port, sock.getsockname()[1], workers)
+                assert pid is not None
+                seen[pid] = statuses
+        return seen
+
+    seen = await anyio.to_thread.run_sync(visit_both_workers)
+    assert set(seen) == set(workers)
+    for good_key, wrong_key, stream_token in seen.values():
+        assert (good_key, wrong_key) == (200, 401)
+        assert stream_token in (200, 204)  # the stream lives in one worker; its token is valid in both
