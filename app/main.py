@@ -29,7 +29,7 @@ from app.routes.generate import generate
 from app.routes.ops import healthz, readyz
 from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
-from app.runtime import Runtime, build_upstreams, raise_open_files_limit
+from app.runtime import Runtime, build_upstreams
 from app.settings import Settings
 from app.shutdown import on_shutdown_signal
 from app.streaming.log_memory import MemoryEventLog
@@ -103,7 +103,6 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
                 logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
                             upstream.origin.base_path, upstream.protocol)
             stack.enter_context(on_shutdown_signal(live.shut_down))
-            raise_open_files_limit(settings)
             runtime = Runtime(settings, upstreams, models, live, client)
             log = MemoryEventLog()
             stack.push_async_callback(log.aclose)
@@ -141,16 +140,20 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         "/v1/chat/completions": ApiKeyAuth(chat_completions, settings.api_keys),
         "/v1/generate": ApiKeyAuth(generate, settings.api_keys),
     }
-    app = RelayApp(starlette, direct)
-    if not settings.cors_origins:
+    return with_cors(RelayApp(starlette, direct), settings.cors_origins)
+
+
+def with_cors(app: ASGIApp, origins: tuple[str, ...]) -> ASGIApp:
+    """``app`` answering the browser pages of ``origins`` (the relay's, and the server's refusals past its connection cap)."""
+    if not origins:
         return app
     return CORSMiddleware(
         app,
-        allow_origins=settings.cors_origins,
+        allow_origins=origins,
         allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "last-event-id"],
         # Credentials (cookies, HTTP auth) only for origins named one by one, never for "*".
-        allow_credentials="*" not in settings.cors_origins,
+        allow_credentials="*" not in origins,
         expose_headers=["x-request-id", "retry-after"],
         max_age=600,
     )

@@ -17,8 +17,12 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
-from app.main import create_app
+from app.connections import ConnectionGuard, OverCapacity, RelayProtocol
+from app.main import create_app, with_cors
+from app.runtime import connection_limit, raise_open_files_limit
 from app.settings import ENV_PREFIX, Settings
+
+logger = logging.getLogger("token_relay")
 
 
 class RedactTokens(logging.Filter):
@@ -49,6 +53,9 @@ class RelayConfig(uvicorn.Config):
     them, reach the workers that way and no other: not through the environment or the command
     line, which other processes can read in ``/proc``. ``environ`` holds the upstream keys named
     by ``api_key_env``, for the same reason; ``None`` reads them from this process's environment.
+
+    Connections are served by ``RelayProtocol`` (app/connections.py): deadlines for a request's
+    head and body, and the cap on connections.
     """
 
     def __init__(self, settings: Settings, environ: dict[str, str] | None = None, **overrides: Any) -> None:
@@ -64,7 +71,15 @@ class RelayConfig(uvicorn.Config):
             "timeout_keep_alive": 5,
             "backlog": 4096,
         }
-        super().__init__(functools.partial(create_app, settings, environ), factory=True, **(options | overrides))
+        super().__init__(functools.partial(create_app, settings, environ), factory=True, http=RelayProtocol, **(options | overrides))
+
+    def load(self) -> None:
+        """Runs in the process that serves (each worker): builds the app, and what ``RelayProtocol`` needs."""
+        super().load()
+        limit = connection_limit(self.settings, raise_open_files_limit(self.settings))
+        over_capacity = with_cors(OverCapacity(limit, self.settings.stream_busy_retry_ms), self.settings.cors_origins)
+        self.guard = ConnectionGuard(self.settings, limit, over_capacity)
+        logger.info("taking up to %d connections (RELAY_MAX_CONNECTIONS)", limit)
 
 
 def serve(settings: Settings) -> None:

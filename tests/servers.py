@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from app.main import create_app
+from app.server import RelayConfig
 from app.settings import Settings, load_settings
 from app.streaming.upstreams.mock import MockModel
 
@@ -27,12 +27,17 @@ def bound_socket() -> socket.socket:
     return sock
 
 
-@contextlib.contextmanager
-def serve_in_thread(app: Any, **config: Any) -> Iterator[str]:
+def serve_in_thread(app: Any, **config: Any) -> contextlib.AbstractContextManager[str]:
     """Run ``app`` under uvicorn in a thread; yield its base URL ``http://127.0.0.1:PORT``."""
+    return serve_config(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, **config))
+
+
+@contextlib.contextmanager
+def serve_config(config: uvicorn.Config) -> Iterator[str]:
+    """Run uvicorn with ``config`` in a thread; yield its base URL ``http://127.0.0.1:PORT``."""
     sock = bound_socket()
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, **config))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -64,6 +69,9 @@ def relay_settings(upstream: str | None, *, environ: dict[str, str] | None = Non
 
 @contextlib.contextmanager
 def relay_server(upstream: str | None, *, environ: dict[str, str] | None = None, **overrides: Any) -> Iterator[str]:
-    """The relay, relaying to ``upstream``; yields its base URL (``environ`` is what the settings are checked against)."""
-    with serve_in_thread(create_app(relay_settings(upstream, environ=environ, **overrides))) as url:
+    """The relay, relaying to ``upstream``, served as the runner serves it; yields its base URL
+    (``environ`` is what the settings are checked against)."""
+    settings = relay_settings(upstream, environ=environ, **overrides)
+    # The test process keeps its own logging (pytest's capture), and a short wait at the end.
+    with serve_config(RelayConfig(settings, log_config=None, timeout_graceful_shutdown=2)) as url:
         yield url

@@ -269,3 +269,28 @@ async def _check_workers(process: subprocess.Popen[bytes], url: str, client: htt
     for good_key, wrong_key, stream_token in seen.values():
         assert (good_key, wrong_key) == (200, 401)
         assert stream_token in (200, 204)  # the stream lives in one worker; its token is valid in both
+
+
+async def test_every_worker_cuts_off_a_connection_whose_request_head_does_not_come(serve) -> None:  # type: ignore[no-untyped-def]
+    process, url = serve("--workers", "2", RELAY_REQUEST_HEAD_TIMEOUT="1")
+    workers = await anyio.to_thread.run_sync(_wait_for_workers, process.pid, 2)
+    port = int(url.rsplit(":", 1)[1])
+
+    def cut_off_in_both() -> dict[int, bytes]:
+        answers: dict[int, bytes] = {}
+        deadline = time.monotonic() + 20
+        while len(answers) < 2 and time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                while (pid := _process_holding(port, sock.getsockname()[1], workers)) is None:  # until a worker has accepted it
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+                answers[pid] = received
+        return answers
+
+    answers = await anyio.to_thread.run_sync(cut_off_in_both)
+    assert set(answers) == set(workers)
+    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers.values())
