@@ -7,7 +7,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -29,8 +29,8 @@ from app.routes.generate import generate
 from app.routes.ops import healthz, readyz
 from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
-from app.runtime import Runtime, build_upstreams, raise_open_files_limit
-from app.settings import WILDCARD_ADDRESSES, Settings, settings_from_json
+from app.runtime import Runtime, build_upstreams
+from app.settings import WILDCARD_ADDRESSES, Settings
 from app.shutdown import on_shutdown_signal
 from app.streaming.log_memory import MemoryEventLog
 from app.streaming.respond import LiveRequests
@@ -41,8 +41,6 @@ from app.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("token_relay")
 
-# The parent process hands its validated settings to worker processes in this variable.
-SETTINGS_ENV = "TOKEN_RELAY_SETTINGS_JSON"
 
 
 class _Endpoint:
@@ -84,7 +82,8 @@ class RelayApp:
         await self.starlette(scope, receive, send)
 
 
-def create_app(settings: Settings) -> ASGIApp:
+def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
+    """The relay; ``environ`` is where upstreams' ``api_key_env`` keys are read (default: ``os.environ``)."""
     live = LiveRequests()
 
     @contextlib.asynccontextmanager
@@ -96,7 +95,7 @@ def create_app(settings: Settings) -> ASGIApp:
                 models = models or mock.MODELS
             client = Client()
             stack.push_async_callback(client.aclose)
-            upstreams = build_upstreams(settings, client, os.environ, mock_url)
+            upstreams = build_upstreams(settings, client, os.environ if environ is None else environ, mock_url)
             if not settings.api_keys:
                 logger.warning("RELAY_API_KEYS is not set: the /v1 routes are open to anyone who can reach %s:%d", settings.host, settings.port)
             if settings.host in WILDCARD_ADDRESSES and settings.allowed_hosts is None and settings.public_url is None:
@@ -106,7 +105,6 @@ def create_app(settings: Settings) -> ASGIApp:
                 logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
                             upstream.origin.base_path, upstream.protocol)
             stack.enter_context(on_shutdown_signal(live.shut_down))
-            raise_open_files_limit(settings)
             runtime = Runtime(settings, upstreams, models, live, client)
             log = MemoryEventLog(settings.stream_log_budget_bytes)
             stack.push_async_callback(log.aclose)
@@ -139,18 +137,7 @@ def create_app(settings: Settings) -> ASGIApp:
         "/v1/chat/completions": ApiKeyAuth(chat_completions, settings.api_keys),
         "/v1/generate": ApiKeyAuth(generate, settings.api_keys),
     }
-    app: ASGIApp = RelayApp(starlette, direct)
-    if settings.cors_origins:
-        app = CORSMiddleware(
-            app,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "last-event-id"],
-            # Credentials (cookies, HTTP auth) only for origins named one by one, never for "*".
-            allow_credentials="*" not in settings.cors_origins,
-            expose_headers=["x-request-id", "retry-after"],
-            max_age=600,
-        )
+    app = with_cors(RelayApp(starlette, direct), settings.cors_origins)
     hosts = settings.trusted_hosts()
     if "*" in hosts:
         return app
@@ -158,9 +145,20 @@ def create_app(settings: Settings) -> ASGIApp:
     return AllowedHosts(app, hosts)
 
 
-def create_app_from_environment() -> ASGIApp:
-    """The app factory each worker process calls (``--workers N``): settings come from the parent."""
-    return create_app(settings_from_json(os.environ[SETTINGS_ENV]))
+def with_cors(app: ASGIApp, origins: tuple[str, ...]) -> ASGIApp:
+    """``app`` answering the browser pages of ``origins`` (the relay's, and the server's refusals past its connection cap)."""
+    if not origins:
+        return app
+    return CORSMiddleware(
+        app,
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "last-event-id"],
+        # Credentials (cookies, HTTP auth) only for origins named one by one, never for "*".
+        allow_credentials="*" not in origins,
+        expose_headers=["x-request-id", "retry-after"],
+        max_age=600,
+    )
 
 
 class _EmbeddedConfig(uvicorn.Config):

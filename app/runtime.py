@@ -15,7 +15,8 @@ from app.streaming.upstreams.http1 import Client
 
 logger = logging.getLogger("token_relay")
 
-# Sockets a stream holds (the client's and the upstream's), and files for everything else.
+# Sockets a stream holds (the client's and the upstream's), and files for everything else (the
+# connections answered past the cap of app/connections.py among them).
 FILES_PER_STREAM = 2
 FILES_SPARE = 256
 
@@ -99,11 +100,29 @@ def raise_open_files_limit(settings: Settings) -> int:
             soft = hard
         except (ValueError, OSError) as exc:
             logger.warning("could not raise the open-files limit from %d to %d: %s", soft, hard, exc)
-    needed = FILES_PER_STREAM * settings.max_concurrent_requests + FILES_SPARE
+    if settings.max_connections is None:
+        needed = FILES_PER_STREAM * settings.max_concurrent_requests + FILES_SPARE
+        need = f"RELAY_MAX_CONCURRENT_REQUESTS={settings.max_concurrent_requests} needs"
+    else:  # a socket per client connection, and one per request in flight (its upstream's)
+        needed = settings.max_connections + settings.max_concurrent_requests + FILES_SPARE
+        need = f"RELAY_MAX_CONNECTIONS={settings.max_connections} and RELAY_MAX_CONCURRENT_REQUESTS={settings.max_concurrent_requests} need"
     if soft != resource.RLIM_INFINITY and soft < needed:
         logger.warning(
-            "the open-files limit (%d) is below the %d that RELAY_MAX_CONCURRENT_REQUESTS=%d needs: "
-            "past about %d streams, new connections will wait unanswered; raise the limit (ulimit -n) or lower the setting",
-            soft, needed, settings.max_concurrent_requests, (soft - FILES_SPARE) // FILES_PER_STREAM,
+            "the open-files limit (%d) is below the %d that %s: past about %d streams, new connections cannot be served; "
+            "raise the limit (ulimit -n) or lower the setting",
+            soft, needed, need, (soft - FILES_SPARE) // FILES_PER_STREAM,
         )
     return soft
+
+
+def connection_limit(settings: Settings, open_files: int) -> int:
+    """``max_connections``, or by default as many client connections as ``open_files`` leaves room for.
+
+    That is, after a socket for each request in flight (its upstream's) and the spare files; when
+    the limit is too low even for that, half of what the spare files leave.
+    """
+    if settings.max_connections is not None:
+        return settings.max_connections
+    if open_files == resource.RLIM_INFINITY:
+        return settings.max_concurrent_requests + settings.max_stream_readers
+    return max(open_files - settings.max_concurrent_requests - FILES_SPARE, (open_files - FILES_SPARE) // FILES_PER_STREAM, 1)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
+import logging
 import os
 import secrets
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -14,9 +17,13 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
-from app.main import SETTINGS_ENV, create_app
+from app.connections import ConnectionGuard, OverCapacity, RelayProtocol
+from app.main import create_app, with_cors
 from app.redaction import RedactTokens
-from app.settings import Settings, settings_to_json
+from app.runtime import connection_limit, raise_open_files_limit
+from app.settings import ENV_PREFIX, Settings
+
+logger = logging.getLogger("token_relay")
 
 
 def log_config(settings: Settings) -> dict[str, Any]:
@@ -30,10 +37,42 @@ def log_config(settings: Settings) -> dict[str, Any]:
 
 
 class RelayConfig(uvicorn.Config):
-    """uvicorn's config; loading the app, once in each process that serves, also sets up its collector."""
+    """uvicorn's Config for the relay: it carries the settings, and builds the app from them.
+
+    With ``--workers N``, uvicorn pickles the Config to each worker through a pipe
+    (multiprocessing's spawn context), so the settings, client keys and stream secret among
+    them, reach the workers that way and no other: not through the environment or the command
+    line, which other processes can read in ``/proc``. ``environ`` holds the upstream keys named
+    by ``api_key_env``, for the same reason; ``None`` reads them from this process's environment.
+
+    Connections are served by ``RelayProtocol`` (app/connections.py): deadlines for a request's
+    head and body, and the cap on connections.
+    """
+
+    def __init__(self, settings: Settings, environ: dict[str, str] | None = None, **overrides: Any) -> None:
+        self.settings = settings
+        options: dict[str, Any] = {
+            "host": settings.host,
+            "port": settings.port,
+            "log_config": log_config(settings),
+            "log_level": settings.log_level,
+            "access_log": settings.access_log,
+            # None leaves uvicorn's own default: FORWARDED_ALLOW_IPS, else 127.0.0.1 and ::1.
+            "forwarded_allow_ips": None if settings.forwarded_allow_ips is None else list(settings.forwarded_allow_ips),
+            # Streams are ended by the shutdown drain (app/shutdown.py); this bounds the wait for them.
+            "timeout_graceful_shutdown": max(1, round(settings.drain_timeout)),
+            "timeout_keep_alive": 5,
+            "backlog": 4096,
+        }
+        super().__init__(functools.partial(create_app, settings, environ), factory=True, http=RelayProtocol, **(options | overrides))
 
     def load(self) -> None:
+        """Runs in the process that serves (each worker): builds the app, what ``RelayProtocol`` needs, and sets up the collector."""
         super().load()
+        limit = connection_limit(self.settings, raise_open_files_limit(self.settings))
+        over_capacity = with_cors(OverCapacity(limit, self.settings.stream_busy_retry_ms), self.settings.cors_origins)
+        self.guard = ConnectionGuard(self.settings, limit, over_capacity)
+        logger.info("taking up to %d connections (RELAY_MAX_CONNECTIONS)", limit)
         # What start-up built (modules, routes, the app) lives as long as the process: frozen,
         # it is out of every full collection's walk. The thresholds stay CPython's: requests
         # leave no cycles (tests/streaming/test_garbage.py), so collections are rare and short,
@@ -42,35 +81,25 @@ class RelayConfig(uvicorn.Config):
         gc.freeze()
 
 
-def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
-    return RelayConfig(
-        app,  # type: ignore[arg-type]
-        host=settings.host,
-        port=settings.port,
-        log_config=log_config(settings),
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        # None leaves uvicorn's own default: FORWARDED_ALLOW_IPS, else 127.0.0.1 and ::1.
-        forwarded_allow_ips=None if settings.forwarded_allow_ips is None else list(settings.forwarded_allow_ips),
-        # Streams are ended by the shutdown drain (app/shutdown.py); this bounds the wait for them.
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
-        timeout_keep_alive=5,
-        backlog=4096,
-    )
-
-
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT; with ``workers > 1`` in as many processes, on one socket."""
     if settings.workers == 1:
         # After a clean shutdown uvicorn re-raises the signal it caught; for SIGINT that is a
         # KeyboardInterrupt, which would print a traceback (uvicorn.run suppresses it too).
         with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()
+            uvicorn.Server(RelayConfig(settings)).run()
         return
     if settings.stream_secret is None:  # every worker must accept the stream URLs any of them signed
         settings = msgspec.structs.replace(settings, stream_secret=secrets.token_urlsafe(32))
-    os.environ[SETTINGS_ENV] = settings_to_json(settings)
-    config = uvicorn_config(settings, "app.main:create_app_from_environment")
-    config.factory = True
-    config.workers = settings.workers
+    config = RelayConfig(settings, withdraw_environment(settings), workers=settings.workers)
     Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+def withdraw_environment(settings: Settings, environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Remove the settings' variables, and the upstream keys they name, from what worker processes
+    inherit; return those keys, for the workers' Config."""
+    names = {config.api_key_env for config in settings.upstream_list() if config.api_key_env is not None}
+    keys = {name: environ[name] for name in names if name in environ}
+    for name in [name for name in environ if name.startswith(ENV_PREFIX)] + list(keys):
+        environ.pop(name, None)
+    return keys

@@ -87,6 +87,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: Positive = 1_048_576
     max_tokens_limit: Positive = 32_768
     max_concurrent_requests: Positive = 10_000
+    # Open connections per process (past it they are answered 503, or retry: for EventSource, and
+    # closed); unset, as many as the open-files limit leaves room for (app/runtime.py).
+    max_connections: Positive | None = None
+    # Seconds a connection has to send a request's head (from the accept, or on a kept-alive
+    # connection from the next request's first byte), and then its whole body.
+    request_head_timeout: Seconds = 5.0
+    request_body_timeout: Seconds = 30.0
 
     # Timeouts per phase, in seconds; total_timeout is off unless set.
     connect_timeout: Seconds = 10.0
@@ -277,11 +284,3 @@ def _describe(message: str) -> str:
     if field in _FIELDS:
         return f"invalid setting {field} ({env_name(field)}): {what}"
     return f"invalid settings: {message}"
-
-
-def settings_to_json(settings: Settings) -> str:
-    return msgspec.json.encode(settings).decode()
-
-
-def settings_from_json(data: str) -> Settings:
-    return msgspec.json.decode(data, type=Settings)

@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from app.main import create_app
+from app.server import RelayConfig
 from app.settings import Settings, load_settings
 from app.streaming.upstreams.mock import MockModel
 from tests.asgi_servers import OTHER_SERVERS
@@ -34,12 +35,17 @@ def bound_socket() -> socket.socket:
     return sock
 
 
-@contextlib.contextmanager
-def serve_in_thread(app: Any, **config: Any) -> Iterator[str]:
+def serve_in_thread(app: Any, **config: Any) -> contextlib.AbstractContextManager[str]:
     """Run ``app`` under uvicorn in a thread; yield its base URL ``http://127.0.0.1:PORT``."""
+    return serve_config(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, **config))
+
+
+@contextlib.contextmanager
+def serve_config(config: uvicorn.Config) -> Iterator[str]:
+    """Run uvicorn with ``config`` in a thread; yield its base URL ``http://127.0.0.1:PORT``."""
     sock = bound_socket()
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, **config))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -71,7 +77,14 @@ def relay_settings(upstream: str | None, *, environ: dict[str, str] | None = Non
 
 @contextlib.contextmanager
 def relay_server(upstream: str | None, *, server: str = "uvicorn", environ: dict[str, str] | None = None, **overrides: Any) -> Iterator[str]:
-    """The relay under ``server``, relaying to ``upstream``; yields its base URL (``environ`` is what the settings are checked against)."""
-    app = create_app(relay_settings(upstream, environ=environ, **overrides))
-    with (serve_in_thread(app) if server == "uvicorn" else OTHER_SERVERS[server](app)) as url:
+    """The relay under ``server``, relaying to ``upstream``; yields its base URL (``environ`` is what the settings are checked against).
+
+    Under uvicorn it is served as the runner serves it (``RelayConfig``), with the test process's own logging (pytest's capture).
+    """
+    settings = relay_settings(upstream, environ=environ, **overrides)
+    if server == "uvicorn":
+        served = serve_config(RelayConfig(settings, log_config=None, timeout_graceful_shutdown=2))
+    else:
+        served = OTHER_SERVERS[server](create_app(settings))
+    with served as url:
         yield url

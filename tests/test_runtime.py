@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from app.errors import RequestError
-from app.runtime import Runtime
+from app.runtime import Runtime, connection_limit
 from app.streaming.generation import Timeouts, Upstream
 from app.streaming.respond import LiveRequests
 from app.streaming.upstreams.http1 import Client
@@ -43,3 +43,16 @@ async def test_a_draining_relay_refuses_new_requests_with_503() -> None:
         runtime.admit([("$.max_tokens", 10)])
     assert (refused.value.status, refused.value.code, refused.value.headers) == (503, "shutting_down", {"Retry-After": "1"})
     await client.aclose()
+
+
+@pytest.mark.parametrize(("overrides", "open_files", "limit"), [
+    ({"max_connections": 50}, 20_000, 50),
+    # By default: what is left after an upstream socket per request in flight and 256 spare files.
+    ({"max_concurrent_requests": 5_000}, 20_000, 20_000 - 5_000 - 256),
+    ({"max_concurrent_requests": 100}, 1_024, 1_024 - 100 - 256),
+    # A limit too low for max_concurrent_requests: half of what the spare files leave, one for each end of a stream.
+    ({}, 20_000, (20_000 - 256) // 2),
+    ({"max_concurrent_requests": 1_000}, 1_024, 384),
+])
+def test_the_connection_cap_fits_the_open_files_limit(overrides: dict[str, int], open_files: int, limit: int) -> None:
+    assert connection_limit(relay_settings(None, **overrides), open_files) == limit

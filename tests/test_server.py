@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import re
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,10 +20,10 @@ import httpx
 import pytest
 
 from app.main import create_app
-from app.server import uvicorn_config
+from app.server import RelayConfig
 from app.streaming.upstreams.mock import MockModel, mock_text
 from tests.rawhttp import Response, open_request, read_until
-from tests.servers import bound_socket, mock_server, relay_server, relay_settings
+from tests.servers import bound_socket, mock_server, relay_settings, serve_in_thread
 from tests.sse import read_events
 from tests.streams import decodes_to, misspelled_token_queries
 
@@ -230,7 +232,7 @@ def test_the_app_leaves_the_collector_to_the_runner(mock: tuple[MockModel, str])
     """Process-wide settings are the runner's: create_app and its lifespan change none of them."""
     gc.unfreeze()
     threshold = gc.get_threshold()
-    with relay_server(mock[1]):
+    with serve_in_thread(create_app(relay_settings(mock[1]))):  # the app alone, under plain uvicorn
         pass
     assert (gc.get_threshold(), gc.get_freeze_count()) == (threshold, 0)
 
@@ -239,7 +241,126 @@ def test_the_app_leaves_the_collector_to_the_runner(mock: tuple[MockModel, str])
 def test_the_runner_freezes_what_start_up_built_and_keeps_the_default_thresholds() -> None:
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)
-    config = uvicorn_config(relay_settings(None), create_app(relay_settings(None)))
+    config = RelayConfig(relay_settings(None), log_config=None)
     config.load()
     assert gc.get_freeze_count() > 0
     assert gc.get_threshold() == (700, 10, 10)
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/status") as status:
+                if f"\nPPid:\t{pid}\n" in status.read():
+                    children.append(int(entry))
+    return children
+
+
+def _wait_for_workers(pid: int, count: int) -> list[int]:
+    deadline = time.monotonic() + 20
+    while len(workers := [child for child in _children(pid) if b"spawn_main" in _proc_bytes(child, "cmdline")]) < count:
+        assert time.monotonic() < deadline, f"{len(workers)} of {count} workers started"
+        time.sleep(0.05)
+    return workers
+
+
+def _proc_bytes(pid: int, name: str) -> bytes:
+    with open(f"/proc/{pid}/{name}", "rb") as file:
+        return file.read()
+
+
+def _process_holding(relay_port: int, client_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the relay's end of the connection from ``client_port`` (by its socket's inode)."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    inodes = [row[9] for row in rows if int(row[1].split(":")[1], 16) == relay_port and int(row[2].split(":")[1], 16) == client_port]
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in {f"socket:[{inode}]" for inode in inodes}:
+                    return pid
+    return None
+
+
+def _exchange(sock: socket.socket, request: bytes) -> Response:
+    response = Response()
+    sock.sendall(request)
+    while not response.complete:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        response.parser.feed_data(chunk)
+    return response
+
+
+async def test_workers_get_their_settings_and_secrets_through_a_pipe_not_the_environment(serve, client: httpx.AsyncClient) -> None:  # type: ignore[no-untyped-def]
+    key, secret, upstream_key = "client-key-" + "k" * 24, "stream-secret-" + "z" * 32, "upstream-key-" + "u" * 24
+    with mock_server(ttft=0.0, interval=0.0, tokens=2, api_key=upstream_key) as (_, upstream):
+        upstreams = json.dumps([{"name": "keyed", "base_url": upstream, "api_key_env": "TOKEN_RELAY_TEST_UPSTREAM_KEY"}])
+        process, url = serve("--workers", "2", RELAY_API_KEYS=key, RELAY_STREAM_SECRET=secret, RELAY_UPSTREAMS=upstreams,
+                             TOKEN_RELAY_TEST_UPSTREAM_KEY=upstream_key)
+        await _check_workers(process, url, client, key, {"key": key, "secret": secret, "upstream key": upstream_key})
+
+
+async def _check_workers(process: subprocess.Popen[bytes], url: str, client: httpx.AsyncClient, key: str, hidden: dict[str, str]) -> None:
+    workers = await anyio.to_thread.run_sync(_wait_for_workers, process.pid, 2)
+    assert key.encode() in _proc_bytes(process.pid, "environ")  # the test put it there: the parent's own environment
+    for pid in _children(process.pid):  # the workers, and multiprocessing's resource tracker
+        exposed = _proc_bytes(pid, "environ") + _proc_bytes(pid, "cmdline")
+        # Named, not shown: a failure must not print the environment.
+        assert [name for name, value in (*hidden.items(), ("settings", "TOKEN_RELAY_SETTINGS_JSON")) if value.encode() in exposed] == []
+
+    created = await client.post(url + "/v1/streams", json={"prompt": "hi", "model": "mock", "max_tokens": 2}, headers={"authorization": f"Bearer {key}"})
+    assert created.status_code == 201, created.text
+    events_path = created.json()["events_url"].removeprefix(url)
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"prompt": "hi", "model": "mock", "max_tokens": 2}).encode()
+
+    def post(with_key: str) -> bytes:
+        return (f"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {with_key}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    def visit_both_workers() -> dict[int, tuple[int, int, int]]:
+        seen: dict[int, tuple[int, int, int]] = {}
+        deadline = time.monotonic() + 15
+        while len(seen) < 2 and time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                statuses = (
+                    _exchange(sock, post(key)).status,
+                    _exchange(sock, post("wrong-" + key)).status,
+                    _exchange(sock, f"GET {events_path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()).status,
+                )
+                pid = _process_holding(port, sock.getsockname()[1], workers)
+                assert pid is not None
+                seen[pid] = statuses
+        return seen
+
+    seen = await anyio.to_thread.run_sync(visit_both_workers)
+    assert set(seen) == set(workers)
+    for good_key, wrong_key, stream_token in seen.values():
+        assert (good_key, wrong_key) == (200, 401)
+        assert stream_token in (200, 204)  # the stream lives in one worker; its token is valid in both
+
+
+async def test_every_worker_cuts_off_a_connection_whose_request_head_does_not_come(serve) -> None:  # type: ignore[no-untyped-def]
+    process, url = serve("--workers", "2", RELAY_REQUEST_HEAD_TIMEOUT="1")
+    workers = await anyio.to_thread.run_sync(_wait_for_workers, process.pid, 2)
+    port = int(url.rsplit(":", 1)[1])
+
+    def cut_off_in_both() -> dict[int, bytes]:
+        answers: dict[int, bytes] = {}
+        deadline = time.monotonic() + 20
+        while len(answers) < 2 and time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                while (pid := _process_holding(port, sock.getsockname()[1], workers)) is None:  # until a worker has accepted it
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+                answers[pid] = received
+        return answers
+
+    answers = await anyio.to_thread.run_sync(cut_off_in_both)
+    assert set(answers) == set(workers)
+    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers.values())

@@ -1,0 +1,169 @@
+"""How the relay's server takes connections: a deadline for each request's head and body, and a cap per process.
+
+uvicorn closes a connection that idles between requests (``timeout_keep_alive``), but not one
+that is slow to send a request: a client that never finishes its head keeps its socket for
+ever, and enough of them use up the process's file descriptors. ``RelayProtocol`` is uvicorn's
+httptools protocol with one timer per connection, armed only while the client owes part of a
+request:
+
+- its head, for ``request_head_timeout`` from the accept (or, on a kept-alive connection, from
+  the first byte of the next request); past it the connection is closed, after a 408 if part of
+  a head came;
+- its body, for ``request_body_timeout`` in all from the end of the head (a total, so that a
+  body trickled byte by byte is cut off too); past it the connection is closed, and the route
+  that reads the body sees the client gone.
+
+While the app has the whole request (a stream may last minutes), nothing is armed. A request
+that arrives whole in one read, the usual case, arms nothing either: the callbacks only count
+the changes of phase, and the timer is reconsidered after a read in which they moved. While
+uvicorn itself has stopped reading (flow control, a pipelined request waiting its turn), an
+expired deadline starts again: that wait is not the client's.
+
+Past ``max_connections`` open connections, a new one never reaches the relay: its request is
+answered at once, 503 ``too_many_connections``, or, for an EventSource reader, 200 with only a
+``retry:`` hint (a browser's EventSource gives up for good on anything but a 200), and it is
+closed. Past the cap and ``ANSWERED_PAST_THE_CAP`` more, a connection is closed unread, so that
+whatever the flood the process keeps the file descriptors it answers with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any, Protocol, cast
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from app.errors import RequestError
+from app.routes.http import SSE_HEADERS, send_error
+from app.schemas import ErrorBody, ErrorEnvelope, encoder
+from app.settings import Settings
+from app.types import ASGIApp, Receive, Scope, Send
+
+logger = logging.getLogger("token_relay")
+
+# Connections past the cap that are still read and answered; they take their files from the
+# spare ones of app/runtime.py.
+ANSWERED_PAST_THE_CAP = 128
+
+# What the client owes on a connection: a request head, the rest of a body, or nothing.
+_HEAD, _BODY, _NOTHING = 0, 1, 2
+
+_EVENTS = re.compile(r"^/v1/streams/[^/]+/events$")
+_CLOSE = (b"connection", b"close")
+
+
+class OverCapacity:
+    """The app of a connection past the cap: a ``retry:`` hint for an EventSource reader, 503 for the rest."""
+
+    def __init__(self, max_connections: int, busy_retry_ms: int) -> None:
+        self.busy = b"retry: %d\n: busy\n\n" % busy_retry_ms
+        self.refusal = RequestError(
+            503, "too_many_connections", f"the relay is at its limit of {max_connections} connections; retry shortly",
+            headers={"Retry-After": "1", "Connection": "close"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "GET" and _EVENTS.match(scope["path"]):
+            await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, _CLOSE]})
+            await send({"type": "http.response.body", "body": self.busy})
+            return
+        await send_error(send, self.refusal)
+
+
+class ConnectionGuard:
+    """One process's limits on its connections, and the app that answers those past the cap (``over_capacity``)."""
+
+    def __init__(self, settings: Settings, max_connections: int, over_capacity: ASGIApp) -> None:
+        self.head_timeout = settings.request_head_timeout
+        self.body_timeout = settings.request_body_timeout
+        self.max_connections = max_connections
+        self.over_capacity = over_capacity
+        body = encoder.encode(ErrorEnvelope(ErrorBody(
+            message=f"the request head did not arrive within {self.head_timeout:g} s", type="invalid_request_error", code="request_timeout",
+        )))
+        # The 408's headers after uvicorn's own (date, server), and its body.
+        self.timed_out = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
+
+
+class _Guarded(Protocol):
+    guard: ConnectionGuard
+
+
+class RelayProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with deadlines for a request's head and body and the cap on connections.
+
+    Its Config must have a ``guard`` (app/server.py's ``RelayConfig`` has).
+    """
+
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.guard = cast(_Guarded, config).guard
+        self._owes = _HEAD
+        self._moves = 0  # changes of _owes so far
+        self._timed = 0  # the value of _moves that the deadline was armed for
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        past = len(self.connections) - self.guard.max_connections
+        if past > ANSWERED_PAST_THE_CAP:
+            transport.close()
+            return
+        if past > 0:
+            if past == 1:
+                logger.warning("at the limit of %d connections (RELAY_MAX_CONNECTIONS): new ones are refused", self.guard.max_connections)
+            self.app = self.guard.over_capacity
+        self._deadline = self.loop.call_later(self.guard.head_timeout, self._expire)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._moves != self._timed:
+            self._retime()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._owes == _NOTHING:
+            self._owes = _HEAD
+            self._moves += 1
+
+    def on_headers_complete(self) -> None:
+        self._owes = _BODY
+        self._moves += 1
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._owes = _NOTHING
+        self._moves += 1
+        super().on_message_complete()
+
+    def _retime(self) -> None:
+        self._timed = self._moves
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._owes != _NOTHING:
+            self._deadline = self.loop.call_later(self.guard.head_timeout if self._owes == _HEAD else self.guard.body_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:  # closed, or upgraded
+            return
+        if self.flow.read_paused:
+            self._retime()
+            return
+        # A 408 only where it cannot be mistaken for part of another answer: for a head begun
+        # (``scope`` is set by its first byte) after the previous response ended.
+        if self._owes == _HEAD and self.scope is not None and (self.cycle is None or self.cycle.response_complete):
+            head = [STATUS_LINE[408], *(b"%b: %b\r\n" % header for header in self.server_state.default_headers)]
+            self.transport.write(b"".join(head) + self.guard.timed_out)
+        self.transport.close()
