@@ -4,8 +4,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+import redis
+from redis.asyncio import ConnectionPool, Redis
 
 from app.streaming.upstreams.mock import MockModel
+from tests.redis_server import RedisServer, running_redis
 from tests.servers import mock_server, relay_server
 
 
@@ -38,3 +41,36 @@ def relay_url(mock: tuple[MockModel, str], asgi_server: str) -> Iterator[str]:
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real ``redis-server`` for the session, on a free loopback port; ``kill()``/``restart()`` it for faults.
+
+    After the session, no key may be left in it.
+    """
+    with running_redis() as server:
+        yield server
+        with redis.Redis.from_url(server.url) as client:
+            left = client.dbsize()
+        assert left == 0, f"the tests left {left} keys in Redis"
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis_pool(redis_url: str) -> AsyncIterator[ConnectionPool]:
+    """A pool on the session's Redis. Afterwards every key left must be on its way out (a time to live), then all go."""
+    pool = ConnectionPool.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        yield pool
+        async with Redis(connection_pool=pool) as redis:
+            immortal = [key async for key in redis.scan_iter() if await redis.pttl(key) == -1]
+            await redis.flushdb()
+            assert await redis.dbsize() == 0
+        assert not immortal, f"keys without a time to live: {immortal}"
+    finally:
+        await pool.aclose()

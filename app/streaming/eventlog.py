@@ -32,6 +32,22 @@ class InvalidEventId(ValueError):
     """An id this log never issued (not of its form, or past the stream's last event): a reader cannot resume from it."""
 
 
+class LogUnavailable(Exception):
+    """The log's store (Redis) could not be reached or failed: the operation may or may not have taken effect."""
+
+
+class AppendRefused(Exception):
+    """The log refused an append: the stream has its terminal event, is gone, or the caller does not own it.
+
+    ``reason`` is ``"ended"``, ``"unknown"`` or ``"not_owner"``. Nothing was appended.
+    """
+
+    def __init__(self, stream_id: str, reason: str) -> None:
+        super().__init__(f"append to stream {stream_id!r} refused: {reason}")
+        self.stream_id = stream_id
+        self.reason = reason
+
+
 class EventLog(Protocol):
     budget: int  # the bytes it may hold, all streams together
 
