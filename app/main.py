@@ -27,7 +27,6 @@ from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
 from app.runtime import Runtime, build_upstreams
 from app.settings import WILDCARD_ADDRESSES, Settings
-from app.shutdown import on_shutdown_signal
 from app.streaming.log_memory import MemoryEventLog
 from app.streaming.respond import LiveRequests
 from app.streaming.resumable import ResumableStreams, StreamLimits
@@ -60,7 +59,6 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             for upstream in upstreams.values():
                 logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
                             upstream.origin.base_path, upstream.protocol)
-            stack.enter_context(on_shutdown_signal(live.shut_down))
             runtime = Runtime(settings, upstreams, models, live, client)
             log = MemoryEventLog(settings.stream_log_budget_bytes)
             stack.push_async_callback(log.aclose)
@@ -70,7 +68,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             streams = ResumableStreams(log, StreamLimits(settings.stream_grace, settings.stream_retention, settings.stream_log_max_bytes), live, detached)
             secret = settings.stream_secret.encode() if settings.stream_secret else secrets.token_bytes(32)
             capabilities = Capabilities(secret, settings.stream_token_ttl)
-            yield {"runtime": runtime, "streams": streams, "capabilities": capabilities}
+            # ``shut_down`` is the runner's: it ends every stream when the server shuts down (app/connections.py).
+            yield {"runtime": runtime, "streams": streams, "capabilities": capabilities, "shut_down": live.shut_down}
 
     routes = [
         ASGIRoute("/v1/chat/completions", chat_completions, "POST"),
