@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from app.loadtest import cli as loadtest_cli
-from app.settings import SettingsError, load_settings
+from app.settings import PROTOCOLS, SettingsError, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (RELAY_PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (RELAY_WORKERS, else WEB_CONCURRENCY, default 1)")
     serve.add_argument("--upstream", help="base URL of an OpenAI-compatible model server, ending in /v1 (RELAY_UPSTREAM)")
-    serve.add_argument("--protocol", choices=["openai", "tgi", "ollama", "anthropic"], help="the upstream's protocol (RELAY_PROTOCOL, default openai)")
+    serve.add_argument("--protocol", choices=PROTOCOLS, help="the upstream's protocol (RELAY_PROTOCOL, default openai)")
     serve.add_argument("--config", help="a TOML file of settings (RELAY_CONFIG)")
 
     mock = commands.add_parser("mock", help="run the mock model server alone")

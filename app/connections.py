@@ -24,6 +24,16 @@ answered at once, 503 ``too_many_connections``, or, for an EventSource reader, 2
 ``retry:`` hint (a browser's EventSource gives up for good on anything but a 200), and it is
 closed. Past the cap and ``ANSWERED_PAST_THE_CAP`` more, a connection is closed unread, so that
 whatever the flood the process keeps the file descriptors it answers with.
+
+On a graceful shutdown (uvicorn's, on SIGTERM or SIGINT, in one process or in each of
+``--workers``), uvicorn stops accepting, calls ``shutdown()`` on every open connection, and
+waits up to its graceful-shutdown timeout (``drain_timeout``) for responses to finish: a stream
+would only be cut when that time ran out. The first ``shutdown()`` therefore calls the app's
+``shut_down`` hook (in its lifespan state), which ends every generation in flight with a
+``shutting_down`` error: each upstream is closed, each writer sends its terminal event, and a
+generation that starts later (a request still being read) is refused with 503. Signals stay
+uvicorn's: the app installs no handler. A resumable stream nobody is reading has no connection;
+the lifespan's end cancels it, and its log gets the same ``shutting_down`` terminal event.
 """
 
 from __future__ import annotations
@@ -145,6 +155,13 @@ class RelayProtocol(HttpToolsProtocol):
         self._owes = _NOTHING
         self._moves += 1
         super().on_message_complete()
+
+    def shutdown(self) -> None:
+        # uvicorn's graceful shutdown (on SIGTERM or SIGINT, in each worker) starts here, on every open connection.
+        drain = self.app_state.get("shut_down")
+        if drain is not None:
+            drain()
+        super().shutdown()
 
     def _retime(self) -> None:
         self._timed = self._moves

@@ -12,13 +12,8 @@ from typing import Any
 
 import anyio
 import uvicorn
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from app.capability import Capabilities
@@ -27,59 +22,19 @@ from app.middleware import ApiKeyAuth
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
 from app.routes.ops import healthz, readyz
+from app.routes.router import ASGIRoute, Files, RelayRouter
 from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
 from app.runtime import Runtime, build_upstreams
 from app.settings import WILDCARD_ADDRESSES, Settings
-from app.shutdown import on_shutdown_signal
 from app.streaming.log_memory import MemoryEventLog
 from app.streaming.respond import LiveRequests
 from app.streaming.resumable import ResumableStreams, StreamLimits
 from app.streaming.upstreams import mock
 from app.streaming.upstreams.http1 import Client
-from app.types import ASGIApp, Receive, Scope, Send
+from app.types import ASGIApp
 
 logger = logging.getLogger("token_relay")
-
-
-
-class _Endpoint:
-    """Marks a plain ASGI function as an ASGI app for Starlette's ``Route``."""
-
-    def __init__(self, handler: ASGIApp) -> None:
-        self.handler = handler
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.handler(scope, receive, send)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    body = {"error": {"message": exc.detail, "type": "invalid_request_error", "code": code, "param": None}}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-
-class RelayApp:
-    """The ASGI app: Starlette for everything, with the two streaming routes dispatched first.
-
-    A stream calls ``send()`` once per event; dispatched here, those calls go straight to
-    uvicorn instead of through Starlette's two error-handling wrappers (a measurable share
-    of the relay's CPU per event, bench/RESULTS.md). Starlette still answers the same paths
-    for other methods (405), and runs the lifespan.
-    """
-
-    def __init__(self, starlette: Starlette, direct: dict[str, ASGIApp]) -> None:
-        self.starlette = starlette
-        self.direct = direct
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self.direct.get(scope["path"])
-            if handler is not None:
-                await handler(scope, receive, send)
-                return
-        await self.starlette(scope, receive, send)
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
@@ -87,7 +42,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     live = LiveRequests()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: object) -> AsyncIterator[dict[str, Any]]:
         async with contextlib.AsyncExitStack() as stack:
             models, mock_url = settings.models, None
             if settings.upstream is None and not settings.upstreams:
@@ -104,7 +59,6 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             for upstream in upstreams.values():
                 logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
                             upstream.origin.base_path, upstream.protocol)
-            stack.enter_context(on_shutdown_signal(live.shut_down))
             runtime = Runtime(settings, upstreams, models, live, client)
             log = MemoryEventLog(settings.stream_log_budget_bytes)
             stack.push_async_callback(log.aclose)
@@ -114,35 +68,26 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             streams = ResumableStreams(log, StreamLimits(settings.stream_grace, settings.stream_retention, settings.stream_log_max_bytes), live, detached)
             secret = settings.stream_secret.encode() if settings.stream_secret else secrets.token_bytes(32)
             capabilities = Capabilities(secret, settings.stream_token_ttl)
-            yield {"runtime": runtime, "streams": streams, "capabilities": capabilities}
+            # ``shut_down`` is the runner's: it ends every stream when the server shuts down (app/connections.py).
+            yield {"runtime": runtime, "streams": streams, "capabilities": capabilities, "shut_down": live.shut_down}
 
     routes = [
-        Route("/v1/chat/completions", _Endpoint(chat_completions), methods=["POST"]),
-        Route("/v1/generate", _Endpoint(generate), methods=["POST"]),
-        Route("/v1/streams", _Endpoint(create_stream), methods=["POST"]),
-        Route("/v1/streams/{stream_id}/events", _Endpoint(stream_events), methods=["GET"]),
-        Route("/v1/streams/{stream_id}", _Endpoint(cancel_stream), methods=["DELETE"]),
-        Route("/", _Endpoint(chat_page), methods=["GET"]),
-        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
-        Route("/healthz", _Endpoint(healthz), methods=["GET"]),
-        Route("/readyz", _Endpoint(readyz), methods=["GET"]),
+        ASGIRoute("/v1/chat/completions", chat_completions, "POST"),
+        ASGIRoute("/v1/generate", generate, "POST"),
+        ASGIRoute("/v1/streams", create_stream, "POST"),
+        ASGIRoute("/v1/streams/{stream_id}/events", stream_events, "GET"),
+        ASGIRoute("/v1/streams/{stream_id}", cancel_stream, "DELETE"),
+        ASGIRoute("/", chat_page, "GET"),
+        Mount("/static", Files(StaticFiles(directory=STATIC_DIR)), name="static"),
+        ASGIRoute("/healthz", healthz, "GET"),
+        ASGIRoute("/readyz", readyz, "GET"),
     ]
-    starlette = Starlette(
-        routes=routes,
-        middleware=[Middleware(ApiKeyAuth, keys=settings.api_keys)],
-        exception_handlers={HTTPException: _http_error},
-        lifespan=lifespan,
-    )
-    direct: dict[str, ASGIApp] = {
-        "/v1/chat/completions": ApiKeyAuth(chat_completions, settings.api_keys),
-        "/v1/generate": ApiKeyAuth(generate, settings.api_keys),
-    }
-    app = with_cors(RelayApp(starlette, direct), settings.cors_origins)
+    # One stack, outermost first: hosts, CORS, keys, the router. Every route is behind all of it, and none
+    # of it wraps ``send`` (but CORS, for a cross-origin request): each event of a stream is one call into the server.
+    app: ASGIApp = ApiKeyAuth(RelayRouter(routes, lifespan), settings.api_keys)
+    app = with_cors(app, settings.cors_origins)
     hosts = settings.trusted_hosts()
-    if "*" in hosts:
-        return app
-    # Outermost, so that no route (not even those RelayApp dispatches itself) answers a Host it was not configured for.
-    return AllowedHosts(app, hosts)
+    return app if "*" in hosts else AllowedHosts(app, hosts)
 
 
 def with_cors(app: ASGIApp, origins: tuple[str, ...]) -> ASGIApp:

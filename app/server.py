@@ -1,4 +1,9 @@
-"""Running the service under uvicorn, in one process or several sharing one socket."""
+"""Running the service under uvicorn, in one process or several sharing one socket.
+
+What is process-wide is the runner's, never ``create_app``'s: the open-files limit, the
+collector, and the signals (uvicorn's own handlers; the graceful shutdown they start ends every
+stream through ``RelayProtocol``, app/connections.py).
+"""
 
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ class RelayConfig(uvicorn.Config):
     by ``api_key_env``, for the same reason; ``None`` reads them from this process's environment.
 
     Connections are served by ``RelayProtocol`` (app/connections.py): deadlines for a request's
-    head and body, and the cap on connections.
+    head and body, the cap on connections, and the drain of every stream at shutdown.
     """
 
     def __init__(self, settings: Settings, environ: dict[str, str] | None = None, **overrides: Any) -> None:
@@ -59,7 +64,7 @@ class RelayConfig(uvicorn.Config):
             "access_log": settings.access_log,
             # None leaves uvicorn's own default: FORWARDED_ALLOW_IPS, else 127.0.0.1 and ::1.
             "forwarded_allow_ips": None if settings.forwarded_allow_ips is None else list(settings.forwarded_allow_ips),
-            # Streams are ended by the shutdown drain (app/shutdown.py); this bounds the wait for them.
+            # Streams are ended by the shutdown drain (app/connections.py); this bounds the wait for them.
             "timeout_graceful_shutdown": max(1, round(settings.drain_timeout)),
             "timeout_keep_alive": 5,
             "backlog": 4096,

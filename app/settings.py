@@ -23,7 +23,9 @@ DEFAULT_UPSTREAM = "default"
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+# The upstream protocols, named here only: the CLI's choices and the adapters (which mypy holds to every name) follow.
 Protocol = Literal["openai", "tgi", "ollama", "anthropic"]
+PROTOCOLS: tuple[Protocol, ...] = typing.get_args(Protocol)
 _URL = re.compile(r"^https?://[^/\s]+")
 _PUBLIC_URL = re.compile(r"^https?://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?(?:/[^\s?#]*)?$", re.IGNORECASE)
 _HOST_PATTERN = re.compile(r"^(?:\*|(?:\*\.)?[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])$", re.IGNORECASE)

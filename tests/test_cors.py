@@ -29,7 +29,7 @@ async def test_a_configured_origin_may_post_read_and_cancel_with_credentials(moc
         assert "x-request-id" in created.headers["access-control-expose-headers"]
         events = await client.get(created.json()["events_url"], headers={"origin": PAGE})
         assert events.headers["access-control-allow-origin"] == PAGE
-        # The streaming routes, dispatched ahead of the rest, answer with the same headers.
+        # The streaming routes answer with the same headers.
         response, _ = await post_stream(client, relay_url + "/v1/generate", {"prompt": "x", "max_tokens": 2, "stream": True}, headers={"origin": PAGE})
         assert response.headers["access-control-allow-origin"] == PAGE
 

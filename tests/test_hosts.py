@@ -10,7 +10,7 @@ from app.streaming.upstreams.mock import MockModel
 from tests.servers import relay_server
 from tests.streams import create
 
-# Every route, the two streaming POST routes (dispatched ahead of Starlette) among them.
+# Every route, streaming or not.
 ROUTES = [
     ("POST", "/v1/chat/completions", {"model": "mock", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "stream": True}),
     ("POST", "/v1/chat/completions", {"model": "mock", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}),

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 import anyio
 import httpx
 import pytest
+import uvicorn
+from uvicorn.lifespan.on import LifespanOn
 
 from app.main import create_app
 from app.server import RelayConfig
@@ -92,10 +94,13 @@ async def test_serve_with_several_workers(serve, client: httpx.AsyncClient) -> N
         assert response.json()["output"] == "".join(mock_text("hi", 2))
 
 
-async def test_sigterm_ends_every_stream_with_shutting_down_and_closes_the_upstreams(serve) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_ends_every_stream_with_shutting_down_and_closes_the_upstreams(serve, workers: int) -> None:  # type: ignore[no-untyped-def]
     with mock_server(ttft=0.0, interval=0.05, tokens=10_000) as (model, upstream):
-        process, url = serve("--upstream", upstream, RELAY_DRAIN_TIMEOUT="5", RELAY_MAX_TOKENS_LIMIT="10000")
-        async with httpx.AsyncClient(timeout=10) as client, anyio.create_task_group() as tg:
+        process, url = serve("--upstream", upstream, "--workers", str(workers), RELAY_DRAIN_TIMEOUT="5", RELAY_MAX_TOKENS_LIMIT="10000")
+        # A resumable stream's POST and GET on one connection, so on one worker (each has its own event log).
+        async with httpx.AsyncClient(timeout=10) as client, httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=1)) as one, \
+                anyio.create_task_group() as tg:
             results: dict[str, list] = {}  # type: ignore[type-arg]
 
             async def read(name: str, path: str, body: dict) -> None:  # type: ignore[type-arg]
@@ -103,9 +108,9 @@ async def test_sigterm_ends_every_stream_with_shutting_down_and_closes_the_upstr
                     results[name] = await read_events(response)
 
             async def read_resumable() -> None:
-                created = await client.post(url + "/v1/streams", json={"prompt": "x", "model": "m", "max_tokens": 10_000},
-                                            headers={"x-request-id": "resumable"})
-                async with client.stream("GET", created.json()["events_url"]) as response:
+                created = await one.post(url + "/v1/streams", json={"prompt": "x", "model": "m", "max_tokens": 10_000},
+                                         headers={"x-request-id": "resumable"})
+                async with one.stream("GET", created.json()["events_url"]) as response:
                     results["resumable"] = await read_events(response)
 
             tg.start_soon(read, "native", "/v1/generate", {"prompt": "x", "model": "m", "stream": True, "max_tokens": 10_000})
@@ -124,9 +129,10 @@ async def test_sigterm_ends_every_stream_with_shutting_down_and_closes_the_upstr
         assert [e.event for e in native].count("error") == 1
         resumable = results["resumable"]
         assert resumable[-1].event == "error" and json.loads(resumable[-1].data)["code"] == "shutting_down"
-        # uvicorn finishes cleanly, then re-raises the SIGTERM it caught, so the exit status is the conventional one.
-        assert process.returncode == -signal.SIGTERM
-        assert process.stdout is not None and b"Finished server process" in process.stdout.read()
+        # uvicorn finishes cleanly, then re-raises the SIGTERM it caught, so the exit status is the conventional one;
+        # with workers, each does, and their parent, having stopped them, exits 0.
+        assert process.returncode == (-signal.SIGTERM if workers == 1 else 0)
+        assert process.stdout is not None and process.stdout.read().count(b"Finished server process") == workers
         assert elapsed < 5
         for name in ("native", "openai", "resumable"):
             assert model.wait_for_disconnect(name, 5)["tokens_sent"] < 10_000
@@ -235,6 +241,23 @@ def test_the_app_leaves_the_collector_to_the_runner(mock: tuple[MockModel, str])
     with serve_in_thread(create_app(relay_settings(mock[1]))):  # the app alone, under plain uvicorn
         pass
     assert (gc.get_threshold(), gc.get_freeze_count()) == (threshold, 0)
+
+
+async def test_the_app_leaves_the_signal_handlers_to_the_runner(mock: tuple[MockModel, str]) -> None:
+    """create_app's lifespan, run in the main thread, installs no signal handler: ending streams on SIGTERM is the runner's."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    config = uvicorn.Config(create_app(relay_settings(mock[1])), log_config=None)
+    config.load()
+    lifespan = LifespanOn(config)
+    with anyio.fail_after(10):
+        await lifespan.startup()
+        try:
+            assert not lifespan.should_exit
+            assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+            assert callable(lifespan.state["shut_down"])  # the hook the runner calls instead
+        finally:
+            await lifespan.shutdown()
+    assert not lifespan.should_exit and {sig: signal.getsignal(sig) for sig in handlers} == handlers
 
 
 @pytest.mark.usefixtures("collector")

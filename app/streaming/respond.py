@@ -63,7 +63,9 @@ class LiveRequests:
             self._generations.discard(generation)
 
     def shut_down(self) -> None:
-        """End every generation, and any that starts from now on, with a ``shutting_down`` error."""
+        """End every generation, and any that starts from now on, with a ``shutting_down`` error (once: later calls do nothing)."""
+        if self.closing:
+            return
         self.closing = True
         for generation in list(self._generations):
             _shut_down(generation)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from app.settings import Protocol
 from app.streaming.upstreams.adapters import ADAPTERS
 from app.streaming.upstreams.http1 import Client, Origin
 
@@ -99,7 +100,7 @@ class Upstream:
     """A configured model server: where it is, how to talk to it, with which key, and its circuit."""
 
     def __init__(
-        self, name: str, base_url: str, client: Client, timeouts: Timeouts, api_key: str | None = None, protocol: str = "openai",
+        self, name: str, base_url: str, client: Client, timeouts: Timeouts, api_key: str | None = None, protocol: Protocol = "openai",
         circuit: Circuit | None = None,
     ) -> None:
         self.name = name

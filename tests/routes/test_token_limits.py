@@ -16,11 +16,11 @@ import httpx
 import msgspec
 import pytest
 
+from app.settings import PROTOCOLS
 from app.streaming.upstreams.mock import MockModel
 from tests.servers import mock_server, relay_server
 
 LIMIT = 100
-PROTOCOLS = ("openai", "tgi", "ollama", "anthropic")
 # Every name under which a model server reads a generation's length (a floor, for min_tokens).
 LENGTH_NAMES = frozenset({"max_tokens", "max_completion_tokens", "max_new_tokens", "max_output_tokens", "n_predict", "num_predict", "min_tokens"})
 OVER = 10_000_000

@@ -8,8 +8,9 @@ makes the ``ResponseHandler`` that turns the response's bytes into normalised ev
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, assert_never
 
+from app.settings import PROTOCOLS, Protocol
 from app.streaming.events import Event
 from app.streaming.request import GenerationRequest
 from app.streaming.upstreams import anthropic, ollama, openai, tgi
@@ -20,15 +21,23 @@ MakeHandler = Callable[[Callable[[Event], None], Callable[[], None]], ResponseHa
 
 
 class Adapter(NamedTuple):
-    protocol: str
+    protocol: Protocol
     build_request: BuildRequest
     handler: MakeHandler
 
 
-ADAPTERS = {
-    "openai": Adapter("openai", openai.build_request, openai.ChatStream),
-    "tgi": Adapter("tgi", tgi.build_request, tgi.GenerateStream),
-    "ollama": Adapter("ollama", ollama.build_request, ollama.ChatLines),
-    "anthropic": Adapter("anthropic", anthropic.build_request, anthropic.MessageStream),
-}
-PROTOCOLS = tuple(ADAPTERS)
+def _adapter(protocol: Protocol) -> Adapter:
+    match protocol:
+        case "openai":
+            return Adapter(protocol, openai.build_request, openai.ChatStream)
+        case "tgi":
+            return Adapter(protocol, tgi.build_request, tgi.GenerateStream)
+        case "ollama":
+            return Adapter(protocol, ollama.build_request, ollama.ChatLines)
+        case "anthropic":
+            return Adapter(protocol, anthropic.build_request, anthropic.MessageStream)
+        case _:
+            assert_never(protocol)
+
+
+ADAPTERS = {protocol: _adapter(protocol) for protocol in PROTOCOLS}

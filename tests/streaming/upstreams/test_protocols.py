@@ -14,12 +14,12 @@ import anyio
 import httpx
 import pytest
 
+from app.settings import PROTOCOLS
 from app.streaming.upstreams.mock import FAULTS, MockModel, mock_text
 from tests.servers import mock_server, relay_server
 from tests.sse import chat, data, post_stream
 from tests.streaming.test_faults import FAULT_CODES as ALL_FAULT_CODES
 
-PROTOCOLS = ("openai", "tgi", "ollama", "anthropic")
 # Each protocol's own in-band error, as the relay reports it.
 IN_BAND_CODE = {"openai": "mock_fault", "tgi": "generation", "ollama": "upstream_error", "anthropic": "overloaded_error"}
 # The in-band error's code is each protocol's own (above); every other fault ends the same way whatever the protocol.

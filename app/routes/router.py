@@ -1,0 +1,82 @@
+"""The router: Starlette's ``Router`` over plain-ASGI routes, answering 404 and 405 in the relay's error shape.
+
+It is the innermost layer of the relay's one middleware stack (app/main.py), and adds no
+middleware of its own: a ``Starlette`` app would put ``ServerErrorMiddleware`` and
+``ExceptionMiddleware`` around it, and both wrap ``send``, a call on every event of every
+stream. Here an endpoint's ``send`` is the one the router was given. An exception an endpoint
+lets out is the server's to answer (a 500 and a log line, as ``ServerErrorMiddleware`` would);
+the routes send their own errors (``app/routes/http.py``).
+
+The router still runs the lifespan: what it yields becomes ``scope["state"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Route, Router
+from starlette.staticfiles import StaticFiles
+from starlette.types import Lifespan
+from starlette.websockets import WebSocketClose
+
+from app.errors import RequestError
+from app.routes.http import send_error
+from app.types import ASGIApp, Receive, Scope, Send
+
+
+class ASGIRoute(Route):
+    """``path`` answered by the plain ASGI function ``endpoint`` for ``method`` (and HEAD with GET); other methods get a 405."""
+
+    def __init__(self, path: str, endpoint: ASGIApp, method: str) -> None:
+        super().__init__(path, endpoint, methods=[method])
+        self.app = endpoint  # as it is: Starlette would wrap a function as ``request -> response``
+        self.allow = ", ".join(sorted(self.methods or ()))
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods is None or scope["method"] in self.methods:
+            await self.app(scope, receive, send)
+            return
+        await send_error(send, RequestError(
+            405, "method_not_allowed", f"{scope['path']} answers {self.allow}, not {scope['method']}", headers={"Allow": self.allow},
+        ))
+
+
+class Files:
+    """Starlette's ``StaticFiles``, with its refusals (404, 405) in the relay's error shape."""
+
+    def __init__(self, files: StaticFiles) -> None:
+        self.files = files
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.files(scope, receive, send)
+        except HTTPException as exc:  # raised before anything is sent
+            await send_error(send, http_error(exc))
+
+
+class RelayRouter(Router):
+    """The relay's routes; an unknown path under ``/v1`` is told which endpoints there are."""
+
+    def __init__(self, routes: Sequence[BaseRoute], lifespan: Lifespan[Any]) -> None:
+        super().__init__(routes, lifespan=lifespan)
+        self.served = ", ".join(
+            f"{method} {route.path}"
+            for route in routes if isinstance(route, Route) and route.path.startswith("/v1/")
+            for method in sorted(route.methods or ()) if method != "HEAD"
+        )
+
+    async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await WebSocketClose()(scope, receive, send)
+            return
+        path: str = scope["path"]
+        under_v1 = path == "/v1" or path.startswith("/v1/")
+        message = f"{path} is not an endpoint of this relay, which serves {self.served}" if under_v1 else "Not Found"
+        await send_error(send, RequestError(404, "not_found", message))
+
+
+def http_error(exc: HTTPException) -> RequestError:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return RequestError(exc.status_code, code, exc.detail, headers=dict(exc.headers or {}))
