@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from app import mock
 from app.capability import Capabilities
 from app.hosts import AllowedHosts
 from app.middleware import ApiKeyAuth
@@ -35,7 +36,6 @@ from app.shutdown import on_shutdown_signal
 from app.streaming.log_memory import MemoryEventLog
 from app.streaming.respond import LiveRequests
 from app.streaming.resumable import ResumableStreams, StreamLimits
-from app.streaming.upstreams import mock
 from app.streaming.upstreams.http1 import Client
 from app.types import ASGIApp, Receive, Scope, Send
 

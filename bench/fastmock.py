@@ -28,7 +28,7 @@ import httptools
 import msgspec
 import uvloop
 
-from app.streaming.upstreams.mock import decode_request, mock_text, prompt_of
+from app.mock import decode_request, mock_text, prompt_of
 
 _encode = msgspec.json.Encoder().encode
 

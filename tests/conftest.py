@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from app.streaming.upstreams.mock import MockModel
+from app.mock import MockModel
 from tests.servers import mock_server, relay_server
 
 

@@ -16,7 +16,7 @@ import httpx
 import msgspec
 import pytest
 
-from app.streaming.upstreams.mock import MockModel
+from app.mock import MockModel
 from tests.servers import mock_server, relay_server
 
 LIMIT = 100

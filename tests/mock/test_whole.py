@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.streaming.upstreams.mock import mock_text
+from app.mock import mock_text
 from tests.servers import mock_server
 
 TEXT = "".join(mock_text("hello there", 3))

@@ -1,6 +1,6 @@
 """The mock model server's wire formats: what each protocol's request and answer look like.
 
-``MockModel`` (mock.py) decides what to say and when; a ``Wire`` here says it in one
+``MockModel`` (server.py) decides what to say and when; a ``Wire`` here says it in one
 protocol: OpenAI chat completions (SSE, ``[DONE]``), TGI ``/generate_stream`` (SSE, details
 on the last event) and ``/generate``, Ollama ``/api/chat`` (NDJSON, ``done``) and Anthropic
 ``/v1/messages`` (named SSE events, ``message_stop``). The frames follow each server's

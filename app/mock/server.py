@@ -3,7 +3,7 @@
 It answers a deterministic text for the last user message (TGI: the prompt), paced by
 ``ttft`` (time to first token), ``interval`` (between tokens) and ``tokens`` (length when
 the request's token limit does not cut it short), streamed or whole, in each protocol
-(mock_wire.py): OpenAI ``POST …/chat/completions``, TGI ``POST …/generate_stream`` and
+(wire.py): OpenAI ``POST …/chat/completions``, TGI ``POST …/generate_stream`` and
 ``…/generate``, Ollama ``POST …/api/chat``, Anthropic ``POST …/v1/messages``. Per request,
 headers ``x-mock-ttft``/``x-mock-interval`` (seconds) and ``x-mock-tokens`` override the pacing.
 
@@ -36,7 +36,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from app.streaming.upstreams.mock_wire import Answer, Call, Wire, decode_request, prompt_of, wire_for
+from app.mock.wire import Answer, Call, Wire, decode_request, prompt_of, wire_for
 from app.types import Receive, Scope, Send
 
 __all__ = ["FAULTS", "MODELS", "MockModel", "decode_request", "mock_text", "prompt_of"]
