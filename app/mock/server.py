@@ -185,7 +185,7 @@ class MockModel:
             await anyio.sleep_forever()
         headers = [(b"content-type", wire.content_type), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        count, frame = wire.count, wire.frame
+        count, frame = wire.count, wire.framer()
         halfway = count // 2
         start = anyio.current_time()
         if fault == "stall-first":

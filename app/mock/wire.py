@@ -6,7 +6,7 @@ Messages API (tgi.py), Ollama ``/api/chat`` (ollama.py) and Anthropic ``/v1/mess
 (anthropic.py). The frames follow each server's public documentation;
 tests/streaming/upstreams/fixtures/ holds transcribed examples.
 
-A streamed answer is ``head()``, then ``count`` frames paced one by one (``frame(i)``), then
+A streamed answer is ``head()``, then ``count`` frames paced one by one (``framer()``), then
 ``tail()``. A plain text answer frames each token as it goes (``token(i)``), the cheapest path;
 any other answer is framed whole up front (``frames()``), since it is short.
 """
@@ -94,12 +94,12 @@ class Wire:
         self.created = int(time.time())
         self._tokens = answer.tokens  # what token() reads, bound once: it runs for every token of a plain answer
         self.prepare()
-        self.frame: Callable[[int], bytes]
-        if answer.plain:
-            self.frame, self.count = self.token, len(answer.tokens)
-        else:
-            frames = self.frames()
-            self.frame, self.count = frames.__getitem__, len(frames)
+        self._frames = None if answer.plain else self.frames()
+        self.count = len(self._tokens) if self._frames is None else len(self._frames)
+
+    def framer(self) -> Callable[[int], bytes]:
+        """What frames ``i`` (of ``count``), bound for each caller: kept on the wire, it would make a cycle."""
+        return self.token if self._frames is None else self._frames.__getitem__
 
     def prepare(self) -> None:
         """Build once what the frames share, before any is framed."""
