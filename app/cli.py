@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         import uvicorn
 
-        from app.streaming.upstreams.mock import MockModel
+        from app.mock import MockModel
 
         model = MockModel(ttft=settings.mock_ttft, interval=settings.mock_interval, tokens=settings.mock_tokens)
         uvicorn.run(model, host=args.host, port=args.port, log_level=settings.log_level, access_log=False, lifespan="off")

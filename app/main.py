@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
+from app import mock
 from app.capability import Capabilities
 from app.hosts import AllowedHosts
 from app.middleware import ApiKeyAuth
@@ -30,7 +31,6 @@ from app.settings import WILDCARD_ADDRESSES, Settings
 from app.streaming.log_memory import MemoryEventLog
 from app.streaming.respond import LiveRequests
 from app.streaming.resumable import ResumableStreams, StreamLimits
-from app.streaming.upstreams import mock
 from app.streaming.upstreams.http1 import Client
 from app.types import ASGIApp
 

@@ -28,7 +28,7 @@ import httptools
 import msgspec
 import uvloop
 
-from app.streaming.upstreams.mock import decode_request, mock_text, prompt_of
+from app.mock import decode_request, mock_text, prompt_of
 
 _encode = msgspec.json.Encoder().encode
 
@@ -202,7 +202,7 @@ class Connection(asyncio.Protocol):
         interval = float(headers.get(b"x-mock-interval", model.interval))
         natural = int(headers.get(b"x-mock-tokens", model.tokens))
         limit = request.max_completion_tokens or request.max_tokens or natural
-        prompt = prompt_of(request)
+        prompt = prompt_of(request.messages)
         tokens = mock_text(prompt, min(limit, natural))
         reason = "length" if limit < natural else "stop"
         rid = headers.get(b"x-request-id", b"").decode()

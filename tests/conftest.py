@@ -7,7 +7,7 @@ import pytest
 import redis
 from redis.asyncio import ConnectionPool, Redis
 
-from app.streaming.upstreams.mock import MockModel
+from app.mock import MockModel
 from tests.redis_server import RedisServer, running_redis
 from tests.servers import mock_server, relay_server
 

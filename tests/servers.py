@@ -18,9 +18,9 @@ import pytest
 import uvicorn
 
 from app.main import create_app
+from app.mock import MockModel
 from app.server import RelayConfig
 from app.settings import Settings, load_settings
-from app.streaming.upstreams.mock import MockModel
 from tests.asgi_servers import OTHER_SERVERS
 
 SERVERS = ("uvicorn", *OTHER_SERVERS)

@@ -16,8 +16,8 @@ from anyio.abc import SocketStream
 from uvicorn.server import ServerState
 
 from app.connections import RelayProtocol
+from app.mock import mock_text
 from app.server import RelayConfig
-from app.streaming.upstreams.mock import mock_text
 from tests.rawhttp import Response
 from tests.servers import mock_server, relay_server, relay_settings
 from tests.sse import data, post_stream

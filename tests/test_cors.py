@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from app.streaming.upstreams.mock import MockModel
+from app.mock import MockModel
 from tests.servers import relay_server
 from tests.sse import post_stream
 

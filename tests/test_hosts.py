@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
+from app.mock import MockModel
 from app.settings import load_settings
-from app.streaming.upstreams.mock import MockModel
 from tests.servers import relay_server
 from tests.streams import create
 

@@ -13,7 +13,7 @@ from starlette.routing import Router
 from app.hosts import AllowedHosts
 from app.main import create_app
 from app.middleware import ApiKeyAuth
-from app.streaming.upstreams.mock import MockModel
+from app.mock import MockModel
 from app.types import ASGIApp, Message, Receive, Scope, Send
 from tests.servers import relay_settings, serve_in_thread
 from tests.sse import chat, post_stream

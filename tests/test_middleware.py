@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from app.middleware import ApiKeys
-from app.streaming.upstreams.mock import MockModel
+from app.mock import MockModel
 from tests.servers import relay_server
 
 

@@ -22,8 +22,8 @@ import uvicorn
 from uvicorn.lifespan.on import LifespanOn
 
 from app.main import create_app
+from app.mock import MockModel, mock_text
 from app.server import RelayConfig
-from app.streaming.upstreams.mock import MockModel, mock_text
 from tests.rawhttp import Response, open_request, read_until
 from tests.servers import bound_socket, mock_server, relay_settings, serve_in_thread
 from tests.sse import read_events

@@ -7,7 +7,7 @@ import pytest
 
 from app.loadtest.runner import LoadConfig, Runner
 from app.loadtest.target import build_target
-from app.streaming.upstreams.mock import MODELS, MockModel
+from app.mock import MODELS, MockModel
 from tests.servers import relay_server
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.streaming.upstreams.mock import MockModel
+from app.mock import MockModel
 
 
 def loadtest(*args: str) -> subprocess.CompletedProcess[str]:

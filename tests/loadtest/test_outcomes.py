@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from app.loadtest.stream import CLOSED, CONNECT_ERROR, ERROR, HTTP_STATUS, MALFORMED, NO_TERMINAL, OK, TIMEOUT
-from app.streaming.upstreams.mock import MockModel
+from app.mock import MockModel
 from tests.hostile import Conn, HostileUpstream, chunked_response, sse
 from tests.loadtest.conftest import load
 

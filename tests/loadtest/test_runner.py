@@ -8,7 +8,7 @@ import pytest
 from app.loadtest.runner import LoadConfig, Runner
 from app.loadtest.stream import CUT, OK
 from app.loadtest.target import build_target
-from app.streaming.upstreams.mock import MockModel
+from app.mock import MockModel
 from tests.loadtest.conftest import load
 
 

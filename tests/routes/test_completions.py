@@ -6,7 +6,7 @@ import anyio
 import httpx
 import openai
 
-from app.streaming.upstreams.mock import mock_text
+from app.mock import mock_text
 from tests.servers import under_every_server
 from tests.sse import chat, data, post_stream
 

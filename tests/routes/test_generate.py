@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from app.streaming.upstreams.mock import mock_text
+from app.mock import mock_text
 from tests.servers import under_every_server
 from tests.sse import data, post_stream
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from app.mock import MockModel
 from app.routes.http import MAX_JSON_DEPTH
-from app.streaming.upstreams.mock import MockModel
 from tests.servers import relay_server
 
 

@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from app.capability import CANCEL, READ, Capabilities
+from app.mock import MockModel, mock_text
 from app.routes.streams import READ_BATCH, _follow
 from app.streaming.log_memory import MemoryEventLog
 from app.streaming.sse import SSEParser
-from app.streaming.upstreams.mock import MockModel, mock_text
 from tests.hostile import LAST_CHUNK, Conn, HostileUpstream, chunk, chunked_head, chunked_response, probing, sse
 from tests.rawhttp import Response, open_get, open_request, read_until
 from tests.servers import mock_server, relay_server

@@ -16,8 +16,8 @@ import httpx
 import msgspec
 import pytest
 
+from app.mock import MockModel
 from app.settings import PROTOCOLS
-from app.streaming.upstreams.mock import MockModel
 from tests.servers import mock_server, relay_server
 
 LIMIT = 100

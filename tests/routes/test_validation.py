@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.streaming.upstreams.mock import MockModel
+from app.mock import MockModel
 from tests.servers import mock_server, relay_server
 
 

@@ -7,8 +7,8 @@ import json
 import anyio
 import httpx
 
+from app.mock import mock_text
 from app.streaming.sse import SSEParser
-from app.streaming.upstreams.mock import mock_text
 from tests.rawhttp import Response, open_post, read_until
 from tests.servers import mock_server, relay_server, under_every_server
 

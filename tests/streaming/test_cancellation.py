@@ -8,7 +8,7 @@ import anyio
 import httpx
 import pytest
 
-from app.streaming.upstreams.mock import MockModel
+from app.mock import MockModel
 from tests.servers import mock_server, relay_server, under_every_server
 
 

@@ -11,8 +11,8 @@ import anyio
 import httpx
 import pytest
 
+from app.mock import MockModel, mock_text
 from app.streaming.sse import SSEEvent, SSEParser
-from app.streaming.upstreams.mock import MockModel, mock_text
 from tests.servers import mock_server, relay_server
 from tests.sse import data, post_stream
 from tests.streams import create, read, text_of

@@ -9,8 +9,8 @@ import anyio
 import httpx
 import pytest
 
+from app.mock import MockModel
 from app.streaming.generation import Generation
-from app.streaming.upstreams.mock import MockModel
 from tests.servers import mock_server, relay_server, under_every_server
 from tests.sse import chat, data, post_stream
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from app.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from app.mock import MockModel
 from app.streaming.upstreams.http1 import MAX_HEAD_BYTES, MAX_HEADERS, Client, Origin, _Connection, _HeadDeadline
-from app.streaming.upstreams.mock import MockModel
 from tests.hostile import Conn, HostileUpstream
 from tests.servers import mock_server
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.mock import mock_text
 from app.streaming.sse import SSEEvent, SSEParser
-from app.streaming.upstreams.mock import mock_text
 from tests.servers import mock_server, relay_server, under_every_server
 from tests.streams import create, text_of
 

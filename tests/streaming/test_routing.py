@@ -9,8 +9,8 @@ import anyio
 import httpx
 import pytest
 
+from app.mock import MockModel
 from app.streaming.routing import Circuit
-from app.streaming.upstreams.mock import MockModel
 from tests.servers import mock_server, relay_server
 
 

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from app.streaming.upstreams.mock import MockModel, mock_text
+from app.mock import MockModel, mock_text
 from tests.proxy import DroppingProxy
 from tests.servers import mock_server, relay_server
 

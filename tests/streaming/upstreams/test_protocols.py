@@ -14,8 +14,8 @@ import anyio
 import httpx
 import pytest
 
+from app.mock import FAULTS, MockModel, mock_text
 from app.settings import PROTOCOLS
-from app.streaming.upstreams.mock import FAULTS, MockModel, mock_text
 from tests.servers import mock_server, relay_server
 from tests.sse import chat, data, post_stream
 from tests.streaming.test_faults import FAULT_CODES as ALL_FAULT_CODES

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
 
-from app.streaming.upstreams.mock import mock_text
-from tests.servers import mock_server
+from app.mock import mock_text
 
 TEXT = "".join(mock_text("hello there", 3))
-
-
-@pytest.fixture(scope="module")
-def base() -> Iterator[str]:
-    with mock_server(ttft=0.0, interval=0.0, tokens=8) as (_, url):
-        yield url.removesuffix("/v1")
 
 
 async def test_tgi_generate(base: str, client: httpx.AsyncClient) -> None:
@@ -44,7 +34,7 @@ async def test_anthropic_message_not_streamed(base: str, client: httpx.AsyncClie
     body = {"model": "claude", "max_tokens": 3, "messages": [{"role": "user", "content": "hello there"}]}
     answer = (await client.post(base + "/v1/messages", json=body)).json()
     assert (answer["type"], answer["content"], answer["stop_reason"]) == ("message", [{"type": "text", "text": TEXT}], "max_tokens")
-    assert answer["usage"] == {"input_tokens": 2, "output_tokens": 3}
+    assert answer["usage"] == {"input_tokens": 2, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 3}
 
 
 async def test_a_fault_in_the_path_applies_to_every_protocol(base: str, client: httpx.AsyncClient) -> None:

@@ -1,32 +1,7 @@
-"""The embedded mock model server: every protocol the relay speaks, with fault injection.
-
-It answers a deterministic text for the last user message (TGI: the prompt), paced by
-``ttft`` (time to first token), ``interval`` (between tokens) and ``tokens`` (length when
-the request's token limit does not cut it short), streamed or whole, in each protocol
-(mock_wire.py): OpenAI ``POST …/chat/completions``, TGI ``POST …/generate_stream`` and
-``…/generate``, Ollama ``POST …/api/chat``, Anthropic ``POST …/v1/messages``. Per request,
-headers ``x-mock-ttft``/``x-mock-interval`` (seconds) and ``x-mock-tokens`` override the pacing.
-
-Faults, chosen by model name ``mock-fault-<kind>``, header ``x-mock-fault: <kind>`` or a
-path segment ``/mock-fault-<kind>/`` (so an upstream's base URL can choose one):
-
-    http-500         500 with a JSON error, before the stream
-    http-429         429 with Retry-After, before the stream
-    error-midstream  an in-band error halfway (OpenAI: then [DONE])
-    reset            the connection is dropped halfway
-    no-done          the body ends halfway, without the protocol's end marker
-    stall-head       no response head at all
-    stall-first      head sent, no token ever
-    stall-midstream  tokens stop halfway, the connection stays open
-    malformed        a chunk that is not JSON, halfway
-
-Every client disconnect before the response ends is recorded (monotonic and wall time,
-request id, tokens sent, the client's address); ``GET /mock/stats`` returns the records and the request count.
-"""
+"""The mock model server as an ASGI app: routes, pacing, faults, and what it records of each request (package docstring)."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import deque
@@ -36,36 +11,30 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from app.streaming.upstreams.mock_wire import Answer, Call, Wire, decode_request, prompt_of, wire_for
+from app.mock.answer import Call, compose
+from app.mock.anthropic import AnthropicWire
+from app.mock.ollama import OllamaWire
+from app.mock.openai import OpenAIWire
+from app.mock.options import MODELS, UnknownOption, options_of
+from app.mock.tgi import TGIMessagesWire, TGIWire
+from app.mock.wire import Wire
 from app.types import Receive, Scope, Send
 
-__all__ = ["FAULTS", "MODELS", "MockModel", "decode_request", "mock_text", "prompt_of"]
-
-FAULTS = ("http-500", "http-429", "error-midstream", "reset", "no-done", "stall-head", "stall-first", "stall-midstream", "malformed")
-MODELS = ("mock", *(f"mock-fault-{fault}" for fault in FAULTS))
-
-_WORDS = (
-    "the quick brown fox jumps over a lazy dog while streams of tokens flow from model to "
-    "relay to reader and every event arrives in order with nothing lost nothing doubled "
-    "caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u6f22\u5b57 \U0001f680"
-).split()
-
+__all__ = ["MockModel", "wire_for"]
 
 _encode = msgspec.json.Encoder().encode
 
 
-def mock_text(prompt: str, count: int) -> list[str]:
-    """The tokens the mock answers ``prompt`` with: deterministic, a word each."""
-    seed = hashlib.sha256(prompt.encode()).digest()
-    return [(" " if i else "") + _WORDS[(seed[i % 32] + i * 7) % len(_WORDS)] for i in range(count)]
-
-
-def _fault_of(path: str, headers: dict[str, str], model: str) -> str | None:
-    if "x-mock-fault" in headers:
-        return headers["x-mock-fault"]
-    for name in (model, *path.split("/")):
-        if name.startswith("mock-fault-"):
-            return name[len("mock-fault-"):]
+def wire_for(path: str) -> type[Wire] | None:
+    """The protocol a request path speaks, if any."""
+    if path.endswith("/chat/completions"):
+        return OpenAIWire
+    if path.endswith("/api/chat"):
+        return OllamaWire
+    if path.endswith("/messages"):
+        return AnthropicWire
+    if path.endswith(("/generate_stream", "/generate")):
+        return TGIWire
     return None
 
 
@@ -167,10 +136,15 @@ class MockModel:
         if self.api_key is not None and self.api_key not in (headers.get("authorization", "").removeprefix("Bearer "), headers.get("x-api-key")):
             await _json(send, 401, wire.error_status(401, "mock: invalid API key"))
             return
-        fault = _fault_of(scope["path"], headers, call.model)
-        if fault is not None and fault not in FAULTS:
-            await _json(send, 404, {"error": {"message": f"no such fault {fault!r}", "type": "invalid_request_error", "code": "model_not_found"}})
+        try:
+            options = options_of(scope["path"], headers, call.model)
+        except UnknownOption as exc:
+            await _json(send, 404, {"error": {"message": str(exc), "type": "invalid_request_error", "code": "model_not_found"}})
             return
+        if options.server == "tgi" and wire is OpenAIWire:
+            wire = TGIMessagesWire
+        call, options = wire.narrow(call, options)
+        fault = options.fault
         if fault == "http-500":
             await _json(send, 500, wire.error_status(500, "mock fault: internal error"))
             return
@@ -180,27 +154,20 @@ class MockModel:
         ttft = float(headers.get("x-mock-ttft", self.ttft))
         interval = float(headers.get("x-mock-interval", self.interval))
         record = {"request_id": headers.get("x-request-id", ""), "model": call.model, "tokens_sent": 0, "peer": peer}
-        answer = self._answer(call, int(headers.get("x-mock-tokens", self.tokens)), record["request_id"])
+        framed = wire(compose(call, options, int(headers.get("x-mock-tokens", self.tokens)), record["request_id"]))
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, receive, record, tg.cancel_scope)
             if call.stream:
-                await self._stream(send, record, wire(answer), call, ttft, interval, fault)
+                await self._stream(send, record, framed, call, ttft, interval, fault)
             else:
-                await anyio.sleep(ttft + interval * max(len(answer.tokens) - 1, 0))
-                record["tokens_sent"] = len(answer.tokens)
-                await _json(send, 200, wire(answer).whole())
+                await anyio.sleep(ttft + interval * max(framed.count - 1, 0))
+                record["tokens_sent"] = framed.count
+                await _json(send, 200, framed.whole())
             record["finished"] = True
             with self._recorded:
                 self.completed += 1
                 self._recorded.notify_all()
             tg.cancel_scope.cancel()
-
-    @staticmethod
-    def _answer(call: Call, natural: int, request_id: str) -> Answer:
-        limit = call.max_tokens or natural
-        tokens = mock_text(call.prompt, min(limit, natural))
-        reason = "length" if limit < natural else "stop"
-        return Answer("chatcmpl-mock-" + (request_id or "0"), call.model, tokens, reason, len(call.prompt.split()))
 
     async def _watch(self, receive: Receive, record: dict[str, Any], scope: anyio.CancelScope) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -218,7 +185,7 @@ class MockModel:
             await anyio.sleep_forever()
         headers = [(b"content-type", wire.content_type), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        count = len(wire.answer.tokens)
+        count, frame = wire.count, wire.framer()
         halfway = count // 2
         start = anyio.current_time()
         if fault == "stall-first":
@@ -242,7 +209,7 @@ class MockModel:
                 if fault == "error-midstream":
                     await send({"type": "http.response.body", "body": wire.error_event(), "more_body": False})
                     return
-            chunk = wire.token(i)
+            chunk = frame(i)
             if interval == 0:
                 # Unpaced: write in batches, as a fast model server's socket would deliver them.
                 batch.append(chunk)
