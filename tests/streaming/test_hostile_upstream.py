@@ -237,3 +237,23 @@ async def test_a_never_ending_field_value_ends_the_request_without_stalling_the_
     assert flooded == answer
     assert normal == NORMAL
     assert probe.left < 20 * MB
+
+
+@pytest.mark.parametrize("line", [
+    pytest.param(b"\r", id="blank-lines-ended-by-CR"), pytest.param(b":\n", id="comments"), pytest.param(b"x\n", id="unknown-fields"),
+])
+async def test_a_flood_of_tiny_lines_keeps_the_loop_responsive(line: bytes) -> None:
+    """30 MB of lines of a byte or two: each costs the parser a little, and uvloop reads a socket up to
+    32 times in one pass of the loop, so without a pause between reads one pass would take seconds."""
+    block = chunk(line * (65_536 // len(line)))
+
+    async def flood(conn: Conn) -> None:
+        await conn.write(chunked_head())
+        for _ in range(30 * MB // len(block)):
+            await conn.write(block)
+
+    flooded, normal, probe = await under_flood(flood)
+    assert probe.slowest < 0.5, f"the slowest /healthz took {probe.slowest:.2f} s"
+    assert flooded[1] in ("upstream_disconnected", "first_token_timeout")
+    assert normal == NORMAL
+    assert probe.peak_growth < 50 * MB, f"peak RSS growth {probe.peak_growth / MB:.0f} MB"

@@ -49,6 +49,11 @@ from app.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolErro
 MAX_HEAD_BYTES = 65_536
 MAX_HEADERS = 100
 
+# A read this large may have left more in the socket, which uvloop (libuv) would read at once, up
+# to 32 times in the same pass of the loop: a flood of tiny SSE lines then held every other client
+# for a second. Past it, reading pauses until the loop's next pass (``_Connection.data_received``).
+LARGE_READ = 65_536
+
 _FRAMING = (b"content-length", b"transfer-encoding")
 _NO_BODY = (204, 304)
 
@@ -140,6 +145,9 @@ class _Connection(asyncio.Protocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # _Stop arrives as a callback error
             self._lost(UpstreamProtocolError("upstream_malformed_http", f"malformed HTTP from the model server: {exc}", self._phase()))
             return
+        if len(data) >= LARGE_READ and not self.closed and self.transport is not None:
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._resume)
         if self._head is not None:
             # All of it was head. httptools joins the pieces of a header itself and reports it
             # only once whole: a never-ending value must be stopped here, before that.
@@ -152,6 +160,10 @@ class _Connection(asyncio.Protocol):
             self._lost(UpstreamProtocolError(
                 "upstream_malformed_http", f"the model server sent over {MAX_HEAD_BYTES} bytes of chunk framing or trailers without content", "stream",
             ))
+
+    def _resume(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
