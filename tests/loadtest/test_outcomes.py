@@ -122,15 +122,19 @@ async def test_closing_after_k_events_is_neither_success_nor_failure_and_reaches
 
 
 async def test_a_resumable_streams_event_past_an_upstream_line_bound_is_read_whole(client: httpx.AsyncClient) -> None:
-    """A resumable stream logs what one read of the upstream brought as one event: megabytes, from a
-    fast model server. The tester reads the relay's events whole, as a browser's EventSource does."""
-    async def fast(conn: Conn) -> None:
-        while await conn.read_request():
-            await conn.write(chunked_response(sse(*["x" * 1000] * 3000)))  # 3 MB of small events, in one write
+    """The relay bounds a model server's SSE line at 1 MiB, not its own events: a resumable stream logs
+    what one upstream event brought as one event, here three choices of a megabyte each, on lines of
+    their own. The tester reads the relay's events whole, as a browser's EventSource does."""
+    choices = [b'{"index":%d,"delta":{"content":"%b"}}' % (index, b"x" * 1_000_000) for index in range(3)]
+    event = b'data: {"choices":[' + b",\ndata: ".join(choices) + b"]}\n\n"
 
-    with HostileUpstream(fast).serving() as upstream, relay_server(upstream, models=("mock",)) as relay_url:
+    async def wide(conn: Conn) -> None:
+        while await conn.read_request():
+            await conn.write(chunked_response(event + sse()))
+
+    with HostileUpstream(wide).serving() as upstream, relay_server(upstream, models=("mock",)) as relay_url:
         created = await create(client, relay_url, {"model": "mock", "messages": [{"role": "user", "content": "x"}]})
         _, events = await read(client, created["events_url"], seconds=10)
-        assert events[-1].event == "done" and max(len(event.data) for event in events) > 1_048_576
+        assert [event.event for event in events] == ["token", "done"] and len(events[0].data) > 3_000_000
         runner = await load(created["events_url"], streams=1)
     assert outcomes(runner) == {OK}, runner.details
