@@ -13,6 +13,12 @@ request:
   body trickled byte by byte is cut off too); past it the connection is closed, and the route
   that reads the body sees the client gone.
 
+Neither httptools nor uvicorn bounds a request's head: httptools joins the pieces of a header
+by concatenation, and uvicorn keeps every header it is given (a chunked body's trailers too).
+So what arrives while the client owes a head, and, in a body, what arrives with no byte of the
+body (chunk framing, trailers), is capped at ``max_request_head_bytes``: past it a head gets a
+431 (where a 408 would get one) and the connection is closed.
+
 While the app has the whole request (a stream may last minutes), nothing is armed. A request
 that arrives whole in one read, the usual case, arms nothing either: the callbacks only count
 the changes of phase, and the timer is reconsidered after a read in which they moved. While
@@ -59,6 +65,10 @@ logger = logging.getLogger("token_relay")
 # spare ones of app/runtime.py.
 ANSWERED_PAST_THE_CAP = 128
 
+# Seconds a refused connection stays open after its answer, half-closed and no longer read: closed
+# with unread bytes, a socket sends a reset, which destroys an answer the client has not read yet.
+LINGER = 2.0
+
 # What the client owes on a connection: a request head, the rest of a body, or nothing.
 _HEAD, _BODY, _NOTHING = 0, 1, 2
 
@@ -90,13 +100,17 @@ class ConnectionGuard:
     def __init__(self, settings: Settings, max_connections: int, over_capacity: ASGIApp) -> None:
         self.head_timeout = settings.request_head_timeout
         self.body_timeout = settings.request_body_timeout
+        self.max_head_bytes = settings.max_request_head_bytes
         self.max_connections = max_connections
         self.over_capacity = over_capacity
-        body = encoder.encode(ErrorEnvelope(ErrorBody(
-            message=f"the request head did not arrive within {self.head_timeout:g} s", type="invalid_request_error", code="request_timeout",
-        )))
-        # The 408's headers after uvicorn's own (date, server), and its body.
-        self.timed_out = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
+        self.timed_out = _refusal(408, f"the request head did not arrive within {self.head_timeout:g} s", "request_timeout")
+        self.too_large = _refusal(431, f"the request head is larger than {self.max_head_bytes} bytes", "request_head_too_large")
+
+
+def _refusal(status: int, message: str, code: str) -> tuple[bytes, bytes]:
+    """The status line of a refusal, and what follows uvicorn's own headers (date, server): the rest of its head and its body."""
+    body = encoder.encode(ErrorEnvelope(ErrorBody(message=message, type="invalid_request_error", code=code)))
+    return STATUS_LINE[status], b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
 
 
 class _Guarded(Protocol):
@@ -115,6 +129,8 @@ class RelayProtocol(HttpToolsProtocol):
         self._owes = _HEAD
         self._moves = 0  # changes of _owes so far
         self._timed = 0  # the value of _moves that the deadline was armed for
+        self._bare = 0  # bytes, over whole reads, since the phase began or the body's last byte
+        self._lingering = False  # answered and half-closed: nothing more is read
         self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -136,12 +152,18 @@ class RelayProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        self._bare += len(data)
         super().data_received(data)
-        if self._moves != self._timed:
+        if self._bare > self.guard.max_head_bytes and self._owes != _NOTHING:
+            self._refuse(self.guard.too_large)
+        elif self._moves != self._timed:
             self._retime()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._bare = 0
         if self._owes == _NOTHING:
             self._owes = _HEAD
             self._moves += 1
@@ -149,11 +171,17 @@ class RelayProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._owes = _BODY
         self._moves += 1
+        self._bare = 0
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._bare = 0
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._owes = _NOTHING
         self._moves += 1
+        self._bare = 0
         super().on_message_complete()
 
     def shutdown(self) -> None:
@@ -178,9 +206,24 @@ class RelayProtocol(HttpToolsProtocol):
         if self.flow.read_paused:
             self._retime()
             return
-        # A 408 only where it cannot be mistaken for part of another answer: for a head begun
+        self._refuse(self.guard.timed_out)
+
+    def _refuse(self, refusal: tuple[bytes, bytes]) -> None:
+        """Close the connection, after ``refusal`` if the client owes a head (then it lingers: ``LINGER``)."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self.transport.is_closing():
+            return
+        # An answer only where it cannot be mistaken for part of another: for a head begun
         # (``scope`` is set by its first byte) after the previous response ended.
         if self._owes == _HEAD and self.scope is not None and (self.cycle is None or self.cycle.response_complete):
-            head = [STATUS_LINE[408], *(b"%b: %b\r\n" % header for header in self.server_state.default_headers)]
-            self.transport.write(b"".join(head) + self.guard.timed_out)
+            status, rest = refusal
+            self.transport.write(b"".join([status, *(b"%b: %b\r\n" % header for header in self.server_state.default_headers), rest]))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.transport.pause_reading()  # a flooding client is held by TCP's flow control, at no cost
+                self._lingering = True
+                self._deadline = self.loop.call_later(LINGER, self.transport.close)
+                return
         self.transport.close()

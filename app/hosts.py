@@ -33,31 +33,38 @@ class AllowedHosts:
         if host is not None and (host in self._names or host.endswith(self._suffixes)):
             await self.app(scope, receive, send)
             return
-        await send_error(send, RequestError(
-            400, "invalid_host",
-            f"this relay does not answer for the host {host or ''!r}: list it in RELAY_ALLOWED_HOSTS, or set RELAY_PUBLIC_URL",
-            param="Host",
-        ))
+        if host is None:
+            message = "the request must have one Host header, a host name or address with an optional port"
+        else:
+            message = f"this relay does not answer for the host {host!r}: list it in RELAY_ALLOWED_HOSTS, or set RELAY_PUBLIC_URL"
+        await send_error(send, RequestError(400, "invalid_host", message, param="Host"))
 
 
 def _host(scope: Scope) -> str | None:
-    """The host of the request's ``Host`` header, lower-cased and without its port; ``None`` if absent or malformed."""
-    for name, value in scope["headers"]:
-        if name == b"host":
-            host: str = value.decode("latin-1").lower()
-            break
-    else:
+    """The host of the request's one ``Host`` header, lower-cased and without its port; ``None`` if absent, repeated or malformed.
+
+    Two ``Host`` headers are refused (RFC 9112 §3.2): a proxy or a cache in front may read the
+    other one than the relay would.
+    """
+    hosts = [value for name, value in scope["headers"] if name == b"host"]
+    if len(hosts) != 1:
         return None
+    host: str = hosts[0].decode("latin-1").lower()
     if host.startswith("["):  # [IPv6]:port
         end = host.find("]")
         if end < 0 or (host[end + 1 :] and not _port(host[end + 1 :])):
             return None
         return host[: end + 1]
     name, colon, port = host.partition(":")
-    if colon and not port.isdigit():
+    if colon and not _digits(port):
         return None
     return name or None
 
 
 def _port(rest: str) -> bool:
-    return rest.startswith(":") and rest[1:].isdigit()
+    return rest.startswith(":") and _digits(rest[1:])
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: ``"²".isdigit()`` is true, and the Host goes into the stream URLs."""
+    return text.isascii() and text.isdigit()

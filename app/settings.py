@@ -96,6 +96,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # connection from the next request's first byte), and then its whole body.
     request_head_timeout: Seconds = 5.0
     request_body_timeout: Seconds = 30.0
+    # Bytes of a request's head, and of a chunked body's framing and trailers between two bytes of content; past it 431 and closed.
+    max_request_head_bytes: Positive = 65_536
 
     # Timeouts per phase, in seconds; total_timeout is off unless set.
     connect_timeout: Seconds = 10.0

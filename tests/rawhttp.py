@@ -30,15 +30,17 @@ class Response:
         self.complete = True
 
 
-async def open_post(url: str, path: str, body: dict[str, Any], *, receive_buffer: int | None = None, request_id: str = "raw") -> SocketStream:
-    """Connect and send a POST; nothing is read until the caller reads.
+async def open_post(
+    url: str, path: str, body: dict[str, Any], *, receive_buffer: int | None = None, request_id: str = "raw", headers: str = "",
+) -> SocketStream:
+    """Connect and send a POST, with ``headers`` (``"Name: value\\r\\n"`` lines) after the usual ones; nothing is read until the caller reads.
 
     Keep ``receive_buffer`` well above loopback's MSS (64 KiB): with a smaller one, a reader that
     resumes after a long pause never advertises a window the sender will use, and the transfer
     crawls along on the sender's backed-off zero-window probes.
     """
     data = json.dumps(body).encode()
-    head = f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\nX-Request-Id: {request_id}\r\n"
+    head = f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\nX-Request-Id: {request_id}\r\n{headers}"
     return await _open(url, f"POST {path}", head, data, receive_buffer)
 
 

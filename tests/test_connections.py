@@ -18,6 +18,7 @@ from uvicorn.server import ServerState
 from app.connections import RelayProtocol
 from app.mock import mock_text
 from app.server import RelayConfig
+from tests.hostile import probing
 from tests.rawhttp import Response
 from tests.servers import mock_server, relay_server, relay_settings
 from tests.sse import data, post_stream
@@ -26,6 +27,7 @@ HEAD_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.5
 # What a deadline may overrun by on a loaded machine.
 MARGIN = 1.5
+MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,49 @@ async def test_a_body_trickled_byte_by_byte_is_cut_off_at_its_total_deadline(rel
         received, elapsed = await _closed_after(stream, BODY_TIMEOUT + MARGIN)
         tg.cancel_scope.cancel()
     assert (received, elapsed > BODY_TIMEOUT - 0.2) == (b"", True)
+
+
+async def _flood(stream: SocketStream, start: bytes, piece: bytes, size: int) -> None:
+    """``start``, then ``piece`` until ``size`` bytes, or until the relay hangs up."""
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+        await stream.send(start)
+        for _ in range(size // len(piece)):
+            await stream.send(piece)
+
+
+HEADERS = b"".join(b"X-%04d: v\r\n" % index for index in range(4096))  # 45 KB of tiny headers
+
+
+@pytest.mark.parametrize(("start", "piece"), [
+    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Endless: ", b"v" * 65_536, id="a-never-ending-value"),
+    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n", HEADERS, id="many-tiny-headers"),
+    pytest.param(b"GET /healthz?", b"a" * 65_536, id="a-never-ending-target"),
+])
+async def test_a_request_head_past_its_cap_gets_431_and_is_closed_at_once(relay_url: str, start: bytes, piece: bytes) -> None:
+    """httptools joins a head's pieces by concatenation and uvicorn bounds neither the head nor its headers:
+    within the head's deadline, four such connections took the process from 37 MB to 2 GB."""
+    async with probing(relay_url) as probe:
+        async with await _connect(relay_url) as stream, anyio.create_task_group() as tg:
+            tg.start_soon(_flood, stream, start, piece, 8 * MB)
+            received, elapsed = await _closed_after(stream, HEAD_TIMEOUT + MARGIN)
+            tg.cancel_scope.cancel()
+    assert received.startswith(b"HTTP/1.1 431 "), received[:80]
+    assert json.loads(received.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_head_too_large"
+    assert elapsed < HEAD_TIMEOUT / 2
+    assert probe.peak_growth < 50 * MB, f"peak RSS growth {probe.peak_growth / MB:.0f} MB"
+
+
+async def test_request_trailers_past_the_heads_cap_close_the_connection_at_once(relay_url: str) -> None:
+    """A chunked body's trailers are joined and kept as a head's are, for as long as the body's deadline."""
+    head = b"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    async with probing(relay_url) as probe:
+        async with await _connect(relay_url) as stream, anyio.create_task_group() as tg:
+            tg.start_soon(_flood, stream, head + b'10\r\n{"prompt": "hi"}\r\n0\r\n', HEADERS, 8 * MB)
+            received, elapsed = await _closed_after(stream, BODY_TIMEOUT + MARGIN)
+            tg.cancel_scope.cancel()
+    assert received == b""
+    assert elapsed < BODY_TIMEOUT / 2
+    assert probe.peak_growth < 50 * MB, f"peak RSS growth {probe.peak_growth / MB:.0f} MB"
 
 
 async def _exchange(stream: SocketStream, request: bytes) -> Response:

@@ -3,10 +3,14 @@ the stream URLs it hands out come from its public URL when one is set."""
 
 from __future__ import annotations
 
+import json
+
+import anyio
 import httpx
 
 from app.mock import MockModel
 from app.settings import load_settings
+from tests.rawhttp import Response, open_post, read_until
 from tests.servers import relay_server
 from tests.streams import create
 
@@ -99,3 +103,25 @@ def test_the_default_hosts_are_loopbacks_the_bound_address_and_the_public_urls()
     settings = load_settings(environ={"RELAY_ALLOWED_HOSTS": "a.example, *.b.example", "RELAY_PUBLIC_URL": "https://c.example"})
     assert settings.trusted_hosts() == ("a.example", "*.b.example", "c.example")
     assert load_settings(environ={"RELAY_ALLOWED_HOSTS": "*"}).trusted_hosts() == ("*",)
+
+
+async def test_a_request_with_two_host_headers_gets_400(mock: tuple[MockModel, str]) -> None:
+    """RFC 9112 §3.2: which of the two a proxy or a cache in front reads is anyone's guess, so neither is believed."""
+    with relay_server(mock[1], models=("mock",)) as relay_url:
+        for second in ["evil.example", "localhost"]:
+            stream = await open_post(relay_url, "/v1/streams", {"prompt": "x", "max_tokens": 1}, headers=f"Host: {second}\r\n")
+            response = Response()
+            with anyio.fail_after(5):
+                async with stream:
+                    await read_until(stream, response)
+            assert response.status == 400, second
+            assert json.loads(response.body)["error"]["code"] == "invalid_host"
+
+
+async def test_a_port_of_other_than_ascii_digits_gets_400(mock: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
+    """``"²".isdigit()`` is true: such a port would be handed out in the stream URLs."""
+    with relay_server(mock[1], models=("mock",)) as relay_url:
+        for host in [b"localhost:\xb2", b"127.0.0.1:8\xb9"]:
+            response = await client.post(relay_url + "/v1/streams", json={"prompt": "x", "max_tokens": 1}, headers={"host": host})  # type: ignore[dict-item]
+            assert response.status_code == 400, host
+            assert response.json()["error"]["code"] == "invalid_host"

@@ -45,6 +45,10 @@ CUT = "cut"
 OUTCOMES = (OK, ERROR, MALFORMED, NO_TERMINAL, HTTP_STATUS, CONNECT_ERROR, TIMEOUT, CLOSED, CUT)
 FAILURES = frozenset({ERROR, MALFORMED, NO_TERMINAL, HTTP_STATUS, CONNECT_ERROR, TIMEOUT})
 _DETAIL = 300  # characters of an error body or event kept for the report
+# The bound on an SSE line, and on an event's data. Far above a model server's bounds in the relay
+# (1 MiB, 4 MiB): the relay's own events are larger (a resumable stream logs what one read of its
+# model server brought as one event, megabytes from a fast one), and a browser has no bound at all.
+MAX_EVENT_BYTES = 64 * 1024 * 1024
 
 
 class _Delta(msgspec.Struct):
@@ -99,7 +103,7 @@ class Stream(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.local_port: int | None = None  # to find the connection in a capture or a server's log
         self._parser = httptools.HttpResponseParser(self)
-        self._sse = SSEParser()
+        self._sse = SSEParser(max_line=MAX_EVENT_BYTES, max_event=MAX_EVENT_BYTES)
         self.status = 0
         self.content_type = ""
         self.outcome = ""  # one of OUTCOMES once decided

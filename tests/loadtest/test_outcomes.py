@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import socket
 
-from app.loadtest.stream import CLOSED, CONNECT_ERROR, ERROR, HTTP_STATUS, MALFORMED, NO_TERMINAL, OK, TIMEOUT
+import httpx
+
+from app.loadtest.stream import CLOSED, CONNECT_ERROR, ERROR, HTTP_STATUS, MALFORMED, MAX_EVENT_BYTES, NO_TERMINAL, OK, TIMEOUT
 from app.mock import MockModel
 from tests.hostile import Conn, HostileUpstream, chunked_response, sse
 from tests.loadtest.conftest import load
+from tests.servers import relay_server
+from tests.streams import create, read
 
 
 def outcomes(runner: object) -> set[str]:
@@ -61,12 +65,12 @@ async def test_a_chunk_that_is_not_json_is_a_failure(mock: tuple[MockModel, str]
 async def test_an_sse_line_past_the_parsers_bound_is_malformed() -> None:
     async def long_line(conn: Conn) -> None:
         while await conn.read_request():
-            await conn.write(chunked_response(sse("x" * 1_048_577)))  # a valid chunk, on one line too long
+            await conn.write(chunked_response(sse("x" * (MAX_EVENT_BYTES + 1))))  # a valid chunk, on one line too long
 
     with HostileUpstream(long_line).serving() as url:
         runner = await load(url + "/chat/completions", streams=1)
     assert outcomes(runner) == {MALFORMED}
-    assert runner.details[0]["detail"] == "an SSE line of more than 1048576 bytes"
+    assert runner.details[0]["detail"] == f"an SSE line of more than {MAX_EVENT_BYTES} bytes"
 
 
 async def test_a_stream_that_never_sends_its_first_token_times_out(mock: tuple[MockModel, str]) -> None:
@@ -115,3 +119,22 @@ async def test_closing_after_k_events_is_neither_success_nor_failure_and_reaches
     assert all(record["content_events"] == 3 for record in runner.records)
     record = model.wait_for_disconnect("k3-0", timeout=5)
     assert record["tokens_sent"] < 10_000
+
+
+async def test_a_resumable_streams_event_past_an_upstream_line_bound_is_read_whole(client: httpx.AsyncClient) -> None:
+    """The relay bounds a model server's SSE line at 1 MiB, not its own events: a resumable stream logs
+    what one upstream event brought as one event, here three choices of a megabyte each, on lines of
+    their own. The tester reads the relay's events whole, as a browser's EventSource does."""
+    choices = [b'{"index":%d,"delta":{"content":"%b"}}' % (index, b"x" * 1_000_000) for index in range(3)]
+    event = b'data: {"choices":[' + b",\ndata: ".join(choices) + b"]}\n\n"
+
+    async def wide(conn: Conn) -> None:
+        while await conn.read_request():
+            await conn.write(chunked_response(event + sse()))
+
+    with HostileUpstream(wide).serving() as upstream, relay_server(upstream, models=("mock",)) as relay_url:
+        created = await create(client, relay_url, {"model": "mock", "messages": [{"role": "user", "content": "x"}]})
+        _, events = await read(client, created["events_url"], seconds=10)
+        assert [event.event for event in events] == ["token", "done"] and len(events[0].data) > 3_000_000
+        runner = await load(created["events_url"], streams=1)
+    assert outcomes(runner) == {OK}, runner.details

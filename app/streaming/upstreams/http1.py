@@ -12,7 +12,8 @@ message boundary: after a final response whose end the parser saw, with keep-ali
 byte after it (a byte that begins another message, in the same read or later, discards the
 connection, as does one waiting unread in the socket when the connection is taken again).
 Interim ``1xx`` heads are skipped (RFC 9110 §15.2); a ``101``, an interim head with a body, a
-head over ``MAX_HEAD_BYTES`` or ``MAX_HEADERS``, and a ``204`` or ``304`` (which no model
+head over ``MAX_HEAD_BYTES`` or ``MAX_HEADERS`` (or as many bytes of chunk framing and
+trailers with no content between), and a ``204`` or ``304`` (which no model
 server sends to a streaming POST) end the exchange and the connection with it.
 
 ``Client.request`` connects, sends the request and waits for the response head; the body
@@ -47,6 +48,11 @@ from app.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolErro
 # make the relay keep more of it than this.
 MAX_HEAD_BYTES = 65_536
 MAX_HEADERS = 100
+
+# A read this large may have left more in the socket, which uvloop (libuv) would read at once, up
+# to 32 times in the same pass of the loop: a flood of tiny SSE lines then held every other client
+# for a second. Past it, reading pauses until the loop's next pass (``_Connection.data_received``).
+LARGE_READ = 65_536
 
 _FRAMING = (b"content-length", b"transfer-encoding")
 _NO_BODY = (204, 304)
@@ -89,7 +95,7 @@ class _Connection(asyncio.Protocol):
     """One TCP connection; carries one exchange at a time."""
 
     __slots__ = (
-        "_client", "_complete", "_failure", "_handler", "_head", "_head_bytes", "_header_bytes", "_header_count", "_parser",
+        "_bare", "_client", "_complete", "_failure", "_handler", "_head", "_head_bytes", "_header_bytes", "_header_count", "_parser",
         "_received", "_status", "_until_eof", "closed", "fileno", "headers", "idle_since", "origin", "reused", "serial", "transport",
     )
 
@@ -110,6 +116,7 @@ class _Connection(asyncio.Protocol):
         self._failure: UpstreamError | None = None  # why the head failed, until the waiting request takes it
         self.headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0  # what arrived while the head was incomplete, over whole reads
+        self._bare = 0  # what arrived since the last byte of content, over whole reads
         self._header_bytes = 0  # names and values the parser reported, within a read
         self._header_count = 0
         self._status = 0
@@ -132,17 +139,31 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self._received = True
+        self._bare += len(data)
         try:
             parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # _Stop arrives as a callback error
             self._lost(UpstreamProtocolError("upstream_malformed_http", f"malformed HTTP from the model server: {exc}", self._phase()))
             return
+        if len(data) >= LARGE_READ and not self.closed and self.transport is not None:
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._resume)
         if self._head is not None:
             # All of it was head. httptools joins the pieces of a header itself and reports it
             # only once whole: a never-ending value must be stopped here, before that.
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._lost(_head_too_large())
+        elif self._bare > MAX_HEAD_BYTES and self._handler is not None:
+            # Chunk framing or trailers with no content: httptools joins the pieces of a trailer
+            # as it does a header's, and a chunk extension or size may never end.
+            self._lost(UpstreamProtocolError(
+                "upstream_malformed_http", f"the model server sent over {MAX_HEAD_BYTES} bytes of chunk framing or trailers without content", "stream",
+            ))
+
+    def _resume(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
@@ -190,12 +211,14 @@ class _Connection(asyncio.Protocol):
             return  # 100 Continue, 103 Early Hints...: the final head follows
         self._status = status
         self._until_eof = not framed
+        self._bare = 0  # the head has its own bound
         assert self._handler is not None and self._head is not None
         self._handler.on_response(status, headers)
         head, self._head = self._head, None
         head.set_result(status)
 
     def on_body(self, body: bytes) -> None:
+        self._bare = 0
         if self._handler is not None:
             self._handler.on_body(body)
 
@@ -221,7 +244,7 @@ class _Connection(asyncio.Protocol):
         self.serial += 1
         self._handler = handler
         self.headers = []
-        self._head_bytes = self._header_bytes = self._header_count = 0
+        self._head_bytes = self._bare = self._header_bytes = self._header_count = 0
         self._received = False
         self._complete = False
         self._failure = None
