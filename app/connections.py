@@ -54,7 +54,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app.errors import RequestError
-from app.routes.http import SSE_HEADERS, send_error
+from app.routes.http import SSE_HEADERS, send_error, send_json
 from app.schemas import ErrorBody, ErrorEnvelope, encoder
 from app.settings import Settings
 from app.types import ASGIApp, Receive, Scope, Send
@@ -77,7 +77,12 @@ _CLOSE = (b"connection", b"close")
 
 
 class OverCapacity:
-    """The app of a connection past the cap: a ``retry:`` hint for an EventSource reader, 503 for the rest."""
+    """The app of a connection past the cap: a ``retry:`` hint for an EventSource reader, 503 for the rest.
+
+    ``/healthz`` still answers 200: the process is alive and serving the connections it has, and
+    a liveness probe that failed here would have a flooded but healthy relay restarted, dropping
+    every stream it holds. ``/readyz`` answers 503, so a balancer sends new clients elsewhere.
+    """
 
     def __init__(self, max_connections: int, busy_retry_ms: int) -> None:
         self.busy = b"retry: %d\n: busy\n\n" % busy_retry_ms
@@ -90,6 +95,9 @@ class OverCapacity:
         if scope["method"] == "GET" and _EVENTS.match(scope["path"]):
             await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, _CLOSE]})
             await send({"type": "http.response.body", "body": self.busy})
+            return
+        if scope["path"] == "/healthz":
+            await send_json(send, 200, b'{"status":"ok"}', [_CLOSE])
             return
         await send_error(send, self.refusal)
 

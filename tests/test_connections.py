@@ -205,7 +205,7 @@ def capped_url() -> Iterator[str]:
 async def _until_refused(client: httpx.AsyncClient, url: str) -> httpx.Response:
     """Ask on new connections until one is refused: the idle ones opened before must all have been accepted first."""
     with anyio.fail_after(CAP_HEAD_TIMEOUT / 2):
-        while (response := await client.get(url + "/healthz", headers={"connection": "close"})).status_code == 200:
+        while (response := await client.get(url + "/readyz", headers={"connection": "close"})).status_code == 200:
             pass
     return response
 
@@ -220,6 +220,9 @@ async def test_past_the_cap_a_request_gets_503_and_an_eventsource_a_retry_until_
             "code": "too_many_connections", "param": None,
         }
         assert (refused.headers["retry-after"], refused.headers["connection"]) == ("1", "close")
+        # Alive, though full: a liveness probe must not have it restarted (and every stream it holds dropped).
+        alive = await client.get(capped_url + "/healthz", headers={"connection": "close"})
+        assert (alive.status_code, alive.json(), alive.headers["connection"]) == (200, {"status": "ok"}, "close")
         # A browser's EventSource gives up for good on a 503: it gets a retry hint instead, as when readers are at their limit.
         async with client.stream("GET", capped_url + "/v1/streams/some-stream/events", headers={"accept": "text/event-stream"}) as busy:
             assert (busy.status_code, busy.headers["content-type"]) == (200, "text/event-stream; charset=utf-8")
