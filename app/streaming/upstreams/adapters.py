@@ -3,6 +3,7 @@
 An adapter is two things: ``build_request(request, api_key)`` gives the path (after the
 upstream's base URL), headers and body of a streaming request, and ``handler(emit, flush)``
 makes the ``ResponseHandler`` that turns the response's bytes into normalised events.
+``choices`` says whether its protocol can answer ``n > 1`` choices at once.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ class Adapter(NamedTuple):
     protocol: str
     build_request: BuildRequest
     handler: MakeHandler
+    choices: bool = False
 
 
 ADAPTERS = {
-    "openai": Adapter("openai", openai.build_request, openai.ChatStream),
+    "openai": Adapter("openai", openai.build_request, openai.ChatStream, choices=True),
     "tgi": Adapter("tgi", tgi.build_request, tgi.GenerateStream),
     "ollama": Adapter("ollama", ollama.build_request, ollama.ChatLines),
     "anthropic": Adapter("anthropic", anthropic.build_request, anthropic.MessageStream),
