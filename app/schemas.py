@@ -7,14 +7,14 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from app.streaming.events import MAX_CHOICES
 from app.streaming.request import LENGTH_FIELDS, NESTED_LENGTH_FIELDS
 
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 TokenCount = Annotated[int, msgspec.Meta(ge=1)]
 # A count of candidates to choose from: each costs a whole generation, so only one is allowed.
 One = Annotated[int, msgspec.Meta(ge=1, le=1)]
-# A count of choices, each a whole generation, all relayed: up to OpenAI's own limit.
-MAX_CHOICES = 128
+# A count of choices, each a whole generation, all relayed.
 Choices = Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)]
 
 

@@ -24,10 +24,10 @@ A generation is a sequence of parts (``Part``) and exactly one terminal event, l
                                               OpenAI's usage shape: every count ``None`` when unknown
                                               (encoded ``null``, never 0), and a 0 the upstream gave kept
 
-``choice`` is the choice index when the client asked for ``n > 1`` (0 otherwise). Texts of one
-field and choice are concatenated by the client, as are the fragments of one call: so a
-consumer may merge consecutive parts (app/streaming/message.py) but never across fields,
-choices or calls, and never a reasoning text across a signature.
+``choice`` is the choice index when the client asked for ``n > 1`` (0 otherwise), below
+``MAX_CHOICES``. Texts of one field and choice are concatenated by the client, as are the
+fragments of one call: so a consumer may merge parts (app/streaming/message.py), but never
+across fields, choices or calls, and never a reasoning text across a signature.
 
 ``Finish.reason`` is choice 0's finish reason (``stop``, ``length``, ``tool_calls``,
 ``content_filter``…, as the upstream said it: a call cut off by ``length`` stays ``length``);
@@ -40,6 +40,9 @@ added here and forgotten somewhere fails mypy rather than being read as the end 
 from __future__ import annotations
 
 import msgspec
+
+# The most choices one request may ask for (``n``), as OpenAI allows: an adapter refuses a choice index past it.
+MAX_CHOICES = 128
 
 
 class Delta(msgspec.Struct, frozen=True):

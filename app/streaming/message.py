@@ -21,20 +21,23 @@ from app.streaming.events import Delta, Logprobs, Part, Reasoning, RedactedReaso
 
 
 def size(part: Part) -> int:
-    """The characters of text a part carries (bytes, for ASCII): what a lagging client or a collected answer is bounded by."""
+    """The characters of text a part carries (bytes, for ASCII), and at least 1: what a lagging client is bounded by.
+
+    At least 1, so that parts without text (a usage, an empty logprobs list) are bounded in number too.
+    """
     match part:
         case Delta() | Refusal():
-            return len(part.text)
+            return len(part.text) or 1
         case Reasoning():
-            return len(part.text) + (len(part.signature) if part.signature is not None else 0)
+            return len(part.text) + (len(part.signature) if part.signature is not None else 0) or 1
         case RedactedReasoning():
-            return len(part.data)
+            return len(part.data) or 1
         case ToolCall():
-            return len(part.arguments) + len(part.id or "") + len(part.name or "")
+            return len(part.arguments) + len(part.id or "") + len(part.name or "") or 1
         case Logprobs():
-            return sum(map(len, part.content or ())) + sum(map(len, part.refusal or ()))
+            return sum(map(len, part.content or ())) + sum(map(len, part.refusal or ())) or 1
         case Usage():
-            return 0
+            return 1
         case _:
             assert_never(part)
 

@@ -15,7 +15,7 @@ ASGI promises only that ``send()`` returns an awaitable: one that is not a corou
 cannot be driven by hand, so it is handed to the writer task as it is, to be awaited.
 
 When more than ``lag_limit`` bytes of text of any kind (content, reasoning, refusal, tool-call
-arguments, logprobs) are pending, the stream ends with a
+arguments, logprobs; a part without text counts 1) are pending, the stream ends with a
 ``slow_consumer`` error, the upstream is closed, and the client gets ``grace`` seconds to
 take the error before the writer is cancelled. Memory per stream is therefore bounded by
 the lag limit plus the transport's write buffer, whatever the client does.
@@ -132,7 +132,7 @@ class DirectStream:
                 self._lag += size(event)
             case Usage():
                 self._pending.append(event)
-                return
+                self._lag += 1
             case Finish() | Error():
                 self._terminal = event
                 self._deliver_terminal()

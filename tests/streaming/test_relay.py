@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from app.streaming.encoders import NativeEvents
-from app.streaming.events import Delta, Finish, Logprobs, Part, Reasoning, RedactedReasoning, Refusal, ToolCall
+from app.streaming.events import Delta, Finish, Logprobs, Part, Reasoning, RedactedReasoning, Refusal, ToolCall, Usage
 from app.streaming.relay import DirectStream
 from app.streaming.sse import SSEParser
 from app.types import Message
@@ -101,12 +101,14 @@ async def test_a_send_that_raises_when_called_fails_the_request_task_not_the_ups
         await stream.run(_stay)
 
 
-@pytest.mark.parametrize("part", [
-    Delta("x" * 64), Reasoning("x" * 64), ToolCall(0, arguments="x" * 64), Refusal("x" * 64), RedactedReasoning("x" * 64),
-    Logprobs((msgspec.Raw(b'{"token":"' + b"x" * 64 + b'"}'),)),
-], ids=lambda part: type(part).__name__)
-async def test_every_kind_of_text_counts_toward_the_lag_limit(part: Part) -> None:
-    """A client that stops reading while a model reasons, or writes a call's arguments, is as slow as one that stops during text."""
+@pytest.mark.parametrize(("part", "count"), [
+    (Delta("x" * 64), 20), (Reasoning("x" * 64), 20), (ToolCall(0, arguments="x" * 64), 20), (Refusal("x" * 64), 20),
+    (RedactedReasoning("x" * 64), 20), (Logprobs((msgspec.Raw(b'{"token":"' + b"x" * 64 + b'"}'),)), 20),
+    (Logprobs(()), 1_001), (Usage(1, 1, 2), 1_001),
+], ids=lambda part: type(part).__name__ if not isinstance(part, int) else str(part))
+async def test_every_kind_of_part_counts_toward_the_lag_limit(part: Part, count: int) -> None:
+    """A client that stops reading while a model reasons, or writes a call's arguments, is as slow as one that stops during text;
+    a part without text counts too, so that what piles up is bounded in number."""
     sent = Recorder()
     release = anyio.Event()
 
@@ -123,7 +125,7 @@ async def test_every_kind_of_text_counts_toward_the_lag_limit(part: Part) -> Non
             tg.start_soon(stream.run, _stay)
             stream.push(Delta("first"))
             stream.flush()
-            for _ in range(20):  # 20 × 64 characters pending: past the limit of 1000
+            for _ in range(count):  # past the limit of 1000
                 stream.push(part)
                 stream.flush()
             assert aborted == [True]

@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from app.streaming.events import Delta, Event, Finish, Logprobs, Reasoning, Refusal, ToolCall, Usage
+from app.streaming.events import MAX_CHOICES, Delta, Event, Finish, Logprobs, Reasoning, Refusal, ToolCall, Usage
 from app.streaming.request import GenerationRequest
 from app.streaming.upstreams.handler import MAX_ERROR_BODY, ErrorBody, SSEStreamHandler, decode_repaired, error_code
 
@@ -78,6 +78,8 @@ class _Chunk(msgspec.Struct):
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 _encode = msgspec.json.Encoder().encode
+# The most tool calls in one choice: what the relay remembers of each (its id, its name) is bounded by it.
+MAX_CALLS = 4096
 
 
 def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -114,6 +116,10 @@ class Calls:
         self._by_index: dict[int, int] = {}  # the upstream's index → the relay's index of its latest call
         self._names: dict[int, str] = {}
         self._last: int | None = None
+
+    @property
+    def count(self) -> int:
+        return self._count
 
     def place(self, index: int | None, call_id: str | None, name: str | None) -> tuple[int, str | None, str | None]:
         """The relay's index of a fragment, and its id and name unless that call has them already."""
@@ -214,10 +220,15 @@ class ChatStream(SSEStreamHandler):
             return
         for choice in chunk.choices:
             index = choice.index
+            if index and not 0 < index < MAX_CHOICES:
+                self._end(self._error("upstream_malformed", f"a choice index of {index} from the model server (at most {MAX_CHOICES - 1})"))
+                return
             delta = choice.delta or choice.message
             if delta is not None:
                 if delta.reasoning_content is not None or delta.reasoning is not None or delta.refusal is not None or delta.tool_calls is not None:
                     self._on_rich(delta, index)
+                    if self._ended:
+                        return
                 elif delta.content:
                     self._tokens = True
                     self._emit(Delta(delta.content, index))
@@ -243,6 +254,8 @@ class ChatStream(SSEStreamHandler):
         calls = delta.tool_calls
         for call in [calls] if isinstance(calls, _ToolCall) else calls or ():
             self._on_call(call, choice)
+            if self._ended:
+                return
 
     def _on_call(self, call: _ToolCall, choice: int) -> None:
         if self._calls is None:
@@ -255,6 +268,9 @@ class ChatStream(SSEStreamHandler):
         if arguments is not None and not isinstance(arguments, str):
             arguments = _encode(arguments).decode()
         index, call_id, name = calls.place(call.index, call.id, function.name)
+        if calls.count > MAX_CALLS:
+            self._end(self._error("upstream_malformed", f"more than {MAX_CALLS} tool calls in one choice from the model server"))
+            return
         if call_id is not None or name is not None or arguments:
             self._emit(ToolCall(index, call_id, name, arguments or "", choice))
 

@@ -23,7 +23,7 @@ from app.streaming.events import (
     ToolCall,
     Usage,
 )
-from app.streaming.upstreams.openai import Calls
+from app.streaming.upstreams.openai import MAX_CALLS, Calls
 from tests.streaming.upstreams.test_wire_formats import FIXTURES, events_of, run
 
 
@@ -182,3 +182,17 @@ def test_a_call_sent_alone_rather_than_in_a_list_is_read() -> None:
     """Some TGI versions send ``tool_calls`` as one object, with an empty ``id``."""
     chunk = b'data: {"choices":[{"index":0,"delta":{"tool_calls":{"index":0,"id":"","type":"function","function":{"name":"f","arguments":"{}"}}}}]}\n\n'
     assert run("openai", chunk + b"data: [DONE]\n\n") == [ToolCall(0, None, "f", "{}"), Finish("stop")]
+
+
+def test_a_choice_index_past_the_bound_is_malformed() -> None:
+    """The relay opens every choice up to an index: one of a billion must not cost a billion."""
+    [error] = run("openai", b'data: {"choices":[{"index":1000000000,"delta":{"content":"x"}}]}\n\n')
+    assert (error.code, error.phase) == ("upstream_malformed", "first_token")  # type: ignore[union-attr]
+
+
+def test_a_flood_of_calls_is_cut_off_at_the_bound() -> None:
+    """What the relay remembers of each call (its id, its name) is bounded, whatever the model server sends."""
+    body = b"".join(b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"id":"c%d","function":{"name":"f"}}]}}]}\n\n' % n for n in range(MAX_CALLS + 1))
+    events = run("openai", body)
+    assert len(events) == MAX_CALLS + 1 and events[-1].code == "upstream_malformed"  # type: ignore[union-attr]
+    assert "more than 4096 tool calls" in events[-1].message  # type: ignore[union-attr]
