@@ -7,12 +7,15 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from app.streaming.events import MAX_CHOICES
 from app.streaming.request import LENGTH_FIELDS, NESTED_LENGTH_FIELDS
 
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 TokenCount = Annotated[int, msgspec.Meta(ge=1)]
-# A count of choices (or of candidates to choose from): each costs a whole generation, so only one is allowed.
+# A count of candidates to choose from: each costs a whole generation, so only one is allowed.
 One = Annotated[int, msgspec.Meta(ge=1, le=1)]
+# A count of choices, each a whole generation, all relayed.
+Choices = Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)]
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -58,7 +61,7 @@ class ChatRequest(msgspec.Struct, frozen=True):
     options: OllamaOptions | None = None
     parameters: TGIParameters | None = None
     temperature: Temperature | None = None
-    n: One | None = None
+    n: Choices | None = None
     best_of: One | None = None
 
     def lengths(self) -> Iterator[tuple[str, int]]:

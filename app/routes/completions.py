@@ -72,10 +72,19 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     return None
 
 
-def admit_chat(runtime: Runtime, raw: dict[str, Any]) -> tuple[ChatRequest, Route]:
+def admit_chat(runtime: Runtime, raw: dict[str, Any], *, choices: bool = True) -> tuple[ChatRequest, Route]:
+    """The request and its route; ``n > 1`` is refused where it cannot be answered (``choices``: the caller can send several)."""
     chat = convert(raw, ChatRequest)
+    many = chat.n is not None and chat.n > 1
+    if many and not choices:
+        raise RequestError(422, "invalid_request", "n must be 1 here: a resumable stream carries one choice", param="$.n")
     runtime.admit(chat.lengths())
-    return chat, runtime.upstream_for(chat.model)
+    route = runtime.upstream_for(chat.model)
+    if many and not all(target.upstream.adapter.choices for target in route.targets):
+        raise RequestError(
+            422, "invalid_request", f"n must be 1 for the model {chat.model!r}: its model server's protocol answers one choice", param="$.n",
+        )
+    return chat, route
 
 
 def generation_request(rid: str, model: str, raw: dict[str, Any], max_tokens_limit: int) -> GenerationRequest:

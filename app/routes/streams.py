@@ -54,7 +54,7 @@ async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         raw = decode_object(await read_body(scope, receive, settings.max_body_bytes))
         if "messages" in raw:  # a chat body, as for /v1/chat/completions
-            chat, upstream = admit_chat(runtime, raw)
+            chat, upstream = admit_chat(runtime, raw, choices=False)
             request = generation_request(rid, chat.model, raw, settings.max_tokens_limit)
         else:
             upstream, request = admit_generate(runtime, rid, convert(raw, GenerateRequest))

@@ -50,8 +50,9 @@ async function ask(event) {
   source.addEventListener("token", (e) => { answer.textContent += JSON.parse(e.data).text; });
   source.addEventListener("done", (e) => {
     const done = JSON.parse(e.data);
-    const u = done.usage;
-    usage.textContent = `${u.completion_tokens} tokens generated, ${u.prompt_tokens} in the prompt (finish reason: ${done.finish_reason})`;
+    const u = done.usage;  // null when the model server reported none
+    const counts = u ? `${u.completion_tokens ?? "?"} tokens generated, ${u.prompt_tokens ?? "?"} in the prompt` : "usage not reported";
+    usage.textContent = `${counts} (finish reason: ${done.finish_reason})`;
     finish("done");
   });
   // "error" is both the relay's terminal event (a MessageEvent with data) and EventSource's own

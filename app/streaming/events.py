@@ -1,33 +1,137 @@
 """The normalised event model every upstream adapter produces and every encoder consumes.
 
-A generation is a sequence of ``Delta`` events, at most one ``Usage``, and exactly one
-terminal event: ``Finish`` or ``Error``.
+A generation is a sequence of parts (``Part``) and exactly one terminal event, last:
+``Finish`` or ``Error``. Parts carry everything a chat stream carries::
+
+    Delta(text, choice=0)                     content text: the common case, one small Struct a token
+    Reasoning(text, choice=0, signature=None) reasoning text (``reasoning_content`` / ``reasoning`` /
+                                              Anthropic's ``thinking``); a ``signature`` closes the
+                                              thinking block its text belongs to (Anthropic's
+                                              ``signature_delta``, usually with text ``""``)
+    RedactedReasoning(data, choice=0)         a whole redacted thinking block, its opaque ``data``
+    ToolCall(index, id=None, name=None, arguments="", choice=0)
+                                              a fragment of tool call ``index`` (the call's index in its
+                                              choice, dense from 0 in order of first appearance); ``id``
+                                              and ``name`` come once, on (or before) the call's first
+                                              ``arguments``; ``arguments`` is a fragment of the JSON
+                                              text, to concatenate (an adapter JSON-encodes an object)
+    Refusal(text, choice=0)                   refusal text
+    Logprobs(content=None, refusal=None, choice=0)
+                                              the upstream's token logprob objects as it sent them
+                                              (raw JSON, one ``msgspec.Raw`` a token), for the content
+                                              and the refusal; ``None`` where it sent none
+    Usage(prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details, completion_tokens_details)
+                                              OpenAI's usage shape: every count ``None`` when unknown
+                                              (encoded ``null``, never 0), and a 0 the upstream gave kept
+
+``choice`` is the choice index when the client asked for ``n > 1`` (0 otherwise), below
+``MAX_CHOICES``. Texts of one field and choice are concatenated by the client, as are the
+fragments of one call: so a consumer may merge parts (app/streaming/message.py), but never
+across fields, choices or calls, and never a reasoning text across a signature.
+
+``Finish.reason`` is choice 0's finish reason (``stop``, ``length``, ``tool_calls``,
+``content_filter``…, as the upstream said it: a call cut off by ``length`` stays ``length``);
+with several choices, ``reasons`` holds each one's by index. ``Error`` is the abnormal end.
+
+Every consumer matches every kind, ending with ``case _: assert_never(event)``, so that a kind
+added here and forgotten somewhere fails mypy rather than being read as the end of a stream.
 """
 
 from __future__ import annotations
 
 import msgspec
 
+# The most choices one request may ask for (``n``), as OpenAI allows: an adapter refuses a choice index past it.
+MAX_CHOICES = 128
+
 
 class Delta(msgspec.Struct, frozen=True):
-    """A piece of generated text."""
+    """A piece of generated content text."""
 
     text: str
+    choice: int = 0
+
+
+class Reasoning(msgspec.Struct, frozen=True):
+    """A piece of reasoning text; with ``signature``, the end of its thinking block."""
+
+    text: str
+    choice: int = 0
+    signature: str | None = None
+
+
+class RedactedReasoning(msgspec.Struct, frozen=True):
+    """A redacted thinking block (Anthropic's ``redacted_thinking``): opaque, to be sent back as it is."""
+
+    data: str
+    choice: int = 0
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    """A fragment of one tool (function) call."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+    choice: int = 0
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """A piece of refusal text."""
+
+    text: str
+    choice: int = 0
+
+
+class Logprobs(msgspec.Struct, frozen=True):
+    """Token logprob objects (``{"token", "logprob", "bytes", "top_logprobs"}``), as the upstream sent them."""
+
+    content: tuple[msgspec.Raw, ...] | None = None
+    refusal: tuple[msgspec.Raw, ...] | None = None
+    choice: int = 0
+
+
+class PromptTokensDetails(msgspec.Struct, frozen=True):
+    cached_tokens: int | None = None
+    audio_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    image_tokens: int | None = None
+    text_tokens: int | None = None
+
+
+class CompletionTokensDetails(msgspec.Struct, frozen=True):
+    reasoning_tokens: int | None = None
+    audio_tokens: int | None = None
+    accepted_prediction_tokens: int | None = None
+    rejected_prediction_tokens: int | None = None
+    text_tokens: int | None = None
 
 
 class Usage(msgspec.Struct, frozen=True):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    """Token counts, in OpenAI's shape: ``None`` is unknown."""
 
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+
+    @classmethod
+    def counted(cls, prompt_tokens: int | None, completion_tokens: int | None) -> Usage:
+        """Usage from the two counts, with their total when both are known."""
+        total = prompt_tokens + completion_tokens if prompt_tokens is not None and completion_tokens is not None else None
+        return cls(prompt_tokens, completion_tokens, total)
 
 
 class Finish(msgspec.Struct, frozen=True):
     """The generation ended normally."""
 
     reason: str = "stop"
+    reasons: tuple[str, ...] = ()  # with several choices, each one's reason by index (``reasons[0] == reason``)
+
+    def reason_of(self, choice: int) -> str:
+        return self.reasons[choice] if choice < len(self.reasons) else self.reason
 
 
 class Error(msgspec.Struct, frozen=True):
@@ -44,5 +148,6 @@ class Error(msgspec.Struct, frozen=True):
     phase: str
 
 
-Event = Delta | Usage | Finish | Error
+Part = Delta | Reasoning | RedactedReasoning | ToolCall | Refusal | Logprobs | Usage
 Terminal = Finish | Error
+Event = Part | Terminal

@@ -6,28 +6,31 @@ terminal event, whatever happens: end of stream, upstream fault, timeout or ``cl
 It never raises a relay error to its caller: failures become the terminal ``Error``.
 
 Failover: a route may list several upstreams. Until the first event reaches the sink (the
-first token, or a finish or an error that is not the upstream's fault) nothing the client
-can tell apart has been sent: the response head and heartbeat comments carry no content.
-Up to that point an upstream fault (connect error or timeout, 5xx, 429, first-token
-timeout, a stream that breaks or errs before its first token) sends the request to the
-next upstream of the route instead of to the client. From the first event on, the
-generation belongs to that upstream and a failure is the terminal ``Error``. Upstreams
-whose circuit is open, or at their concurrency limit, are skipped.
+first part of any kind: content, reasoning, a tool call, a refusal; or a finish or an error
+that is not the upstream's fault) nothing the client can tell apart has been sent: the
+response head and heartbeat comments carry no content. Up to that point an upstream fault
+(connect error or timeout, 5xx, 429, first-token timeout, a stream that breaks or errs
+before its first part) sends the request to the next upstream of the route instead of to
+the client. From the first event on, the generation belongs to that upstream and a failure
+is the terminal ``Error``. Upstreams whose circuit is open, or at their concurrency limit,
+are skipped.
 
 Deadlines after the response head use one timer per generation, re-armed lazily: each
 event only stores the new idle deadline, and the timer, when it fires early, moves itself.
+Every part counts as progress, for the first-token deadline as for the idle one: a model
+that reasons (or writes a tool call's arguments) longer than the first-token timeout is alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Protocol, assert_never
 
 import msgspec
 
 from app.errors import UpstreamError, UpstreamTimeout
-from app.streaming.events import Delta, Error, Event, Finish
+from app.streaming.events import Delta, Error, Event, Finish, Logprobs, Reasoning, RedactedReasoning, Refusal, ToolCall, Usage
 from app.streaming.request import GenerationRequest
 from app.streaming.routing import Circuit, Route, Target, Timeouts, Upstream
 from app.streaming.upstreams.http1 import Exchange
@@ -204,16 +207,20 @@ class Generation:
                 first.set_result(event)  # start() goes on to the next upstream
                 return
             self._commit(event)
-        if isinstance(event, Delta):
-            self.tokens += 1
-            self._phase = "stream"
-            self._deadline = self._loop.time() + self._upstream.timeouts.idle
-        elif isinstance(event, (Finish, Error)):
-            self.done = True
-            self._finished = type(event) is Finish
-            if type(event) is Error and upstream_fault(event):
-                self._upstream.circuit.failed()
-            self._release(finished=self._finished)
+        match event:
+            case Delta() | Reasoning() | RedactedReasoning() | ToolCall() | Refusal() | Logprobs() | Usage():
+                # Any progress, not only content: a model may reason, or call a tool, for longer than a first-token timeout.
+                self.tokens += 1
+                self._phase = "stream"
+                self._deadline = self._loop.time() + self._upstream.timeouts.idle
+            case Finish() | Error():
+                self.done = True
+                self._finished = type(event) is Finish
+                if type(event) is Error and upstream_fault(event):
+                    self._upstream.circuit.failed()
+                self._release(finished=self._finished)
+            case _:
+                assert_never(event)
         self._sink.push(event)
 
     def _commit(self, event: Event) -> None:

@@ -8,18 +8,20 @@ by callback (``push``), and at the end of each upstream read ``flush`` sends wha
   client's socket is full; then the suspended coroutine is handed to the writer task, which
   finishes it. So a client that keeps up costs no task switch per event.
 - Otherwise events wait in ``_pending`` until the writer is free, and the encoder coalesces
-  everything pending into one event, text concatenated.
+  everything pending (app/streaming/message.py): one event per field of each choice, texts
+  concatenated, a call's fragments concatenated (never two calls'), nothing dropped.
 
 ASGI promises only that ``send()`` returns an awaitable: one that is not a coroutine (granian's)
 cannot be driven by hand, so it is handed to the writer task as it is, to be awaited.
 
-When more than ``lag_limit`` bytes of text are pending, the stream ends with a
+When more than ``lag_limit`` bytes of text of any kind (content, reasoning, refusal, tool-call
+arguments, logprobs; a part without text counts 1) are pending, the stream ends with a
 ``slow_consumer`` error, the upstream is closed, and the client gets ``grace`` seconds to
 take the error before the writer is cancelled. Memory per stream is therefore bounded by
 the lag limit plus the transport's write buffer, whatever the client does.
 
-``CollectedStream`` is the sink of a ``stream: false`` request: it gathers the text, up to
-a limit. Past it the answer is a ``response_too_large`` error, at once: the request task,
+``CollectedStream`` is the sink of a ``stream: false`` request: it gathers the message, up to
+a limit of text. Past it the answer is a ``response_too_large`` error, at once: the request task,
 woken by it, closes the generation, and the client gets a 502.
 
 The tasks of one request and who cancels whom are drawn in docs/architecture.md.
@@ -30,12 +32,26 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import CoroutineType
-from typing import Any
+from typing import Any, assert_never
 
 import anyio
 
 from app.streaming.encoders import Collected, StreamEncoder
-from app.streaming.events import Delta, Error, Event, Finish, Terminal, Usage
+from app.streaming.events import (
+    Delta,
+    Error,
+    Event,
+    Finish,
+    Logprobs,
+    Part,
+    Reasoning,
+    RedactedReasoning,
+    Refusal,
+    Terminal,
+    ToolCall,
+    Usage,
+)
+from app.streaming.message import Merged, size
 from app.streaming.sse import HEARTBEAT
 from app.types import Receive, Send
 
@@ -90,7 +106,7 @@ class DirectStream:
         self._grace = grace
         self._cancel = cancel
         self._loop = asyncio.get_running_loop()
-        self._pending: list[Event] = []
+        self._pending: list[Part] = []
         self._lag = 0
         self._terminal: Terminal | None = None
         self._terminal_sent = False
@@ -107,17 +123,24 @@ class DirectStream:
     def push(self, event: Event) -> None:
         if self._terminal is not None:
             return
-        if type(event) is Delta:
-            self._pending.append(event)
-            self._lag += len(event.text)
-            if self._lag > self._lag_limit:
-                self._end_early(Error("relay_error", "slow_consumer", f"the client fell more than {self._lag_limit} bytes behind the model", "stream"))
-        elif type(event) is Usage:
-            self._pending.append(event)
-        else:
-            assert isinstance(event, (Finish, Error))
-            self._terminal = event
-            self._deliver_terminal()
+        match event:
+            case Delta():
+                self._pending.append(event)
+                self._lag += len(event.text)
+            case Reasoning() | RedactedReasoning() | ToolCall() | Refusal() | Logprobs():
+                self._pending.append(event)
+                self._lag += size(event)
+            case Usage():
+                self._pending.append(event)
+                self._lag += 1
+            case Finish() | Error():
+                self._terminal = event
+                self._deliver_terminal()
+                return
+            case _:
+                assert_never(event)
+        if self._lag > self._lag_limit:
+            self._end_early(Error("relay_error", "slow_consumer", f"the client fell more than {self._lag_limit} bytes behind the model", "stream"))
 
     def flush(self) -> None:
         """Send what is pending, from the caller's callback, unless the request task is sending."""
@@ -157,8 +180,10 @@ class DirectStream:
             return b""
         events, self._pending = self._pending, []
         self._lag = 0
-        if len(events) == 1 and type(events[0]) is Delta:
-            return self._encoder.delta(events[0].text)
+        if len(events) == 1:
+            event = events[0]
+            if type(event) is Delta and not event.choice:
+                return self._encoder.delta(event.text)
         return self._encoder.encode(events)
 
     def _end_early(self, error: Error) -> None:
@@ -246,33 +271,38 @@ class DirectStream:
 
 
 class CollectedStream:
-    """Gathers a whole generation for a ``stream: false`` answer: at most ``limit`` characters of text (bytes, for ASCII)."""
+    """Gathers a whole generation for a ``stream: false`` answer: at most ``limit`` characters of text (bytes, for ASCII).
+
+    Every kind of text counts: content, reasoning, refusal, tool-call arguments, logprobs.
+    """
 
     def __init__(self, limit: int) -> None:
-        self._parts: list[str] = []
+        self._message = Merged()
         self._size = 0
         self._limit = limit
-        self._usage: Usage | None = None
         self._done: asyncio.Future[Terminal | None] = asyncio.get_running_loop().create_future()
 
     def push(self, event: Event) -> None:
-        if type(event) is Delta:
-            if self._done.done():  # cut off, or abandoned: the generation is being closed
-                return
-            self._parts.append(event.text)
-            self._size += len(event.text)
-            if self._size > self._limit:
-                self._parts = []
-                self._done.set_result(Error(
-                    "relay_error", "response_too_large",
-                    f"the answer passed the relay's limit of {self._limit} bytes of text for a non-streaming answer; ask for a stream instead",
-                    "stream",
-                ))
-        elif type(event) is Usage:
-            self._usage = event
-        elif not self._done.done():
-            assert isinstance(event, (Finish, Error))
-            self._done.set_result(event)
+        match event:
+            case Delta() | Reasoning() | RedactedReasoning() | ToolCall() | Refusal() | Logprobs():
+                if self._done.done():  # cut off, or abandoned: the generation is being closed
+                    return
+                self._message.add(event)
+                self._size += size(event)
+                if self._size > self._limit:
+                    self._message = Merged()
+                    self._done.set_result(Error(
+                        "relay_error", "response_too_large",
+                        f"the answer passed the relay's limit of {self._limit} bytes of text for a non-streaming answer; ask for a stream instead",
+                        "stream",
+                    ))
+            case Usage():
+                self._message.add(event)
+            case Finish() | Error():
+                if not self._done.done():
+                    self._done.set_result(event)
+            case _:
+                assert_never(event)
 
     def flush(self) -> None:
         pass
@@ -284,4 +314,4 @@ class CollectedStream:
 
     async def result(self) -> Collected | None:
         terminal = await self._done
-        return Collected("".join(self._parts), self._usage, terminal) if terminal is not None else None
+        return Collected(self._message, terminal) if terminal is not None else None

@@ -28,15 +28,17 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Iterator
+from typing import assert_never
 
 import anyio
 import anyio.abc
 import msgspec
 
-from app.streaming.encoders import error_body, usage_body
+from app.streaming.encoders import error_body, native_done, native_parts
 from app.streaming.eventlog import EventLog
-from app.streaming.events import Delta, Error, Event, Finish, Usage
+from app.streaming.events import Delta, Error, Event, Finish, Logprobs, Part, Reasoning, RedactedReasoning, Refusal, ToolCall, Usage
 from app.streaming.generation import Generation, Route, Upstream
+from app.streaming.message import Merged
 from app.streaming.request import GenerationRequest
 from app.streaming.respond import LiveRequests
 
@@ -80,8 +82,13 @@ class ResumableStream:
 
     def push(self, event: Event) -> None:
         self._pending.append(event)
-        if isinstance(event, (Finish, Error)):
-            self._ready.set()
+        match event:
+            case Finish() | Error():
+                self._ready.set()
+            case Delta() | Reasoning() | RedactedReasoning() | ToolCall() | Refusal() | Logprobs() | Usage():
+                pass  # sent on at the flush that ends this read
+            case _:
+                assert_never(event)
 
     def flush(self) -> None:
         self._ready.set()
@@ -165,35 +172,43 @@ class ResumableStream:
                 await self._log.expire(self.id, self._limits.retention)
 
     async def _append(self, events: list[Event]) -> None:
-        text = ""
+        """Append what came together: one log entry per field (``native_parts``), then the terminal event if it came."""
+        parts: list[Part] = []
         terminal: Finish | Error | None = None
         for event in events:
-            if isinstance(event, Delta):
-                text += event.text
-            elif isinstance(event, Usage):
-                self._usage = event
-            else:
-                terminal = event
-                break
-        if text:
-            data = b'{"text":' + _encode(text) + b"}"
+            match event:
+                case Delta() | Reasoning() | RedactedReasoning() | ToolCall() | Refusal() | Logprobs():
+                    parts.append(event)
+                case Usage():
+                    self._usage = event
+                case Finish() | Error():
+                    terminal = event
+                    break
+                case _:
+                    assert_never(event)
+        entries = native_parts(Merged.of(parts)) if parts else []
+        for name, data in entries:
             self._bytes += len(data)
-            await self._log.append(self.id, "token", data)
-            if terminal is None and self._bytes > self._limits.max_bytes:
+            await self._log.append(self.id, name, data)
+        if entries and terminal is None:
+            if self._bytes > self._limits.max_bytes:
                 self._generation.fail(Error(
                     "relay_error", "stream_too_long",
                     f"the stream passed the relay's limit of {self._limits.max_bytes} bytes", self._generation.phase,
                 ))
-            elif terminal is None and self._log.room < 0:
+            elif self._log.room < 0:
                 self._log_full()
         if terminal is not None:
             await self._append_terminal(terminal)
 
     async def _append_terminal(self, event: Finish | Error) -> None:
-        if isinstance(event, Error):
-            name, data = "error", _encode(error_body(event))
-        else:
-            name, data = "done", _encode({"finish_reason": event.reason, "usage": usage_body(self._usage)})
+        match event:
+            case Error():
+                name, data = "error", _encode(error_body(event))
+            case Finish():
+                name, data = "done", native_done(event, self._usage)
+            case _:
+                assert_never(event)
         await self._log.append(self.id, name, data)
         self.terminal = name
         self.finished = True

@@ -31,7 +31,7 @@ async def test_usage_chunk_only_when_asked(relay_url: str, client: httpx.AsyncCl
     _, events = await post_stream(client, relay_url + "/v1/chat/completions", body)
     usage = data(events[-2])
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+    assert usage["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4, "prompt_tokens_details": None, "completion_tokens_details": None}
 
 
 @under_every_server
@@ -40,7 +40,7 @@ async def test_non_streaming_is_a_chat_completion(relay_url: str, client: httpx.
     assert response.status_code == 200
     body = response.json()
     assert body["object"] == "chat.completion"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "".join(mock_text("hi there", 4))}
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "".join(mock_text("hi there", 4)), "refusal": None}
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 4
 

@@ -79,7 +79,7 @@ REFUSED = [
     ({"max_tokens": True}, "invalid_request", "$.max_tokens"),
     ({"options": "num_predict=10000000"}, "invalid_request", "$.options"),
     ({"best_of": 4}, "invalid_request", "$.best_of"),  # best_of candidates, each as long as the limit
-    ({"n": 2}, "invalid_request", "$.n"),
+    ({"n": 129}, "invalid_request", "$.n"),  # choices, each as long as the limit: OpenAI's own bound
 ]
 
 

@@ -7,10 +7,10 @@ import json
 
 import anyio
 import httpx
+import msgspec
 import pytest
 
-from app.streaming.encoders import Collected
-from app.streaming.events import Delta, Error, Finish
+from app.streaming.events import Delta, Error, Finish, Logprobs, Part, Reasoning, RedactedReasoning, Refusal, ToolCall
 from app.streaming.relay import CollectedStream
 from tests.hostile import LAST_CHUNK, Flood, HostileUpstream, chunk, chunked_head, probing, sse
 from tests.servers import relay_server
@@ -77,7 +77,22 @@ async def test_an_answer_of_exactly_the_limit_is_whole_and_one_character_more_is
     for text in ("abc", "def", "what arrives before the generation is closed changes nothing"):
         over.push(Delta(text))
     over.push(Finish("stop"))
-    assert await whole.result() == Collected("abcde", None, Finish("stop"))
+    collected = await whole.result()
+    assert collected is not None and collected.terminal == Finish("stop")
+    assert "".join(collected.message.choices[0].content) == "abcde" and collected.message.usage is None
     result = await over.result()
-    assert result is not None and result.text == ""
+    assert result is not None and not result.message.choices
     assert isinstance(result.terminal, Error) and (result.terminal.code, result.terminal.phase) == ("response_too_large", "stream")
+
+
+@pytest.mark.parametrize("part", [
+    Reasoning("think"), ToolCall(0, "call_1", "f", "{}"), ToolCall(0, arguments='{"a":1}'), Refusal("no no"), RedactedReasoning("xxxxx"),
+    Logprobs((msgspec.Raw(b'{"token":"a"}'),)),
+], ids=repr)
+async def test_every_kind_of_text_counts_toward_the_limit(part: Part) -> None:
+    """A model that reasons, or writes a call's arguments, without end is cut off as one that writes text."""
+    collected = CollectedStream(4)
+    collected.push(Delta("x"))
+    collected.push(part)
+    result = await collected.result()
+    assert result is not None and isinstance(result.terminal, Error) and result.terminal.code == "response_too_large"

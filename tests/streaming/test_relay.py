@@ -11,10 +11,11 @@ import json
 from collections.abc import Awaitable, Callable
 
 import anyio
+import msgspec
 import pytest
 
 from app.streaming.encoders import NativeEvents
-from app.streaming.events import Delta, Finish
+from app.streaming.events import Delta, Finish, Logprobs, Part, Reasoning, RedactedReasoning, Refusal, ToolCall, Usage
 from app.streaming.relay import DirectStream
 from app.streaming.sse import SSEParser
 from app.types import Message
@@ -98,3 +99,36 @@ async def test_a_send_that_raises_when_called_fails_the_request_task_not_the_ups
     stream.flush()  # an upstream callback: it must not see the client's failure
     with anyio.fail_after(5), pytest.raises(OSError, match="closed"):
         await stream.run(_stay)
+
+
+@pytest.mark.parametrize(("part", "count"), [
+    (Delta("x" * 64), 20), (Reasoning("x" * 64), 20), (ToolCall(0, arguments="x" * 64), 20), (Refusal("x" * 64), 20),
+    (RedactedReasoning("x" * 64), 20), (Logprobs((msgspec.Raw(b'{"token":"' + b"x" * 64 + b'"}'),)), 20),
+    (Logprobs(()), 1_001), (Usage(1, 1, 2), 1_001),
+], ids=lambda part: type(part).__name__ if not isinstance(part, int) else str(part))
+async def test_every_kind_of_part_counts_toward_the_lag_limit(part: Part, count: int) -> None:
+    """A client that stops reading while a model reasons, or writes a call's arguments, is as slow as one that stops during text;
+    a part without text counts too, so that what piles up is bounded in number."""
+    sent = Recorder()
+    release = anyio.Event()
+
+    async def send(message: Message) -> None:
+        sent.record(message)
+        if len(sent.bodies) == 1:
+            await release.wait()  # the client stops reading after the first write
+
+    stream = DirectStream(send, NativeEvents(), lag_limit=1_000, heartbeat_interval=60, grace=5, cancel=lambda: None)
+    aborted: list[bool] = []
+    stream.on_abort = lambda: aborted.append(True)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream.run, _stay)
+            stream.push(Delta("first"))
+            stream.flush()
+            for _ in range(count):  # past the limit of 1000
+                stream.push(part)
+                stream.flush()
+            assert aborted == [True]
+            release.set()
+    events = SSEParser().feed(b"".join(sent.bodies))
+    assert events[-1].event == "error" and json.loads(events[-1].data)["code"] == "slow_consumer"

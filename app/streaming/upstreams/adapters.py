@@ -3,6 +3,7 @@
 An adapter is two things: ``build_request(request, api_key)`` gives the path (after the
 upstream's base URL), headers and body of a streaming request, and ``handler(emit, flush)``
 makes the ``ResponseHandler`` that turns the response's bytes into normalised events.
+``choices`` says whether its protocol can answer ``n > 1`` choices at once.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ class Adapter(NamedTuple):
     protocol: Protocol
     build_request: BuildRequest
     handler: MakeHandler
+    choices: bool = False
 
 
 def _adapter(protocol: Protocol) -> Adapter:
     match protocol:
         case "openai":
-            return Adapter(protocol, openai.build_request, openai.ChatStream)
+            return Adapter(protocol, openai.build_request, openai.ChatStream, choices=True)
         case "tgi":
             return Adapter(protocol, tgi.build_request, tgi.GenerateStream)
         case "ollama":

@@ -43,8 +43,10 @@ class _Usage(msgspec.Struct):
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
 
-    def prompt_tokens(self) -> int:
-        return (self.input_tokens or 0) + (self.cache_creation_input_tokens or 0) + (self.cache_read_input_tokens or 0)
+    def prompt_tokens(self) -> int | None:
+        if self.input_tokens is None:
+            return None
+        return self.input_tokens + (self.cache_creation_input_tokens or 0) + (self.cache_read_input_tokens or 0)
 
 
 class _Message(msgspec.Struct):
@@ -106,8 +108,8 @@ class MessageStream(SSEStreamHandler):
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         super().__init__(emit, flush)
         self._stop_reason: str | None = None
-        self._input = 0
-        self._output = 0
+        self._input: int | None = None
+        self._output: int | None = None
 
     def _on_event(self, data: str) -> None:
         try:
@@ -146,7 +148,7 @@ class MessageStream(SSEStreamHandler):
             self._output = usage.output_tokens  # cumulative
 
     def _finish(self) -> None:
-        self._emit(Usage(self._input, self._output))
+        self._emit(Usage.counted(self._input, self._output))
         reason = self._stop_reason or "end_turn"
         self._end(Finish(_FINISH.get(reason, reason)))
 

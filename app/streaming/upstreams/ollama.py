@@ -37,8 +37,8 @@ class _Line(msgspec.Struct):
     message: _Message | None = None
     done: bool = False
     done_reason: str | None = None
-    prompt_eval_count: int = 0
-    eval_count: int = 0
+    prompt_eval_count: int | None = None  # left out when the prompt was cached
+    eval_count: int | None = None
     error: str | None = None
 
 
@@ -100,7 +100,7 @@ class ChatLines(StreamHandler):
             self._tokens = True
             self._emit(Delta(parsed.message.content))
         if parsed.done:
-            self._emit(Usage(parsed.prompt_eval_count, parsed.eval_count))
+            self._emit(Usage.counted(parsed.prompt_eval_count, parsed.eval_count))
             self._end(Finish(parsed.done_reason or "stop"))
 
     def _at_end(self) -> None:

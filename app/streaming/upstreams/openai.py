@@ -1,11 +1,29 @@
 """The OpenAI chat-completions protocol (vLLM, llama.cpp server, Ollama /v1, TGI Messages, OpenAI).
 
 Maps a ``GenerationRequest`` to a streaming ``POST {base}/chat/completions`` (always with
-``stream_options.include_usage``) and the response's SSE chunks to normalised events:
-content deltas become ``Delta``, the usage chunk ``Usage``, ``[DONE]`` the ``Finish``
-carrying the last ``finish_reason``. An in-band ``{"error": ...}`` frame, a malformed
-chunk, an error status or a body that ends before ``[DONE]`` (and before any
-``finish_reason``) become an ``Error``.
+``stream_options.include_usage``) and the response's SSE chunks to normalised events, every
+field of every choice (``choices[].index``, for ``n > 1``):
+
+- ``delta.content`` → ``Delta``; ``delta.refusal`` → ``Refusal``;
+- ``delta.reasoning_content``, or ``delta.reasoning`` (vLLM's later name, Ollama's and
+  OpenRouter's) → ``Reasoning``; a server that sends both names sends the same text twice,
+  so only ``reasoning_content`` is read then;
+- ``delta.tool_calls[]`` → ``ToolCall`` (``Calls``): calls are numbered in the order they first
+  appear, which is the upstream's own ``index`` when it is well formed; a call without
+  ``index`` (Ollama's ``/v1``), or at the index of a call with another ``id`` (every call at
+  index 0), is a call of its own. An ``id`` or a ``name`` already given for a call is not
+  given again, and ``arguments`` sent as a JSON object (not a string) are JSON-encoded. A
+  call with ``""`` or ``"{}"`` for its arguments is kept like any other;
+- ``choices[].logprobs`` ``{content, refusal}`` → ``Logprobs``, the token objects as sent, per chunk;
+- ``choices[].finish_reason`` → ``Finish`` at ``[DONE]``, each choice's as it came (a call cut
+  off by ``length`` stays ``length``);
+- ``usage`` (with ``prompt_tokens_details`` and ``completion_tokens_details``) → ``Usage``,
+  with ``None`` for what it did not say.
+
+An in-band ``{"error": ...}`` frame, a malformed chunk, an error status or a body that ends
+before ``[DONE]`` (and before every choice's ``finish_reason``) become an ``Error``. A server
+that ignores ``stream: true`` and answers one JSON completion is read the same way (its
+``message`` in place of ``delta``).
 """
 
 from __future__ import annotations
@@ -15,34 +33,53 @@ from typing import Any
 
 import msgspec
 
-from app.streaming.events import Delta, Event, Finish, Usage
+from app.streaming.events import MAX_CHOICES, Delta, Event, Finish, Logprobs, Reasoning, Refusal, ToolCall, Usage
 from app.streaming.request import GenerationRequest
 from app.streaming.upstreams.handler import MAX_ERROR_BODY, ErrorBody, SSEStreamHandler, decode_repaired, error_code
 
 
+class _Function(msgspec.Struct):
+    name: str | None = None
+    arguments: str | dict[str, Any] | list[Any] | None = None
+
+
+class _ToolCall(msgspec.Struct):
+    index: int | None = None
+    id: str | None = None
+    function: _Function | None = None
+
+
 class _Delta(msgspec.Struct):
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    refusal: str | None = None
+    tool_calls: list[_ToolCall] | _ToolCall | None = None  # one call not in a list: some TGI versions
+
+
+class _Logprobs(msgspec.Struct):
+    content: tuple[msgspec.Raw, ...] | None = None
+    refusal: tuple[msgspec.Raw, ...] | None = None
 
 
 class _Choice(msgspec.Struct):
+    index: int = 0
     delta: _Delta | None = None
     message: _Delta | None = None
+    logprobs: _Logprobs | None = None
     finish_reason: str | None = None
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class _Chunk(msgspec.Struct):
     choices: list[_Choice] = []
-    usage: _Usage | None = None
+    usage: Usage | None = None
     error: ErrorBody | str | None = None
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 _encode = msgspec.json.Encoder().encode
+# The most tool calls in one choice: what the relay remembers of each (its id, its name) is bounded by it.
+MAX_CALLS = 4096
 
 
 def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -61,14 +98,65 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
     return "/chat/completions", headers, _encode(body)
 
 
+class Calls:
+    """The calls of one choice: the relay's index of each upstream fragment, and what of it is new.
+
+    Calls are numbered 0, 1, 2… in the order they first appear (for a well-formed upstream, its own
+    indexes). A fragment belongs to the call of its ``id``, else to the latest call of its
+    ``index``, else (no index) to the latest call; a new ``id`` is a new call, unless it names
+    the call of its index that had none yet.
+    """
+
+    __slots__ = ("_by_id", "_by_index", "_count", "_identified", "_last", "_names")
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._by_id: dict[str, int] = {}
+        self._identified: set[int] = set()
+        self._by_index: dict[int, int] = {}  # the upstream's index → the relay's index of its latest call
+        self._names: dict[int, str] = {}
+        self._last: int | None = None
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def place(self, index: int | None, call_id: str | None, name: str | None) -> tuple[int, str | None, str | None]:
+        """The relay's index of a fragment, and its id and name unless that call has them already."""
+        current = self._by_index.get(index) if index is not None else self._last
+        if call_id and call_id in self._by_id:
+            relay, call_id = self._by_id[call_id], None
+        elif call_id:
+            relay = current if current is not None and current not in self._identified else self._new()
+            self._by_id[call_id] = relay
+            self._identified.add(relay)
+        else:
+            relay = current if current is not None else self._new()
+        if index is not None:
+            self._by_index[index] = relay
+        self._last = relay
+        if name:
+            if self._names.get(relay) == name:
+                name = None
+            else:
+                self._names[relay] = name
+        return relay, call_id or None, name or None
+
+    def _new(self) -> int:
+        self._count += 1
+        return self._count - 1
+
+
 class ChatStream(SSEStreamHandler):
     """Response handler: turns the upstream's bytes into events for ``emit``; ``flush`` after each read."""
 
-    __slots__ = ("_finish_reason",)
+    __slots__ = ("_calls", "_finish_reason", "_reasons")
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         super().__init__(emit, flush)
-        self._finish_reason: str | None = None
+        self._finish_reason: str | None = None  # choice 0's
+        self._reasons: dict[int, str | None] | None = None  # with several choices, each one's (None: not finished)
+        self._calls: dict[int, Calls] | None = None
 
     def on_body(self, data: bytes) -> None:
         # The hot path, written out in full: most chunks are one whole ``data:`` event.
@@ -86,18 +174,34 @@ class ChatStream(SSEStreamHandler):
         if not self._ended:
             self._flush()
 
+    def _finished(self) -> Finish | None:
+        """The finish, once every choice has its reason."""
+        if self._reasons is None:
+            return Finish(self._finish_reason) if self._finish_reason is not None else None
+        reasons = [self._reasons.get(index) for index in range(max(self._reasons) + 1)]
+        if any(reason is None for reason in reasons):
+            return None
+        return Finish(reasons[0] or "stop", tuple(reason or "stop" for reason in reasons))
+
+    def _done(self) -> Finish:
+        finish = self._finished()
+        if finish is not None:
+            return finish
+        if self._reasons is None:
+            return Finish("stop")
+        reasons = tuple(self._reasons.get(index) or "stop" for index in range(max(self._reasons) + 1))
+        return Finish(reasons[0], reasons)
+
     def _at_end(self) -> None:
-        if self._finish_reason is not None:
-            self._end(Finish(self._finish_reason))
-        else:
-            self._end(self._incomplete("[DONE]"))
+        finish = self._finished()
+        self._end(finish if finish is not None else self._incomplete("[DONE]"))
 
     def _unexpected(self, body: bytes) -> None:
         self._on_completion(body)
 
     def _on_event(self, data: str | bytes) -> None:
         if data == b"[DONE]" or data == "[DONE]":
-            self._end(Finish(self._finish_reason or "stop"))
+            self._end(self._done())
             return
         try:
             chunk = _decode_chunk(data)
@@ -115,14 +219,74 @@ class ChatStream(SSEStreamHandler):
                 self._end(self._error(error_code(error), error.message))
             return
         for choice in chunk.choices:
+            index = choice.index
+            if index and not 0 < index < MAX_CHOICES:
+                self._end(self._error("upstream_malformed", f"a choice index of {index} from the model server (at most {MAX_CHOICES - 1})"))
+                return
             delta = choice.delta or choice.message
-            if delta is not None and delta.content:
-                self._tokens = True
-                self._emit(Delta(delta.content))
-            if choice.finish_reason is not None:
+            if delta is not None:
+                if delta.reasoning_content is not None or delta.reasoning is not None or delta.refusal is not None or delta.tool_calls is not None:
+                    self._on_rich(delta, index)
+                    if self._ended:
+                        return
+                elif delta.content:
+                    self._tokens = True
+                    self._emit(Delta(delta.content, index))
+            if choice.logprobs is not None:
+                self._on_logprobs(choice.logprobs, index)
+            if index or self._reasons is not None:
+                self._on_choice(index, choice.finish_reason)
+            elif choice.finish_reason is not None:
                 self._finish_reason = choice.finish_reason
         if chunk.usage is not None:
-            self._emit(Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens))
+            self._emit(chunk.usage)
+
+    def _on_rich(self, delta: _Delta, choice: int) -> None:
+        """A delta with more than content, in a message's order: reasoning, content, refusal, calls."""
+        self._tokens = True
+        reasoning = delta.reasoning_content if delta.reasoning_content is not None else delta.reasoning
+        if reasoning:
+            self._emit(Reasoning(reasoning, choice))
+        if delta.content:
+            self._emit(Delta(delta.content, choice))
+        if delta.refusal:
+            self._emit(Refusal(delta.refusal, choice))
+        calls = delta.tool_calls
+        for call in [calls] if isinstance(calls, _ToolCall) else calls or ():
+            self._on_call(call, choice)
+            if self._ended:
+                return
+
+    def _on_call(self, call: _ToolCall, choice: int) -> None:
+        if self._calls is None:
+            self._calls = {}
+        calls = self._calls.get(choice)
+        if calls is None:
+            calls = self._calls[choice] = Calls()
+        function = call.function or _Function()
+        arguments = function.arguments
+        if arguments is not None and not isinstance(arguments, str):
+            arguments = _encode(arguments).decode()
+        index, call_id, name = calls.place(call.index, call.id, function.name)
+        if calls.count > MAX_CALLS:
+            self._end(self._error("upstream_malformed", f"more than {MAX_CALLS} tool calls in one choice from the model server"))
+            return
+        if call_id is not None or name is not None or arguments:
+            self._emit(ToolCall(index, call_id, name, arguments or "", choice))
+
+    def _on_logprobs(self, logprobs: _Logprobs, choice: int) -> None:
+        if logprobs.content is not None or logprobs.refusal is not None:
+            self._tokens = True
+            self._emit(Logprobs(logprobs.content, logprobs.refusal, choice))
+
+    def _on_choice(self, index: int, reason: str | None) -> None:
+        """With several choices, each one's finish reason (``None`` until it finishes)."""
+        if self._reasons is None:
+            self._reasons = {0: self._finish_reason}
+        if reason is not None or index not in self._reasons:
+            self._reasons[index] = reason
+        if index == 0 and reason is not None:
+            self._finish_reason = reason
 
     def _on_completion(self, body: bytes) -> None:
         """The server ignored ``stream: true`` and answered with one JSON completion."""
@@ -139,4 +303,4 @@ class ChatStream(SSEStreamHandler):
             return
         self._on_event(body)
         if not self._ended:
-            self._end(Finish(self._finish_reason or "stop"))
+            self._end(self._done())

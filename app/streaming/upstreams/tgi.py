@@ -38,8 +38,8 @@ class _Token(msgspec.Struct):
 
 class _Details(msgspec.Struct):
     finish_reason: str = "eos_token"
-    generated_tokens: int = 0
-    input_length: int = 0
+    generated_tokens: int | None = None
+    input_length: int | None = None
 
 
 class _Event(msgspec.Struct):
@@ -92,7 +92,7 @@ class GenerateStream(SSEStreamHandler):
             self._emit(Delta(token.text))
         details = event.details
         if details is not None:
-            self._emit(Usage(details.input_length, details.generated_tokens))
+            self._emit(Usage.counted(details.input_length, details.generated_tokens))
             self._end(Finish(_FINISH.get(details.finish_reason, details.finish_reason)))
         elif event.generated_text is not None:  # the last event, from a server not asked for details
             self._end(Finish("stop"))

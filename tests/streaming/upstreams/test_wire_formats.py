@@ -21,21 +21,21 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SSE, NDJSON = b"text/event-stream", b"application/x-ndjson"
 
 CASES = {
-    "openai-stream-usage.sse": ("openai", [Delta("Hello"), Delta("!"), Usage(9, 2), Finish("stop")]),
-    "openai-llamacpp.sse": ("openai", [Delta("Hi"), Usage(12, 1), Finish("length")]),
+    "openai-stream-usage.sse": ("openai", [Delta("Hello"), Delta("!"), Usage(9, 2, 11), Finish("stop")]),
+    "openai-llamacpp.sse": ("openai", [Delta("Hi"), Usage(12, 1, 13), Finish("length")]),
     "openai-vllm-error.sse": ("openai", [Delta("Once"), Error("upstream_error", "500", "The engine is dead", "stream")]),
-    "tgi-generate-stream.sse": ("tgi", [Delta("Deep"), Delta(" learning"), Usage(6, 3), Finish("stop")]),
-    "tgi-length.sse": ("tgi", [Delta("Deep"), Delta(" learning"), Usage(6, 2), Finish("length")]),
+    "tgi-generate-stream.sse": ("tgi", [Delta("Deep"), Delta(" learning"), Usage(6, 3, 9), Finish("stop")]),
+    "tgi-length.sse": ("tgi", [Delta("Deep"), Delta(" learning"), Usage(6, 2, 8), Finish("length")]),
     "tgi-error.sse": ("tgi", [
         Delta("Deep"), Error("upstream_error", "generation", "Request failed during generation: Server error: Out of available cache blocks", "stream"),
     ]),
-    "ollama-chat.ndjson": ("ollama", [Delta("The"), Delta(" sky"), Delta(" is blue."), Usage(26, 282), Finish("stop")]),
+    "ollama-chat.ndjson": ("ollama", [Delta("The"), Delta(" sky"), Delta(" is blue."), Usage(26, 282, 308), Finish("stop")]),
     "ollama-error.ndjson": ("ollama", [
         Delta("The"), Error("upstream_error", "upstream_error", "an error was encountered while running the model: unexpected EOF", "stream"),
     ]),
-    "anthropic-stream.sse": ("anthropic", [Delta("Hello"), Delta("!"), Usage(25, 15), Finish("stop")]),
+    "anthropic-stream.sse": ("anthropic", [Delta("Hello"), Delta("!"), Usage(25, 15, 40), Finish("stop")]),
     "anthropic-error.sse": ("anthropic", [Delta("Hello"), Error("upstream_error", "overloaded_error", "Overloaded", "stream")]),
-    "anthropic-tool-use.sse": ("anthropic", [Delta("Okay"), Usage(472, 89), Finish("tool_calls")]),
+    "anthropic-tool-use.sse": ("anthropic", [Delta("Okay"), Usage(472, 89, 561), Finish("tool_calls")]),
 }
 
 
