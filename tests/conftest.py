@@ -93,3 +93,10 @@ def log_settings(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     redis_url: str = request.getfixturevalue("redis_url")
     with keys_expire(redis_url):
         yield {"redis_url": redis_url, "stream_secret": "r" * 32}
+
+
+@pytest.fixture
+def redis_env(redis_url: str) -> Iterator[dict[str, str]]:
+    """The environment of relay processes on the session's Redis; afterwards the keys they left are checked and go."""
+    with keys_expire(redis_url):
+        yield {"RELAY_REDIS_URL": redis_url, "RELAY_STREAM_SECRET": "w" * 32}

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 import anyio
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from app.settings import Settings
 from app.streaming.eventlog import EventLog
@@ -51,6 +52,9 @@ async def event_log(settings: Settings) -> AsyncIterator[tuple[EventLog, RedisPe
     pool = BlockingConnectionPool.from_url(
         settings.redis_url, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT,
         socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT,
+        # With maintenance notifications on ("auto"), the pool skips its check that an idle connection was not
+        # closed under it (a Redis restart): the next append would then fail on it, and an append is not retried.
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     try:
         await _check(pool, settings.redis_url)

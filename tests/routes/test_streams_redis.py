@@ -1,0 +1,95 @@
+"""Resumable streams with RELAY_REDIS_URL: what each process knows of a stream comes from Redis, and Redis lost and back."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from app.streaming.sse import SSEEvent
+from app.streaming.upstreams.mock import MockModel, mock_text
+from tests.conftest import keys_expire
+from tests.redis_server import RedisServer
+from tests.servers import mock_server, relay_server
+from tests.sse import data, read_events
+from tests.streams import create, read, text_of
+
+SECRET = "q" * 32
+
+
+@pytest.fixture(scope="module")
+def paced() -> Iterator[tuple[MockModel, str]]:
+    with mock_server(ttft=0.0, interval=0.02, tokens=1000) as served:
+        yield served
+
+
+def _relay(upstream: str, redis_url: str, **overrides: Any) -> contextlib.AbstractContextManager[str]:
+    return relay_server(upstream, redis_url=redis_url, stream_secret=SECRET, models=("mock",), max_tokens_limit=5000, **overrides)
+
+
+async def test_a_stream_is_seen_on_every_process_only_by_the_key_that_created_it(
+    paced: tuple[MockModel, str], redis_url: str, client: httpx.AsyncClient,
+) -> None:
+    keys = ("key-one-" + "1" * 24, "key-two-" + "2" * 24)
+    with keys_expire(redis_url), _relay(paced[1], redis_url, api_keys=keys) as a, _relay(paced[1], redis_url, api_keys=keys) as b:
+        one, two = ({"authorization": f"Bearer {key}"} for key in keys)
+        created = await create(client, a, {"prompt": "mine", "max_tokens": 20}, headers=one)
+        events_path = f"/v1/streams/{created['id']}/events"
+        other, _ = await read(client, b + events_path, headers=two)
+        assert other.status_code == 204
+        assert (await client.delete(b + f"/v1/streams/{created['id']}", headers=two)).status_code == 404
+        mine, events = await read(client, b + events_path, headers=one)
+        assert mine.status_code == 200 and text_of(events) == "".join(mock_text("mine", 20))
+
+
+async def test_redis_lost_ends_readers_with_log_unavailable_keeps_direct_streams_and_new_streams_work_once_it_is_back(
+    paced: tuple[MockModel, str], redis_server: RedisServer, client: httpx.AsyncClient,
+) -> None:
+    model, upstream = paced
+    with keys_expire(redis_server.url), _relay(upstream, redis_server.url) as url:
+        assert (await client.get(url + "/readyz")).json()["redis"] == "up"
+        created = await create(client, url, {"prompt": "x", "max_tokens": 1000}, headers={"x-request-id": "lost-redis"})
+        results: dict[str, list[SSEEvent]] = {}
+
+        async def resumable() -> None:
+            results["resumable"] = (await read(client, created["events_url"]))[1]
+
+        async def direct() -> None:
+            body = {"prompt": "direct", "max_tokens": 100, "stream": True}
+            async with client.stream("POST", url + "/v1/generate", json=body) as response:
+                results["direct"] = await read_events(response)
+
+        try:
+            with anyio.fail_after(15):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(resumable)
+                    tg.start_soon(direct)
+                    await anyio.sleep(0.4)
+                    redis_server.kill()
+                    refused = await client.post(url + "/v1/streams", json={"prompt": "x", "max_tokens": 3})
+                    assert (refused.status_code, refused.json()["error"]["code"]) == (503, "log_unavailable")
+                    assert "retry-after" in refused.headers
+                    ready = await client.get(url + "/readyz")
+                    assert (ready.status_code, ready.json()["status"], ready.json()["redis"]) == (200, "ready", "down")
+                    assert (await client.delete(created["cancel_url"])).status_code == 503
+                    _, unreachable = await read(client, created["events_url"])
+                    assert [(e.event, data(e)["code"]) for e in unreachable] == [("error", "log_unavailable")]
+                # The generation could not go on: its upstream is closed.
+                await anyio.to_thread.run_sync(model.wait_for_disconnect, "lost-redis", 5)
+        finally:
+            if redis_server.process is None or redis_server.process.poll() is not None:
+                redis_server.start()  # on the same port, empty
+        lost = results["resumable"]
+        assert lost[-1].event == "error" and data(lost[-1])["code"] == "log_unavailable"
+        assert [e.event for e in lost].count("error") == 1
+        assert results["direct"][-1].event == "done"
+        assert "".join(data(e)["text"] for e in results["direct"] if e.event == "token") == "".join(mock_text("direct", 100))
+        with anyio.fail_after(10):
+            again = await create(client, url, {"prompt": "back", "max_tokens": 5})
+            _, events = await read(client, again["events_url"])
+        assert text_of(events) == "".join(mock_text("back", 5)) and events[-1].event == "done"
+        assert (await client.get(url + "/readyz")).json()["redis"] == "up"
