@@ -9,7 +9,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from redis.asyncio import Redis
 
+from app.streaming.eventlog import NO_OWNER
+from app.streaming.log_redis import RedisEventLog
 from app.streaming.sse import SSEEvent
 from app.streaming.upstreams.mock import MockModel, mock_text
 from tests.conftest import keys_expire
@@ -93,3 +96,54 @@ async def test_redis_lost_ends_readers_with_log_unavailable_keeps_direct_streams
             _, events = await read(client, again["events_url"])
         assert text_of(events) == "".join(mock_text("back", 5)) and events[-1].event == "done"
         assert (await client.get(url + "/readyz")).json()["redis"] == "up"
+
+
+def _owner_key(stream_id: str) -> bytes:
+    return b"relay:stream:{%s}:owner" % stream_id.encode()
+
+
+async def test_an_owner_fenced_out_by_another_process_stops_its_generation_and_writes_nothing_after(
+    paced: tuple[MockModel, str], redis_url: str, client: httpx.AsyncClient,
+) -> None:
+    model, upstream = paced
+    with keys_expire(redis_url), _relay(upstream, redis_url, stream_lease=30) as url:
+        created = await create(client, url, {"prompt": "x", "max_tokens": 1000}, headers={"x-request-id": "fenced-out"})
+        await read(client, created["events_url"], stop_after=3)
+        async with Redis.from_url(redis_url) as redis:
+            await redis.delete(_owner_key(created["id"]))  # as if its lease had run out unseen
+            pool = redis.connection_pool
+            async with anyio.create_task_group() as tg:
+                other = RedisEventLog(pool, tg)
+                await other.append_terminal(created["id"], "error", b'{"code":"owner_lost"}', owner=NO_OWNER)
+                await other.aclose()
+        await anyio.to_thread.run_sync(model.wait_for_disconnect, "fenced-out", 5)
+        _, events = await read(client, created["events_url"])
+        assert [e.event for e in events].count("error") == 1 and events[-1].event == "error"
+        assert data(events[-1])["code"] == "owner_lost"
+
+
+async def test_an_owner_that_finds_its_lease_lost_ends_the_stream_with_owner_lost(
+    paced: tuple[MockModel, str], redis_url: str, client: httpx.AsyncClient,
+) -> None:
+    model, upstream = paced
+    with keys_expire(redis_url), _relay(upstream, redis_url, stream_lease=0.6) as url:
+        created = await create(client, url, {"prompt": "x", "max_tokens": 1000}, headers={"x-request-id": "lease-lost"})
+        async with Redis.from_url(redis_url) as redis:
+            await redis.delete(_owner_key(created["id"]))
+        _, events = await read(client, created["events_url"])
+        assert events[-1].event == "error" and data(events[-1])["code"] == "owner_lost"
+        await anyio.to_thread.run_sync(model.wait_for_disconnect, "lease-lost", 5)
+
+
+async def test_on_redis_each_process_keeps_to_its_budget_for_the_streams_it_generates(
+    paced: tuple[MockModel, str], redis_url: str, client: httpx.AsyncClient,
+) -> None:
+    with keys_expire(redis_url), _relay(paced[1], redis_url, stream_log_budget_bytes=65_536, stream_log_max_bytes=65_536) as url:
+        created = await create(client, url, {"prompt": "x", "max_tokens": 100})
+        full = await client.post(url + "/v1/streams", json={"prompt": "x", "max_tokens": 3})
+        assert (full.status_code, full.json()["error"]["code"]) == (503, "stream_log_full")
+        _, events = await read(client, created["events_url"])
+        assert events[-1].event == "done"
+        with anyio.fail_after(5):  # once its owner has given it its retention, a finished stream no longer counts
+            while (await client.post(url + "/v1/streams", json={"prompt": "x", "max_tokens": 3})).status_code != 201:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
