@@ -102,37 +102,27 @@ def _owner_key(stream_id: str) -> bytes:
     return b"relay:stream:{%s}:owner" % stream_id.encode()
 
 
-async def test_an_owner_fenced_out_by_another_process_stops_its_generation_and_writes_nothing_after(
-    paced: tuple[MockModel, str], redis_url: str, client: httpx.AsyncClient,
+@pytest.mark.parametrize(("lease", "fenced_by_another"), [(30.0, True), (0.6, False)], ids=["fenced-out", "lease-lost"])
+async def test_an_owner_whose_lease_is_gone_stops_its_generation_and_the_stream_ends_once_with_owner_lost(
+    paced: tuple[MockModel, str], redis_url: str, client: httpx.AsyncClient, lease: float, fenced_by_another: bool,
 ) -> None:
+    """Fenced out: another process declared it lost, and its next append is refused. Lease lost: it sees so at its next renewal."""
     model, upstream = paced
-    with keys_expire(redis_url), _relay(upstream, redis_url, stream_lease=30) as url:
-        created = await create(client, url, {"prompt": "x", "max_tokens": 1000}, headers={"x-request-id": "fenced-out"})
+    request_id = f"owner-gone-{fenced_by_another}"
+    with keys_expire(redis_url), _relay(upstream, redis_url, stream_lease=lease) as url:
+        created = await create(client, url, {"prompt": "x", "max_tokens": 1000}, headers={"x-request-id": request_id})
         await read(client, created["events_url"], stop_after=3)
         async with Redis.from_url(redis_url) as redis:
-            await redis.delete(_owner_key(created["id"]))  # as if its lease had run out unseen
-            pool = redis.connection_pool
-            async with anyio.create_task_group() as tg:
-                other = RedisEventLog(pool, tg)
-                await other.append_terminal(created["id"], "error", b'{"code":"owner_lost"}', owner=NO_OWNER)
-                await other.aclose()
-        await anyio.to_thread.run_sync(model.wait_for_disconnect, "fenced-out", 5)
+            await redis.delete(_owner_key(created["id"]))  # as if its lease had run out
+            if fenced_by_another:
+                async with anyio.create_task_group() as tg:
+                    other = RedisEventLog(redis.connection_pool, tg)
+                    await other.append_terminal(created["id"], "error", b'{"code":"owner_lost"}', owner=NO_OWNER)
+                    await other.aclose()
+        await anyio.to_thread.run_sync(model.wait_for_disconnect, request_id, 5)
         _, events = await read(client, created["events_url"])
         assert [e.event for e in events].count("error") == 1 and events[-1].event == "error"
         assert data(events[-1])["code"] == "owner_lost"
-
-
-async def test_an_owner_that_finds_its_lease_lost_ends_the_stream_with_owner_lost(
-    paced: tuple[MockModel, str], redis_url: str, client: httpx.AsyncClient,
-) -> None:
-    model, upstream = paced
-    with keys_expire(redis_url), _relay(upstream, redis_url, stream_lease=0.6) as url:
-        created = await create(client, url, {"prompt": "x", "max_tokens": 1000}, headers={"x-request-id": "lease-lost"})
-        async with Redis.from_url(redis_url) as redis:
-            await redis.delete(_owner_key(created["id"]))
-        _, events = await read(client, created["events_url"])
-        assert events[-1].event == "error" and data(events[-1])["code"] == "owner_lost"
-        await anyio.to_thread.run_sync(model.wait_for_disconnect, "lease-lost", 5)
 
 
 async def test_on_redis_each_process_keeps_to_its_budget_for_the_streams_it_generates(
