@@ -138,19 +138,19 @@ async def stream_events(scope: Scope, receive: Receive, send: Send) -> None:
         with anyio.fail_after(settings.slow_consumer_grace):
             await send({"type": "http.response.body", "body": body, "more_body": more})
 
-    with contextlib.suppress(TimeoutError):
-        try:
-            async with streams.reading(stream_id), anyio.create_task_group() as tg:
-                tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+    try:
+        async with streams.reading(stream_id), anyio.create_task_group() as tg:
+            tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+            with contextlib.suppress(TimeoutError):
                 try:
                     await _follow(send_within_grace, streams, stream_id, after, entries, settings.heartbeat_interval)
                 except LogUnavailable:
                     await send_within_grace(LOG_UNAVAILABLE)
                 await send_within_grace(b"", more=False)
-                tg.cancel_scope.cancel()
-        except LogUnavailable:  # joining as a reader elsewhere than the owner failed
-            await send_within_grace(LOG_UNAVAILABLE)
-            await send_within_grace(b"", more=False)
+            tg.cancel_scope.cancel()
+    except LogUnavailable:  # joining as a reader of a stream another process owns failed
+        with contextlib.suppress(TimeoutError):
+            await send_within_grace(LOG_UNAVAILABLE, more=False)
 
 
 async def _follow(
