@@ -76,11 +76,13 @@ async def redis_pool(redis_url: str) -> AsyncIterator[ConnectionPool]:
 
 @contextlib.contextmanager
 def keys_expire(redis_url: str) -> Iterator[None]:
-    """After the block, every key left in Redis must have a time to live; then they all go, for the next test."""
-    yield
-    with redis.Redis.from_url(redis_url) as client:
-        immortal = [key for key in client.scan_iter() if client.pttl(key) == -1]
-        client.flushdb()
+    """After the block, every key left in Redis must have a time to live; then they all go, for the next test (even after a failure)."""
+    try:
+        yield
+    finally:
+        with redis.Redis.from_url(redis_url) as client:
+            immortal = [key for key in client.scan_iter() if client.pttl(key) == -1]
+            client.flushdb()
     assert not immortal, f"keys without a time to live: {immortal}"
 
 

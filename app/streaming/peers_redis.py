@@ -68,8 +68,10 @@ local owned = tonumber(ARGV[5])
 for i = 1, 4 * owned, 4 do
   if redis.call('GET', KEYS[i]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    redis.call('PEXPIRE', KEYS[i + 1], ARGV[3])
-    redis.call('PEXPIRE', KEYS[i + 2], ARGV[3])
+    if redis.call('HGET', KEYS[i + 1], 'end') == '' then -- once ended, its keys have their retention
+      redis.call('PEXPIRE', KEYS[i + 1], ARGV[3])
+      redis.call('PEXPIRE', KEYS[i + 2], ARGV[3])
+    end
     out[#out + 1] = redis.call('HGET', KEYS[i + 1], 'cancel') and 2 or 1
   else
     out[#out + 1] = 0

@@ -137,3 +137,21 @@ async def test_on_redis_each_process_keeps_to_its_budget_for_the_streams_it_gene
         with anyio.fail_after(5):  # once its owner has given it its retention, a finished stream no longer counts
             while (await client.post(url + "/v1/streams", json={"prompt": "x", "max_tokens": 3})).status_code != 201:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
+
+
+async def test_a_finished_streams_keys_live_no_longer_than_its_retention_and_then_go(
+    paced: tuple[MockModel, str], redis_url: str, client: httpx.AsyncClient,
+) -> None:
+    with keys_expire(redis_url), _relay(paced[1], redis_url, stream_retention=1.5, stream_lease=0.3) as url:
+        created = await create(client, url, {"prompt": "x", "max_tokens": 5})
+        _, events = await read(client, created["events_url"])
+        assert events[-1].event == "done"
+        async with Redis.from_url(redis_url) as redis:
+            with anyio.fail_after(5):
+                while not (keys := [key async for key in redis.scan_iter(f"relay:stream:{{{created['id']}}}*")]):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                await anyio.sleep(0.5)  # a renewal or two later
+                assert all(ttl == -2 or 0 < ttl <= 1500 for ttl in [await redis.pttl(key) for key in keys])  # -2: gone already
+                while await redis.exists(*keys):  # noqa: ASYNC110 (Redis's state)
+                    await anyio.sleep(0.05)
+            assert (await read(client, created["events_url"]))[0].status_code == 204
