@@ -39,8 +39,9 @@ with ``AppendRefused`` (``reason`` ``"ended"``), as is an append to a stream tha
 or expired (``"unknown"``) or a fenced one from a caller that is not the owner
 (``"not_owner"``). A refused append appends nothing.
 
-Expiry. ``create`` gives every key of the stream a time to live of ``lifetime`` seconds, so
-that a stream whose owner died, and that nobody ended, goes away with all its keys;
+Expiry. ``create`` gives the stream's keys a time to live of ``lifetime`` seconds (the owner
+key ``lease``), which the owner renews while it generates (``app/streaming/peers_redis.py``),
+so that a stream whose owner died, and that nobody ended, goes away with all its keys;
 ``expire`` sets the time to live of all of them (a stream's key takes that of the meta key
 when the first append makes it). No key of the log ever lives without one.
 
