@@ -28,7 +28,7 @@ from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
 from app.runtime import Runtime, build_upstreams
 from app.settings import WILDCARD_ADDRESSES, Settings
-from app.streaming.log_memory import MemoryEventLog
+from app.streaming.logs import event_log
 from app.streaming.respond import LiveRequests
 from app.streaming.resumable import ResumableStreams, StreamLimits
 from app.streaming.upstreams.http1 import Client
@@ -60,12 +60,13 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
                 logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
                             upstream.origin.base_path, upstream.protocol)
             runtime = Runtime(settings, upstreams, models, live, client)
-            log = MemoryEventLog(settings.stream_log_budget_bytes)
-            stack.push_async_callback(log.aclose)
+            # The memory log, or with RELAY_REDIS_URL the Redis one and its pool (closed after the generations below).
+            log, peers = await stack.enter_async_context(event_log(settings))
             # Resumable streams' generations belong to the app, not to a request: they run here.
             detached = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(detached.cancel_scope.cancel)
-            streams = ResumableStreams(log, StreamLimits(settings.stream_grace, settings.stream_retention, settings.stream_log_max_bytes), live, detached)
+            limits = StreamLimits(settings.stream_grace, settings.stream_retention, settings.stream_log_max_bytes)
+            streams = ResumableStreams(log, limits, live, detached, peers)
             secret = settings.stream_secret.encode() if settings.stream_secret else secrets.token_bytes(32)
             capabilities = Capabilities(secret, settings.stream_token_ttl)
             # ``shut_down`` is the runner's: it ends every stream when the server shuts down (app/connections.py).

@@ -13,11 +13,9 @@ import functools
 import gc
 import logging
 import os
-import secrets
 from collections.abc import MutableMapping
 from typing import Any
 
-import msgspec
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
@@ -94,8 +92,7 @@ def serve(settings: Settings) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             uvicorn.Server(RelayConfig(settings)).run()
         return
-    if settings.stream_secret is None:  # every worker must accept the stream URLs any of them signed
-        settings = msgspec.structs.replace(settings, stream_secret=secrets.token_urlsafe(32))
+    # Several workers need Redis, and Redis a stream secret (Settings checks both): every worker signs and checks the same URLs.
     config = RelayConfig(settings, withdraw_environment(settings), workers=settings.workers)
     Multiprocess(config, sockets=[config.bind_socket()]).run()
 

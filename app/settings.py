@@ -27,6 +27,7 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 Protocol = Literal["openai", "tgi", "ollama", "anthropic"]
 PROTOCOLS: tuple[Protocol, ...] = typing.get_args(Protocol)
 _URL = re.compile(r"^https?://[^/\s]+")
+_REDIS_URL = re.compile(r"^(?:rediss?://[^/\s]+(?:/[0-9]*)?(?:\?\S*)?|unix:///\S+)$")
 _PUBLIC_URL = re.compile(r"^https?://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?(?:/[^\s?#]*)?$", re.IGNORECASE)
 _HOST_PATTERN = re.compile(r"^(?:\*|(?:\*\.)?[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])$", re.IGNORECASE)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -114,8 +115,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     drain_timeout: Seconds = 10.0
 
     # Resumable streams (POST /v1/streams, read with EventSource).
-    # The key that signs the events and cancel URLs; a random one per start when unset.
+    # Where the event log, stream ownership and cancellation live for several processes
+    # (redis://[[user]:password@]host[:port][/db], rediss:// for TLS); unset: one process's memory.
+    redis_url: str | None = None
+    # The key that signs the events and cancel URLs; a random one per start when unset (required with redis_url).
     stream_secret: str | None = None
+    # Seconds a generating process's hold on a stream lasts unrenewed (renewed every third of it):
+    # when the process dies, readers elsewhere get owner_lost within about 4/3 of it.
+    stream_lease: Seconds = 3.0
     stream_token_ttl: Seconds = 3600.0
     stream_grace: Seconds = 10.0
     stream_retention: Seconds = 300.0
@@ -156,6 +163,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise ValueError(f"cors_origins: {origin!r} is not an origin such as https://chat.example.com (scheme and host, no path)")
         if self.stream_log_budget_bytes < self.stream_log_max_bytes:
             raise ValueError("stream_log_budget_bytes: must be at least stream_log_max_bytes (one stream at its limit must fit)")
+        if self.redis_url is not None and not _REDIS_URL.match(self.redis_url):
+            raise ValueError(f"redis_url: {self.redis_url!r} is not a redis:// or rediss:// URL such as redis://:password@10.0.0.5:6379/0")
+        if self.redis_url is not None and self.stream_secret is None:
+            raise ValueError("stream_secret: required with RELAY_REDIS_URL, so that every process signs and checks the same stream URLs")
+        if self.workers > 1 and self.redis_url is None:
+            # Resumable streams would live in one worker's memory: a reader reaching another would get 204, and a browser stops for good.
+            raise ValueError(
+                f"workers: {self.workers} worker processes (--workers, RELAY_WORKERS or WEB_CONCURRENCY) need RELAY_REDIS_URL, "
+                "or a stream made by one worker answers 204 on the others; set RELAY_REDIS_URL, or RELAY_WORKERS=1"
+            )
         if self.stream_secret is not None and len(self.stream_secret) < 32:
             raise ValueError("stream_secret: must be at least 32 characters")
         if self.public_url is not None and not _PUBLIC_URL.match(self.public_url):

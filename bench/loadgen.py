@@ -12,6 +12,9 @@ Tokens are counted as the mock's words inside each content event (every word but
 first begins with a space), so a relay that coalesces deltas into fewer events is credited
 with every token it delivered.
 
+With ``--resumable``, ``--url`` is a relay's ``/v1/streams``: ``--streams`` resumable streams are
+created there first (``--max-tokens`` each), then each is read once, as ``EventSource`` reads it.
+
 With ``--window START,END`` (seconds from the start of the run) the event rate and the gaps
 are computed over that window only, and the CPU time and RSS of each ``--pid NAME=PID`` are
 sampled from /proc at the start of the run and at both ends of the window.
@@ -25,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import sys
 import time
+import urllib.request
 from typing import Any
 
 import uvloop
@@ -74,8 +79,10 @@ class LoadGen(Runner):
     """The runner, with word-token counting, a measured window and /proc samples."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        body = (BODY % args.max_tokens).encode()
-        targets = [build_target(url, body=body) for url in args.url]
+        if args.resumable:
+            targets = [build_target(url) for url in create_streams(args.url[0], args.streams, args.max_tokens)]
+        else:
+            targets = [build_target(url, body=(BODY % args.max_tokens).encode()) for url in args.url]
         config = LoadConfig(
             streams=1 if args.sequential else args.streams, requests=args.requests or args.streams, ramp=0.0 if args.sequential else args.ramp,
             connect_timeout=args.connect_timeout, head_timeout=0, first_timeout=0, idle_timeout=0,
@@ -227,6 +234,19 @@ class LoadGen(Runner):
         return out
 
 
+def create_streams(url: str, count: int, max_tokens: int) -> list[str]:
+    """POST ``count`` resumable streams (16 at a time); their events URLs."""
+    body = json.dumps({"prompt": "Tell me a story about token relays.", "max_tokens": max_tokens}).encode()
+
+    def one(_: int) -> str:
+        request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return str(json.loads(response.read())["events_url"])
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        return list(pool.map(one, range(count)))
+
+
 def _pid(text: str) -> tuple[str, int]:
     name, _, pid = text.partition("=")
     return name, int(pid)
@@ -245,6 +265,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ramp", type=float, default=1.0, help="seconds over which the streams are opened")
     p.add_argument("--sequential", action="store_true", help="one stream at a time (for TTFT at concurrency 1)")
     p.add_argument("--max-tokens", type=int, default=100)
+    p.add_argument("--resumable", action="store_true", help="--url is a relay's /v1/streams: create the streams, then read them")
     p.add_argument("--close-after", type=int, default=0, help="close each stream after this many content events")
     p.add_argument("--window", type=_window, help="START,END seconds from the start: the measured window")
     p.add_argument("--stop-at-window-end", action="store_true")

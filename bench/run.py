@@ -27,12 +27,16 @@ Scenarios:
 - ``memory``: N streams held open before their first token (mock ttft 60 s); the server's
   RSS growth per open stream.
 - ``throughput`` and ``held`` (10,000 streams in one process): see bench/capacity.py.
+- ``resumable``: resumable streams on the memory log and on Redis side by side (1,000 streams
+  at 50 tokens/s in one relay, a ``Last-Event-ID`` replay's first event, ``DELETE`` across two
+  relay processes): see bench/resumable.py.
 - ``ttft``: sequential requests, round-robin over all targets at once (so each relayed
   request has a direct one beside it); TTFT from the request write to the first content
   event, and the per-pair difference to direct.
 
     .venv/bin/python bench/run.py            # everything, ~10 minutes
     .venv/bin/python bench/run.py --quick    # smaller, one run, under a minute
+    .venv/bin/python bench/run.py --quick --scenarios resumable
     .venv/bin/python bench/run.py --scenarios steady --targets direct,token-relay --runs 5
     .venv/bin/python bench/run.py --profile  # adds a py-spy profile of token-relay (steady)
 
@@ -76,7 +80,7 @@ ALL_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-ai
 # tcp-proxy (the floor) is cheap in ttft and always added there; elsewhere name it in --targets
 # (and --steady-targets): it costs another 2 minutes.
 DEFAULT_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp", "litellm")
-ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft", "throughput", "held")
+ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft", "throughput", "held", "resumable")
 
 
 def steady(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
@@ -468,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--held-ramp", type=float, default=15.0)
     p.add_argument("--held-settle", type=float, default=5.0)
     p.add_argument("--held-targets", default="direct,token-relay,usual-aiohttp,litellm", help="held runs only these of --targets")
+    p.add_argument("--resumable-streams", type=int, default=1000, help="resumable: streams in one relay process")
+    p.add_argument("--replay-requests", type=int, default=1000, help="resumable: Last-Event-ID replays timed, per log")
+    p.add_argument("--delete-requests", type=int, default=200, help="resumable: DELETEs across processes timed")
     p.add_argument("--chart", help="draw the chart of this run to this PNG (default bench/out/run-<time>.png)")
     p.add_argument("--lock-wait", type=float, default=900.0, help="seconds to wait for another run to finish")
     p.add_argument("--profile", action="store_true", help="py-spy token-relay during one extra steady run")
@@ -477,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.runs, cfg.streams, cfg.ramp, cfg.settle, cfg.window, cfg.steady_wait = 1, 300, 1.0, 0.5, 4.0, 2.0
         cfg.cancel_streams, cfg.cancel_ramp, cfg.memory_streams, cfg.memory_ramp, cfg.ttft_requests = 50, 0.5, 300, 0.5, 50
         cfg.throughput_window, cfg.held_streams, cfg.held_ramp, cfg.held_settle = 2.0, 1000, 1.0, 1.0
+        cfg.resumable_streams, cfg.replay_requests, cfg.delete_requests = 200, 50, 20
         if cfg.scenarios == ",".join(ALL_SCENARIOS):
             cfg.scenarios = "steady,cancel,memory,ttft"  # under a minute; name throughput or held to add them
         if cfg.targets == ",".join(DEFAULT_TARGETS):
@@ -587,6 +595,17 @@ def run(cfg: argparse.Namespace, targets: list[str], scenarios: list[str], argv:
         title = f"held: {cfg.held_streams} streams waiting for their first token in one process, opened over {cfg.held_ramp:.0f} s"
         section(title, held_table([run], held_targets))
         lap("held")
+    if "resumable" in scenarios:
+        from resumable import resumable_table, run_resumable
+
+        runs = []
+        for i in range(cfg.runs):
+            runs.append(run_resumable(cfg))
+            print(f"resumable run {i + 1}: {json.dumps(runs[-1])}", flush=True)
+        results["resumable"] = runs
+        title = f"resumable: {cfg.resumable_streams} streams x {1 / cfg.interval:.0f} tokens/s in one relay, memory log and Redis log"
+        section(title + f", {cfg.window:.0f} s window, median of {cfg.runs}", resumable_table(runs, cfg))
+        lap("resumable")
     relays = [t for t in targets if t.startswith("token-relay")]
     if cfg.profile and relays:
         cfg.profile_target = "token-relay" if "token-relay" in relays else relays[-1]

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
 import redis
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool
 
 from app.mock import MockModel
 from tests.redis_server import RedisServer, running_redis
@@ -66,11 +68,37 @@ async def redis_pool(redis_url: str) -> AsyncIterator[ConnectionPool]:
     """A pool on the session's Redis. Afterwards every key left must be on its way out (a time to live), then all go."""
     pool = ConnectionPool.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
     try:
-        yield pool
-        async with Redis(connection_pool=pool) as redis:
-            immortal = [key async for key in redis.scan_iter() if await redis.pttl(key) == -1]
-            await redis.flushdb()
-            assert await redis.dbsize() == 0
-        assert not immortal, f"keys without a time to live: {immortal}"
+        with keys_expire(redis_url):
+            yield pool
     finally:
         await pool.aclose()
+
+
+@contextlib.contextmanager
+def keys_expire(redis_url: str) -> Iterator[None]:
+    """After the block, every key left in Redis must have a time to live; then they all go, for the next test (even after a failure)."""
+    try:
+        yield
+    finally:
+        with redis.Redis.from_url(redis_url) as client:
+            immortal = [key for key in client.scan_iter() if client.pttl(key) == -1]
+            client.flushdb()
+    assert not immortal, f"keys without a time to live: {immortal}"
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def log_settings(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The relay's settings for the memory log or the Redis one (on the session's Redis, its keys checked afterwards)."""
+    if request.param == "memory":
+        yield {}
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    with keys_expire(redis_url):
+        yield {"redis_url": redis_url, "stream_secret": "r" * 32}
+
+
+@pytest.fixture
+def redis_env(redis_url: str) -> Iterator[dict[str, str]]:
+    """The environment of relay processes on the session's Redis; afterwards the keys they left are checked and go."""
+    with keys_expire(redis_url):
+        yield {"RELAY_REDIS_URL": redis_url, "RELAY_STREAM_SECRET": "w" * 32}

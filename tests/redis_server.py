@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.servers import bound_socket
+from tests.processes import free_port
 
 REDIS_SERVER = os.environ.get("REDIS_SERVER", "/usr/bin/redis-server")
 START_TIMEOUT = 10.0
@@ -39,7 +39,7 @@ class RedisServer:
     def start(self) -> None:
         """Start on a free port, or on the same port as before once it has run."""
         for _ in range(ATTEMPTS):
-            port = self.port or _free_port()
+            port = self.port or free_port()
             if self._start_on(port):
                 self.port = port
                 return
@@ -81,13 +81,6 @@ class RedisServer:
 
     def _log(self) -> Path:
         return self.directory / "redis.log"
-
-
-def _free_port() -> int:
-    sock = bound_socket()
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def _answers_ping(port: int) -> bool:

@@ -28,9 +28,10 @@ async def read(
     last_event_id: str | None = None,
     stop_after: int | None = None,
     seconds: float = 10,
+    headers: dict[str, str] | None = None,
 ) -> tuple[httpx.Response, list[SSEEvent]]:
     """GET an events URL and read events until the body ends, or until ``stop_after`` events, then hang up."""
-    headers = {"last-event-id": last_event_id} if last_event_id is not None else {}
+    headers = dict(headers or {}) | ({"last-event-id": last_event_id} if last_event_id is not None else {})
     events: list[SSEEvent] = []
     # A browser's EventSource has no bound on an event: neither has this reader (a replay can be one large event).
     parser = SSEParser(max_line=1 << 40, max_event=1 << 40)

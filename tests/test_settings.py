@@ -21,6 +21,7 @@ def test_later_sources_win(tmp_path: Path) -> None:
 def test_environment_values_are_typed() -> None:
     settings = load_settings(environ={
         "RELAY_API_KEYS": "one, two", "RELAY_ACCESS_LOG": "false", "RELAY_TOTAL_TIMEOUT": "30", "RELAY_WORKERS": "3",
+        "RELAY_REDIS_URL": "redis://127.0.0.1:6379/0", "RELAY_STREAM_SECRET": "s" * 32,
     })
     assert (settings.api_keys, settings.access_log, settings.total_timeout, settings.workers) == (("one", "two"), False, 30.0, 3)
     assert load_settings(environ={}).total_timeout is None
@@ -48,6 +49,13 @@ def test_environment_values_are_typed() -> None:
      "invalid setting forwarded_allow_ips (RELAY_FORWARDED_ALLOW_IPS): 'proxy.internal' is not an IP address or network"),
     ({"RELAY_FORWARDED_ALLOW_IPS": "10.0.0.1/8"}, "invalid setting forwarded_allow_ips (RELAY_FORWARDED_ALLOW_IPS): '10.0.0.1/8' is not an IP"),
     ({"RELAY_FORWARDED_ALLOW_IPS": "*,10.0.0.1"}, "invalid setting forwarded_allow_ips (RELAY_FORWARDED_ALLOW_IPS): '*' trusts every peer"),
+    ({"RELAY_REDIS_URL": "127.0.0.1:6379"}, "invalid setting redis_url (RELAY_REDIS_URL): '127.0.0.1:6379' is not a redis://"),
+    ({"RELAY_REDIS_URL": "http://127.0.0.1:6379"}, "invalid setting redis_url (RELAY_REDIS_URL): 'http://127.0.0.1:6379' is not a redis://"),
+    ({"RELAY_REDIS_URL": "redis://127.0.0.1/0"},
+     "invalid setting stream_secret (RELAY_STREAM_SECRET): required with RELAY_REDIS_URL, so that every process signs and checks"),
+    ({"RELAY_WORKERS": "2"}, "invalid setting workers (RELAY_WORKERS): 2 worker processes (--workers, RELAY_WORKERS or WEB_CONCURRENCY) need "
+     "RELAY_REDIS_URL"),
+    ({"RELAY_STREAM_LEASE": "0"}, "invalid setting stream_lease (RELAY_STREAM_LEASE): Expected `float` > 0.0"),
     ({"RELAY_STREAM_LOG_BUDGET_BYTES": "1000"},
      "invalid setting stream_log_budget_bytes (RELAY_STREAM_LOG_BUDGET_BYTES): must be at least stream_log_max_bytes"),
 ])
@@ -73,6 +81,27 @@ def test_the_cli_exits_non_zero_with_one_line_on_a_bad_setting() -> None:
     assert result.stderr.splitlines() == [
         "token-relay: invalid setting heartbeat_interval (RELAY_HEARTBEAT_INTERVAL): Expected `float` > 0.0"
     ]
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6379", "redis://:pass@redis.internal:6380/2", "redis://user:pass@10.0.0.5/0", "rediss://cache.example.com:6380/1",
+    "unix:///run/redis.sock?db=3",
+])
+def test_redis_urls_with_tls_password_and_db_are_taken(url: str) -> None:
+    settings = load_settings(environ={"RELAY_REDIS_URL": url, "RELAY_STREAM_SECRET": "s" * 32})
+    assert settings.redis_url == url
+
+
+def test_several_workers_without_redis_refuse_to_start_with_one_line_naming_redis_url() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", "1"], env={"WEB_CONCURRENCY": "4", "PATH": ""},
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("token-relay: invalid setting workers (RELAY_WORKERS): 4 worker processes (--workers, RELAY_WORKERS or WEB_CONCURRENCY)")
+    assert "RELAY_REDIS_URL" in line and "RELAY_WORKERS=1" in line
+    assert load_settings({"workers": 1}, environ={"WEB_CONCURRENCY": "4"}).workers == 1
 
 
 def test_several_upstreams_and_routes_from_a_config_file(tmp_path: Path) -> None:

@@ -9,7 +9,12 @@ connection, the end of the body). So it answers:
   and for one that another API key created: a key sees only its own streams;
 - 400 for a ``Last-Event-ID`` the stream cannot have (not an id, or past its last event);
 - 200 with only a ``retry:`` hint when the relay is at its limit of readers (come back later);
+- 200 with one ``error`` event, code ``log_unavailable``, when the event log (Redis) cannot be
+  reached, now or while the reader follows the stream: a terminal error rather than a hang;
 - otherwise 200: the events after ``Last-Event-ID``, then the live ones, up to the terminal one.
+
+With Redis, any process answers for any stream: what it knows of it (its API key, whether it
+has ended) comes from the log, and a ``DELETE`` reaches the process that generates it.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ from app.routes.http import SSE_HEADERS, ClientGone, convert, decode_object, hea
 from app.runtime import Runtime
 from app.schemas import GenerateRequest
 from app.streaming.encoders import error_body
-from app.streaming.eventlog import Entry, InvalidEventId
+from app.streaming.eventlog import Entry, InvalidEventId, LogUnavailable, StreamInfo
 from app.streaming.events import Error
-from app.streaming.resumable import TERMINAL_EVENTS, ResumableStream, ResumableStreams
+from app.streaming.resumable import TERMINAL_EVENTS, ResumableStreams
 from app.streaming.sse import HEARTBEAT
 from app.types import Receive, Scope, Send
 
@@ -42,6 +47,10 @@ BY_TOKEN = "token"
 # For a reader still reading when the log drops its stream (its retention ended, or the log needed the room).
 EXPIRED = b"event: error\ndata: %b\n\n" % msgspec.json.encode(error_body(Error(
     "relay_error", "stream_expired", "the relay dropped this stream's events before they were all read", "stream",
+)))
+# For a reader when the event log's Redis cannot be reached: no id, so that a reconnect later resumes where it was.
+LOG_UNAVAILABLE = b"event: error\ndata: %b\n\n" % msgspec.json.encode(error_body(Error(
+    "relay_error", "log_unavailable", "the relay's event log (Redis) cannot be reached", "stream",
 )))
 
 
@@ -66,12 +75,17 @@ async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
             raise RequestError(
                 503, "stream_log_full", "the streams being generated fill the relay's event log; retry shortly", headers={"Retry-After": "5"},
             )
+        stream = await streams.start(upstream, request, owner=runtime.keys.identify(scope))
     except ClientGone:
         return
     except RequestError as exc:
         await send_error(send, exc)
         return
-    stream = await streams.start(upstream, request, owner=runtime.keys.identify(scope))
+    except LogUnavailable:
+        await send_error(send, RequestError(
+            503, "log_unavailable", "the relay's event log (Redis) cannot be reached; retry shortly", headers={"Retry-After": "2"},
+        ))
+        return
     base = _origin(scope) + "/v1/streams/" + stream.id
     read_token, expires = capabilities.issue(stream.id, READ)
     cancel_token, _ = capabilities.issue(stream.id, CANCEL)
@@ -96,15 +110,19 @@ async def stream_events(scope: Scope, receive: Receive, send: Send) -> None:
     if grant is None:
         await send_error(send, _unauthorised("read"))
         return
-    stream = _visible(streams, stream_id, grant)
     # The header is what EventSource sends when it reconnects; the query is for a first connection that resumes.
     after = header(scope, b"last-event-id") or query.get("last_event_id") or None
     try:
-        entries = await streams.log.read_after(stream_id, after, READ_BATCH) if stream is not None else None
+        info = _visible(await streams.lookup(stream_id), grant)
+        entries = await streams.log.read_after(stream_id, after, READ_BATCH) if info is not None else None
     except InvalidEventId:
         await send_error(send, RequestError(400, "invalid_event_id", f"{after!r} is not an event id of this stream", param="Last-Event-ID"))
         return
-    if stream is None or entries is None or (not entries and stream.terminal is not None):
+    except LogUnavailable:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        await send({"type": "http.response.body", "body": b"retry: %d\n\n%b" % (settings.stream_retry_ms, LOG_UNAVAILABLE)})
+        return
+    if info is None or entries is None or (not entries and info.end is not None):
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
         return
@@ -120,19 +138,25 @@ async def stream_events(scope: Scope, receive: Receive, send: Send) -> None:
         with anyio.fail_after(settings.slow_consumer_grace):
             await send({"type": "http.response.body", "body": body, "more_body": more})
 
-    with streams.reading(stream):
-        async with anyio.create_task_group() as tg:
+    try:
+        async with streams.reading(stream_id), anyio.create_task_group() as tg:
             tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
             with contextlib.suppress(TimeoutError):
-                await _follow(send_within_grace, streams, stream, after, entries, settings.heartbeat_interval)
+                try:
+                    await _follow(send_within_grace, streams, stream_id, after, entries, settings.heartbeat_interval)
+                except LogUnavailable:
+                    await send_within_grace(LOG_UNAVAILABLE)
                 await send_within_grace(b"", more=False)
             tg.cancel_scope.cancel()
+    except LogUnavailable:  # joining as a reader of a stream another process owns failed
+        with contextlib.suppress(TimeoutError):
+            await send_within_grace(LOG_UNAVAILABLE, more=False)
 
 
 async def _follow(
-    send: Callable[[bytes], Awaitable[None]], streams: ResumableStreams, stream: ResumableStream, after: str | None, entries: list[Entry], heartbeat: float,
+    send: Callable[[bytes], Awaitable[None]], streams: ResumableStreams, stream_id: str, after: str | None, entries: list[Entry], heartbeat: float,
 ) -> None:
-    """Send ``entries``, then every later event, until the terminal one (or the log drops the stream)."""
+    """Send ``entries``, then every later event, until the terminal one (or the log drops the stream). Raises ``LogUnavailable``."""
     while True:
         if entries:
             await send(b"".join(map(_event, entries)))
@@ -141,10 +165,10 @@ async def _follow(
                 return
         else:
             with anyio.move_on_after(heartbeat) as waiting:
-                await streams.log.wait(stream.id, after)
+                await streams.log.wait(stream_id, after)
             if waiting.cancelled_caught:
                 await send(HEARTBEAT)
-        read = await streams.log.read_after(stream.id, after, READ_BATCH)
+        read = await streams.log.read_after(stream_id, after, READ_BATCH)
         if read is None:
             await send(EXPIRED)
             return
@@ -158,13 +182,19 @@ async def cancel_stream(scope: Scope, receive: Receive, send: Send) -> None:
     if grant is None:
         await send_error(send, _unauthorised("cancel"))
         return
-    stream = _visible(streams, stream_id, grant)
-    if stream is None:
+    try:
+        info = _visible(await streams.lookup(stream_id), grant)
+        if info is not None and info.end is None:
+            await streams.cancel(stream_id)
+    except LogUnavailable:
+        await send_error(send, RequestError(
+            503, "log_unavailable", "the relay's event log (Redis) cannot be reached; retry shortly", headers={"Retry-After": "2"},
+        ))
+        return
+    if info is None:
         await send_error(send, RequestError(404, "stream_not_found", f"there is no stream {stream_id!r}: it never existed or has expired"))
         return
-    cancelled = not stream.finished
-    stream.cancel()
-    await send_json(send, 200, json_body({"id": stream.id, "cancelled": cancelled}))
+    await send_json(send, 200, json_body({"id": stream_id, "cancelled": info.end is None}))
 
 
 def _event(entry: Entry) -> bytes:
@@ -205,11 +235,10 @@ def _grant(scope: Scope, query: dict[str, str], stream_id: str, action: str) -> 
     return runtime.keys.identify(scope)
 
 
-def _visible(streams: ResumableStreams, stream_id: str, grant: str) -> ResumableStream | None:
+def _visible(info: StreamInfo | None, grant: str) -> StreamInfo | None:
     """The stream, unless the request came with a key other than its creator's: then, as for an unknown one, nothing."""
-    stream = streams.get(stream_id)
-    if stream is None or grant == BY_TOKEN or grant == stream.owner:
-        return stream
+    if info is None or grant == BY_TOKEN or grant == info.key:
+        return info
     return None
 
 

@@ -6,6 +6,12 @@ back the last id it saw. The interface is small on purpose, so that a log shared
 processes (Redis Streams: ``XADD``, ``XRANGE``/``XREAD BLOCK``, ``EXPIRE``) fits it as well
 as the in-memory one (``app/streaming/log_memory.py``).
 
+A stream ends with one terminal event, appended with ``append_terminal``; after it every
+append is refused (``AppendRefused``). A stream may be created with an owner token (the
+process generating it): the owner's terminal event is then fenced, so that once another
+process has declared the owner lost (``append_terminal(owner=NO_OWNER)``, allowed only when
+no owner holds the stream) the late owner cannot write after it.
+
 A log has a byte budget for all its streams together. Past it, finished streams (those given
 an expiry) are dropped before their time, oldest first; streams still being written are
 never dropped by the log: it reports how much room they have left (``room``), and the one
@@ -14,7 +20,7 @@ who writes them decides what to end (``app/streaming/resumable.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -26,6 +32,14 @@ class Entry(msgspec.Struct, frozen=True):
     id: str
     event: str
     data: bytes
+
+
+class StreamInfo(msgspec.Struct, frozen=True):
+    """What every process knows of a stream: the API key id that created it, its terminal event's id, whether an owner holds it."""
+
+    key: str | None
+    end: str | None
+    owned: bool
 
 
 class InvalidEventId(ValueError):
@@ -48,14 +62,26 @@ class AppendRefused(Exception):
         self.reason = reason
 
 
-class EventLog(Protocol):
-    budget: int  # the bytes it may hold, all streams together
+NO_OWNER = ""  # ``append_terminal(owner=NO_OWNER)``: only if nobody owns the stream
 
-    async def create(self, stream_id: str) -> None:
-        """Start an empty stream."""
+
+class EventLog(Protocol):
+    budget: int  # the bytes it may hold, all streams together (with Redis: the streams this process generates)
+
+    async def create(self, stream_id: str, *, owner: str | None = None, key: str | None = None) -> None:
+        """Start an empty stream, held by the token ``owner`` if given, created by the API key id ``key``."""
 
     async def append(self, stream_id: str, event: str, data: bytes) -> str:
-        """Add an event at the end of the stream and wake its waiters; returns the event's id."""
+        """Add an event at the end of the stream and wake its waiters; returns the event's id. Raises ``AppendRefused``."""
+
+    async def append_many(self, stream_id: str, events: Sequence[tuple[str, bytes]]) -> list[str]:
+        """Add ``(event, data)`` pairs at once (one round trip); returns their ids. Raises ``AppendRefused``."""
+
+    async def append_terminal(self, stream_id: str, event: str, data: bytes, *, owner: str | None = None) -> str:
+        """Add the stream's terminal event; with ``owner``, only if that token holds the stream. Raises ``AppendRefused``."""
+
+    async def info(self, stream_id: str) -> StreamInfo | None:
+        """What is known of the stream; ``None`` when it is unknown or has expired."""
 
     async def read_after(self, stream_id: str, after: str | None, limit: int) -> list[Entry] | None:
         """Up to ``limit`` events after the id ``after`` (from the start when ``None``), oldest first.

@@ -1,6 +1,8 @@
 """The in-memory event log: one process, events kept in a list per stream.
 
-Ids are the positions ``1, 2, 3…`` as decimal strings, so reading after an id is a slice
+One process owns every stream it holds, so the owner token only fences what it names: a
+terminal event appended with another token, or with ``NO_OWNER`` for a stream created with one,
+is refused. Ids are the positions ``1, 2, 3…`` as decimal strings, so reading after an id is a slice
 (shifted by the events ``trim`` dropped).
 
 The budget counts what the events cost in memory, not only their data: every entry and
@@ -13,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 
-from app.streaming.eventlog import Entry, InvalidEventId
+from app.streaming.eventlog import NO_OWNER, AppendRefused, Entry, InvalidEventId, StreamInfo
 
 # What an entry costs beside its data (the Entry, its id string, the bytes' header, the list's slot), rounded up.
 ENTRY_COST = 128
@@ -26,9 +28,12 @@ STREAM_COST = 4096
 
 
 class _Stream:
-    __slots__ = ("changed", "entries", "expiry", "nbytes", "trimmed")
+    __slots__ = ("changed", "end", "entries", "expiry", "key", "nbytes", "owner", "trimmed")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str | None, key: str | None) -> None:
+        self.owner = owner
+        self.key = key
+        self.end: str | None = None  # the terminal event's id
         self.entries: list[Entry] = []
         self.trimmed = 0  # events dropped from the start by trim(): the first entry's id is trimmed + 1
         self.nbytes = STREAM_COST
@@ -36,7 +41,7 @@ class _Stream:
         self.expiry: asyncio.TimerHandle | None = None
 
     @property
-    def end(self) -> int:
+    def last(self) -> int:
         """The position (the id) of its last event."""
         return self.trimmed + len(self.entries)
 
@@ -60,14 +65,39 @@ class MemoryEventLog:
     def on_drop(self, callback: Callable[[str], None]) -> None:
         self._on_drop = callback
 
-    async def create(self, stream_id: str) -> None:
-        stream = self._streams[stream_id] = _Stream()
+    async def create(self, stream_id: str, *, owner: str | None = None, key: str | None = None) -> None:
+        stream = self._streams[stream_id] = _Stream(owner, key)
         self.nbytes += stream.nbytes
         self._make_room()
 
     async def append(self, stream_id: str, event: str, data: bytes) -> str:
-        stream = self._streams[stream_id]
-        entry = Entry(str(stream.end + 1), event, data)
+        return self._add(self._open(stream_id), event, data)
+
+    async def append_many(self, stream_id: str, events: Sequence[tuple[str, bytes]]) -> list[str]:
+        stream = self._open(stream_id)
+        return [self._add(stream, event, data) for event, data in events]
+
+    async def append_terminal(self, stream_id: str, event: str, data: bytes, *, owner: str | None = None) -> str:
+        stream = self._open(stream_id)
+        if owner is not None and owner != (stream.owner or NO_OWNER):
+            raise AppendRefused(stream_id, "not_owner")
+        stream.end = self._add(stream, event, data)
+        return stream.end
+
+    async def info(self, stream_id: str) -> StreamInfo | None:
+        stream = self._streams.get(stream_id)
+        return None if stream is None else StreamInfo(stream.key, stream.end, owned=True)
+
+    def _open(self, stream_id: str) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise AppendRefused(stream_id, "unknown")
+        if stream.end is not None:
+            raise AppendRefused(stream_id, "ended")
+        return stream
+
+    def _add(self, stream: _Stream, event: str, data: bytes) -> str:
+        entry = Entry(str(stream.last + 1), event, data)
         stream.entries.append(entry)
         self._grow(stream, len(data) + ENTRY_COST)
         changed, stream.changed = stream.changed, anyio.Event()
@@ -79,14 +109,14 @@ class MemoryEventLog:
         if stream is None:
             return None
         position = _position(after)
-        if position > stream.end:
+        if position > stream.last:
             raise InvalidEventId(after)
         start = max(position - stream.trimmed, 0)
         return stream.entries[start : start + limit]
 
     async def wait(self, stream_id: str, after: str | None) -> None:
         stream = self._streams.get(stream_id)
-        if stream is not None and stream.end <= _position(after):
+        if stream is not None and stream.last <= _position(after):
             await stream.changed.wait()
 
     async def expire(self, stream_id: str, ttl: float) -> None:

@@ -596,7 +596,7 @@ async def test_a_reader_still_reading_when_the_log_drops_its_stream_gets_a_termi
     first = await log.read_after("st_old", None, READ_BATCH)
     assert first is not None
     with anyio.fail_after(2):
-        await _follow(send, streams, SimpleNamespace(id="st_old"), None, first, heartbeat=15)
+        await _follow(send, streams, "st_old", None, first, heartbeat=15)
     assert await log.read_after("st_old", None, 1) is None
     events = SSEParser().feed(b"".join(sent))
     assert len(events) == READ_BATCH + 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from app.streaming.eventlog import Entry, EventLog, InvalidEventId
+from app.streaming.eventlog import NO_OWNER, AppendRefused, Entry, EventLog, InvalidEventId, StreamInfo
 from app.streaming.log_memory import MemoryEventLog
 
 
@@ -64,3 +64,47 @@ async def test_expire_drops_the_stream_and_wakes_its_waiters(log: EventLog) -> N
     with anyio.fail_after(3):
         await log.wait("s", "1")
     assert await log.read_after("s", None, 10) is None
+
+
+async def test_an_id_past_the_last_event_is_refused_and_the_last_id_itself_is_not(log: EventLog) -> None:
+    await log.create("s")
+    assert await log.read_after("s", "0", 10) == []
+    with pytest.raises(InvalidEventId):
+        await log.read_after("s", "1", 10)
+    await log.append_many("s", [("token", b"{}")] * 3)
+    assert await log.read_after("s", "3", 10) == []  # a live reader holding the last id waits for the next
+    for past in ("4", "1000"):
+        with pytest.raises(InvalidEventId):
+            await log.read_after("s", past, 10)
+    await log.append_terminal("s", "done", b"{}")
+    assert await log.read_after("s", "4", 10) == []
+    with pytest.raises(InvalidEventId):
+        await log.read_after("s", "5", 10)
+
+
+async def test_a_batch_gets_consecutive_ids_and_the_terminal_event_ends_the_stream(log: EventLog) -> None:
+    await log.create("s", owner="me", key="key-1")
+    assert await log.info("s") == StreamInfo("key-1", None, owned=True)
+    assert await log.append_many("s", [("token", b'{"n":%d}' % n) for n in range(3)]) == ["1", "2", "3"]
+    assert await log.append_many("s", []) == []
+    assert await log.append_terminal("s", "done", b"{}", owner="me") == "4"
+    assert (await log.info("s") or StreamInfo(None, None, owned=False)).end == "4"
+    for append in (lambda: log.append("s", "token", b"{}"), lambda: log.append_many("s", [("token", b"{}")]),
+                   lambda: log.append_terminal("s", "error", b"{}")):
+        with pytest.raises(AppendRefused) as refused:
+            await append()
+        assert refused.value.reason == "ended"
+    assert [e.event for e in await log.read_after("s", None, 10) or []] == ["token", "token", "token", "done"]
+    assert await log.info("unknown") is None
+
+
+async def test_a_terminal_event_with_another_owner_token_or_none_is_refused_while_the_owner_holds_it(log: EventLog) -> None:
+    await log.create("s", owner="me")
+    for owner in ("someone-else", NO_OWNER):
+        with pytest.raises(AppendRefused) as refused:
+            await log.append_terminal("s", "error", b"{}", owner=owner)
+        assert refused.value.reason == "not_owner"
+    with pytest.raises(AppendRefused) as unknown:
+        await log.append_many("never", [("token", b"{}")])
+    assert unknown.value.reason == "unknown"
+    assert await log.info("s") == StreamInfo(None, None, owned=True)

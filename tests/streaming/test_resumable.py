@@ -1,8 +1,9 @@
-"""Resumable streams: a reader that reconnects at any point receives every event exactly once."""
+"""Resumable streams: a reader that reconnects at any point receives every event exactly once, on the memory log and on Redis."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import httpx
@@ -19,10 +20,10 @@ TOKENS = 30
 
 
 @pytest.fixture(scope="module")
-def paced_relay_url(asgi_server: str) -> Iterator[str]:
+def paced_relay_url(asgi_server: str, log_settings: dict[str, Any]) -> Iterator[str]:
     """The generation takes about 0.1 s, so cuts fall before, during and after it."""
     with mock_server(ttft=0.0, interval=0.003, tokens=TOKENS) as (_, upstream):
-        with relay_server(upstream, server=asgi_server, models=("mock",), stream_secret="p" * 32) as url:
+        with relay_server(upstream, server=asgi_server, models=("mock",), **({"stream_secret": "p" * 32} | log_settings)) as url:
             yield url
 
 
