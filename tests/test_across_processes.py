@@ -13,8 +13,8 @@ import anyio
 import httpx
 import pytest
 
-from app.streaming.sse import SSEEvent
 from app.mock import MockModel, mock_text
+from app.streaming.sse import SSEEvent
 from tests.conftest import keys_expire
 from tests.processes import Start, free_port, relay_processes
 from tests.servers import mock_server

@@ -57,10 +57,13 @@ async def test_serve_with_several_workers(serve, client: httpx.AsyncClient, redi
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-async def test_sigterm_ends_every_stream_with_shutting_down_and_closes_the_upstreams(serve, workers: int) -> None:  # type: ignore[no-untyped-def]
+async def test_sigterm_ends_every_stream_with_shutting_down_and_closes_the_upstreams(  # type: ignore[no-untyped-def]
+    serve, workers: int, redis_env: dict[str, str],
+) -> None:
+    shared = redis_env if workers > 1 else {}  # several workers need Redis for their resumable streams
     with mock_server(ttft=0.0, interval=0.05, tokens=10_000) as (model, upstream):
-        process, url = serve("--upstream", upstream, "--workers", str(workers), RELAY_DRAIN_TIMEOUT="5", RELAY_MAX_TOKENS_LIMIT="10000")
-        # A resumable stream's POST and GET on one connection, so on one worker (each has its own event log).
+        process, url = serve("--upstream", upstream, "--workers", str(workers), RELAY_DRAIN_TIMEOUT="5", RELAY_MAX_TOKENS_LIMIT="10000", **shared)
+        # A resumable stream's POST and GET on one connection, so on one worker.
         async with httpx.AsyncClient(timeout=10) as client, httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=1)) as one, \
                 anyio.create_task_group() as tg:
             results: dict[str, list] = {}  # type: ignore[type-arg]

@@ -123,10 +123,11 @@ async def test_closing_after_k_events_is_neither_success_nor_failure_and_reaches
 
 async def test_a_resumable_streams_event_past_an_upstream_line_bound_is_read_whole(client: httpx.AsyncClient) -> None:
     """The relay bounds a model server's SSE line at 1 MiB, not its own events: a resumable stream logs
-    what one upstream event brought as one event, here three choices of a megabyte each, on lines of
-    their own. The tester reads the relay's events whole, as a browser's EventSource does."""
-    choices = [b'{"index":%d,"delta":{"content":"%b"}}' % (index, b"x" * 1_000_000) for index in range(3)]
-    event = b'data: {"choices":[' + b",\ndata: ".join(choices) + b"]}\n\n"
+    what one upstream event brought of a field as one event, here the logprobs of three tokens of
+    nearly a megabyte each, on lines of their own. The tester reads the relay's events whole, as a
+    browser's EventSource does."""
+    tokens = [b'{"token":"%b","logprob":-0.1,"bytes":null,"top_logprobs":[]}' % (b"x" * 900_000) for _ in range(3)]
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"x"},"logprobs":{"content":[' + b",\ndata: ".join(tokens) + b"]}}]}\n\n"
 
     async def wide(conn: Conn) -> None:
         while await conn.read_request():
@@ -135,6 +136,6 @@ async def test_a_resumable_streams_event_past_an_upstream_line_bound_is_read_who
     with HostileUpstream(wide).serving() as upstream, relay_server(upstream, models=("mock",)) as relay_url:
         created = await create(client, relay_url, {"model": "mock", "messages": [{"role": "user", "content": "x"}]})
         _, events = await read(client, created["events_url"], seconds=10)
-        assert [event.event for event in events] == ["token", "done"] and len(events[0].data) > 3_000_000
+        assert [event.event for event in events] == ["token", "logprobs", "done"] and len(events[1].data) > 2_700_000
         runner = await load(created["events_url"], streams=1)
     assert outcomes(runner) == {OK}, runner.details

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from app.mock import MockModel, mock_text
 from app.streaming.eventlog import NO_OWNER
 from app.streaming.log_redis import RedisEventLog
 from app.streaming.sse import SSEEvent
-from app.mock import MockModel, mock_text
 from tests.conftest import keys_expire
 from tests.redis_server import RedisServer
 from tests.servers import mock_server, relay_server
