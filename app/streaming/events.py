@@ -92,7 +92,7 @@ class Logprobs(msgspec.Struct, frozen=True):
     choice: int = 0
 
 
-class PromptTokensDetails(msgspec.Struct, frozen=True, omit_defaults=True):
+class PromptTokensDetails(msgspec.Struct, frozen=True):
     cached_tokens: int | None = None
     audio_tokens: int | None = None
     cache_write_tokens: int | None = None
@@ -100,7 +100,7 @@ class PromptTokensDetails(msgspec.Struct, frozen=True, omit_defaults=True):
     text_tokens: int | None = None
 
 
-class CompletionTokensDetails(msgspec.Struct, frozen=True, omit_defaults=True):
+class CompletionTokensDetails(msgspec.Struct, frozen=True):
     reasoning_tokens: int | None = None
     audio_tokens: int | None = None
     accepted_prediction_tokens: int | None = None

@@ -9,6 +9,7 @@ import openai
 from app.mock import mock_text
 from tests.servers import under_every_server
 from tests.sse import chat, data, post_stream
+from tests.usage import mock_usage
 
 
 @under_every_server
@@ -31,7 +32,7 @@ async def test_usage_chunk_only_when_asked(relay_url: str, client: httpx.AsyncCl
     _, events = await post_stream(client, relay_url + "/v1/chat/completions", body)
     usage = data(events[-2])
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4, "prompt_tokens_details": None, "completion_tokens_details": None}
+    assert usage["usage"] == mock_usage(1, 3)
 
 
 @under_every_server

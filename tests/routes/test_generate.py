@@ -7,6 +7,7 @@ import httpx
 from app.mock import mock_text
 from tests.servers import under_every_server
 from tests.sse import data, post_stream
+from tests.usage import mock_usage
 
 
 @under_every_server
@@ -19,10 +20,7 @@ async def test_streams_tokens_then_one_done_event_each_with_an_id(relay_url: str
     assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
     done = data(events[-1])
     assert done["finish_reason"] == "length"
-    assert done["usage"] == {
-        "prompt_tokens": 2, "completion_tokens": 10, "total_tokens": 12,
-        "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0},
-    }
+    assert done["usage"] == mock_usage(2, 10)
 
 
 async def test_natural_end_finishes_with_stop(relay_url: str, client: httpx.AsyncClient) -> None:
@@ -39,10 +37,7 @@ async def test_non_streaming_answers_json(relay_url: str, client: httpx.AsyncCli
         "output": "".join(mock_text("tell me", 5)),
         "tokens_used": 7,
         "finish_reason": "length",
-        "usage": {
-            "prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7,
-            "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0},
-        },
+        "usage": mock_usage(2, 5),
         "reasoning": None, "refusal": None, "tool_calls": [], "logprobs": None,
     }
 

@@ -19,6 +19,7 @@ from app.settings import PROTOCOLS
 from tests.servers import mock_server, relay_server
 from tests.sse import chat, data, post_stream
 from tests.streaming.test_faults import FAULT_CODES as ALL_FAULT_CODES
+from tests.usage import mock_usage
 
 # Each protocol's own in-band error, as the relay reports it.
 IN_BAND_CODE = {"openai": "mock_fault", "tgi": "generation", "ollama": "upstream_error", "anthropic": "overloaded_error"}
@@ -56,14 +57,8 @@ def relay(request: pytest.FixtureRequest, mocks: tuple[str, str, MockModel]) -> 
 
 
 def _usage(relay: Relay, prompt: int, completion: int) -> dict[str, object]:
-    """The usage the mock reports, as the relay carries it: OpenAI's with its details (none cached, no reasoning for a short
-    plain prompt), the other protocols' counts alone (their adapters do not carry details yet)."""
-    details = relay.protocol == "openai"
-    return {
-        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0} if details else None,
-        "completion_tokens_details": {"reasoning_tokens": 0} if details else None,
-    }
+    """The other protocols' adapters do not carry usage details yet: their counts alone."""
+    return mock_usage(prompt, completion, details=relay.protocol == "openai")
 
 
 async def test_native_stream_with_usage_and_finish_reason(relay: Relay, client: httpx.AsyncClient) -> None:
