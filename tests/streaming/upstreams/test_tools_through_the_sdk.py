@@ -11,10 +11,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from openai import OpenAI
-from openai.lib.streaming.chat import ChatCompletionStreamState
 
-from tests.sdk import view
+from tests.sdk import completion_asked, view
 from tests.servers import mock_server, relay_server
 
 TOOLS: Any = [
@@ -48,19 +46,9 @@ def served() -> Iterator[Served]:
 
 
 def ask(base_url: str, mode: str, **kwargs: Any) -> dict[str, Any]:
-    client = OpenAI(base_url=base_url, api_key="sk-test", max_retries=0, timeout=10)
-    with client:
-        if mode == "stream":
-            state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
-            for part in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs):
-                state.handle_chunk(part)
-            completion: Any = state.current_completion_snapshot
-        elif mode == "helper":
-            with client.chat.completions.stream(stream_options={"include_usage": True}, **kwargs) as stream:
-                completion = stream.get_final_completion()
-        else:
-            completion = client.chat.completions.create(**kwargs)
-    return view(completion)["choices"][0]
+    completion, _ = completion_asked(base_url, mode, **kwargs)
+    choice: dict[str, Any] = view(completion)["choices"][0]
+    return choice
 
 
 async def asked(base_url: str, mode: str, **kwargs: Any) -> dict[str, Any]:
