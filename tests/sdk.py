@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from openai import LengthFinishReasonError, OpenAI
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -38,6 +39,27 @@ def reassembled(chunks: list[dict[str, Any]]) -> ChatCompletion:
     for part in chunks:
         state.handle_chunk(ChatCompletionChunk.model_validate(part))
     return state.current_completion_snapshot
+
+
+def completion_asked(base_url: str, mode: str, **kwargs: Any) -> tuple[Any, str | None]:
+    """What the SDK makes of the answer to ``kwargs``, asked ``mode`` (streamed and accumulated, with the ``.stream()``
+    helper, or whole), and the name of what the helper raised, if anything."""
+    raised = None
+    with OpenAI(base_url=base_url, api_key="sk-test", max_retries=0, timeout=10) as client:
+        if mode == "stream":
+            state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
+            for part in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs):
+                state.handle_chunk(part)
+            completion: Any = state.current_completion_snapshot
+        elif mode == "helper":
+            with client.chat.completions.stream(stream_options={"include_usage": True}, **kwargs) as stream:
+                try:
+                    completion = stream.get_final_completion()
+                except LengthFinishReasonError as exc:  # the helper's way with a length finish, direct or not
+                    completion, raised = exc.completion, type(exc).__name__
+        else:
+            completion = client.chat.completions.create(**kwargs)
+    return completion, raised
 
 
 def _text(value: object) -> object:

@@ -14,11 +14,9 @@ from typing import Any
 
 import anyio
 import pytest
-from openai import LengthFinishReasonError, OpenAI
-from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from tests.hostile import HostileUpstream
-from tests.sdk import FIXTURES, SDK_FIXTURES, replaying_fixtures, view
+from tests.sdk import FIXTURES, SDK_FIXTURES, completion_asked, replaying_fixtures, view
 from tests.servers import relay_server
 
 TOOLS: Any = [
@@ -36,25 +34,10 @@ def upstream_and_relay() -> Iterator[tuple[str, str]]:
 
 def ask(base_url: str, model: str, mode: str) -> dict[str, Any]:
     """What the SDK makes of ``model``'s answer, asked ``mode``; ``raised`` names what the helper raised, if anything."""
-    client = OpenAI(base_url=base_url, api_key="sk-test", max_retries=0, timeout=10)
     kwargs: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "What is the weather?"}], "tools": TOOLS}
     if model == "openai-n2":
         kwargs["n"] = 2
-    raised = None
-    with client:
-        if mode == "stream":
-            state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
-            for part in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs):
-                state.handle_chunk(part)
-            completion: Any = state.current_completion_snapshot
-        elif mode == "helper":
-            with client.chat.completions.stream(stream_options={"include_usage": True}, **kwargs) as stream:
-                try:
-                    completion = stream.get_final_completion()
-                except LengthFinishReasonError as exc:  # the helper's way with a length finish, direct or not
-                    completion, raised = exc.completion, type(exc).__name__
-        else:
-            completion = client.chat.completions.create(**kwargs)
+    completion, raised = completion_asked(base_url, mode, **kwargs)
     return view(completion) | {"raised": raised}
 
 

@@ -14,6 +14,16 @@ The last one carries ``generated_text`` and ``details`` (``finish_reason``: ``le
 (the end-of-sequence token) are not text. An error is an event ``{"error": "...",
 "error_type": "generation"}``, or an error status with the same body. A body that ends
 before the event with ``details`` is ``upstream_incomplete``.
+
+What this API cannot carry, whatever the relay does: it takes a prompt and gives text. It has
+no tools (``tools``, ``tool_choice`` and tool results are not sent: a chat's tool messages become
+``tool: …`` lines of the transcript, an assistant's calls are left out), so no tool calls come
+back; no reasoning field (a reasoning model's thinking is text, as the model wrote it); no
+refusal; one choice. Each token's ``logprob`` is not read. For tools, point the upstream at
+TGI's Messages API (``/v1/chat/completions``) with protocol ``openai``, which reads what TGI
+sends there: the call's ``id`` ``"0"`` repeated in every chunk goes to the client once, its
+``arguments`` as an object (whole answers before TGI 3.2) are JSON-encoded, and its
+``finish_reason``, ``stop`` even after a call, is passed on as TGI said it.
 """
 
 from __future__ import annotations
