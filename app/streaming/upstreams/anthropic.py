@@ -1,23 +1,37 @@
 """Anthropic's Messages protocol: ``POST {base}/v1/messages`` with ``stream: true``.
 
-The request carries ``x-api-key`` and ``anthropic-version``; system (and developer)
-messages become the top-level ``system`` text, the others keep their role (a ``tool``
-message is sent as the user's); ``max_tokens``, which Anthropic requires, defaults to
-4096 (or the relay's limit, if lower); ``temperature`` is capped at 1, Anthropic's maximum;
-``stop`` becomes ``stop_sequences``.
+The request carries ``x-api-key`` and ``anthropic-version``, and OpenAI's chat request mapped
+to Anthropic's (request building in app/streaming/upstreams/anthropic_request.py).
 
-The response is SSE, named events whose data repeats the name in ``type``::
+The response is SSE, named events whose data repeats the name in ``type``; content comes in
+blocks, one after the other, each opened by ``content_block_start`` and closed by
+``content_block_stop``::
 
-    event: message_start        {"message": {"usage": {"input_tokens": 25, "output_tokens": 1}}}
-    event: content_block_delta  {"delta": {"type": "text_delta", "text": "Hello"}}
+    event: message_start        {"message": {"usage": {"input_tokens": 25, "cache_read_input_tokens": 0, …}}}
+    event: content_block_start  {"index": 1, "content_block": {"type": "tool_use", "id": "toolu_…", "name": "f", "input": {}}}
+    event: content_block_delta  {"index": 0, "delta": {"type": "text_delta", "text": "Hello"}}
     event: message_delta        {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 15}}
     event: message_stop
-    event: ping                 (ignored, as are content_block_start/stop and non-text deltas)
+    event: ping                 (ignored)
     event: error                {"error": {"type": "overloaded_error", "message": "Overloaded"}}
 
-``message_stop`` ends the stream (a body that ends after ``message_delta``'s stop reason is
-taken as finished too); ``stop_reason`` maps to OpenAI's finish reasons (``end_turn`` and
-``stop_sequence``: ``stop``; ``max_tokens``: ``length``; ``tool_use``: ``tool_calls``).
+- ``text_delta`` → ``Delta``; ``thinking_delta`` → ``Reasoning``; ``signature_delta`` →
+  ``Reasoning("", signature=…)``, which closes its thinking block; a ``redacted_thinking``
+  block → ``RedactedReasoning(data)``;
+- a ``tool_use`` block → ``ToolCall(index, id, name)``, its ``input_json_delta``s'
+  ``partial_json`` → its argument fragments. ``index`` is the relay's count of the message's
+  tool_use blocks (0, 1, 2…), not the block's index. A call that got no input at all (no
+  fragment, or only ``""``) gets ``"{}"`` when its block stops, so that its arguments are JSON;
+- ``stop_reason`` → ``Finish``: ``end_turn``, ``stop_sequence``: ``stop``; ``tool_use``:
+  ``tool_calls``; ``max_tokens`` (even in the middle of a call) and
+  ``model_context_window_exceeded``: ``length``; ``refusal``: ``content_filter``; any other as it is;
+- usage → ``Usage``: ``prompt_tokens`` is ``input_tokens`` plus the cached input read and
+  written (``cache_read_input_tokens``, ``cache_creation_input_tokens``), which are
+  ``prompt_tokens_details.cached_tokens`` and ``cache_write_tokens`` (a 0 kept; not sent: ``None``);
+  ``output_tokens`` (cumulative) → ``completion_tokens``.
+
+Other block kinds (server tools, citations) are not read. ``message_stop`` ends the stream (a
+body that ends after ``message_delta``'s stop reason is taken as finished too).
 """
 
 from __future__ import annotations
@@ -27,14 +41,17 @@ from typing import Any
 
 import msgspec
 
-from app.streaming.events import Delta, Event, Finish, Usage
-from app.streaming.request import GenerationRequest, content_text
+from app.streaming.events import Delta, Event, Finish, PromptTokensDetails, Reasoning, RedactedReasoning, ToolCall, Usage
+from app.streaming.upstreams.anthropic_request import build_request
 from app.streaming.upstreams.handler import ErrorBody, SSEStreamHandler, decode_repaired, error_code
+from app.streaming.upstreams.openai import MAX_CALLS
 
-VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 4096
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
-_PASSED = ("top_p", "top_k")
+__all__ = ["MessageStream", "build_request"]
+
+_FINISH = {
+    "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls", "refusal": "content_filter",
+}
 
 
 class _Usage(msgspec.Struct):
@@ -43,25 +60,36 @@ class _Usage(msgspec.Struct):
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
 
-    def prompt_tokens(self) -> int | None:
-        if self.input_tokens is None:
-            return None
-        return self.input_tokens + (self.cache_creation_input_tokens or 0) + (self.cache_read_input_tokens or 0)
-
 
 class _Message(msgspec.Struct):
     usage: _Usage | None = None
 
 
+class _Block(msgspec.Struct):
+    type: str = ""
+    id: str | None = None
+    name: str | None = None
+    input: dict[str, Any] | None = None
+    text: str | None = None
+    thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None
+
+
 class _Delta(msgspec.Struct):
     type: str | None = None
     text: str | None = None
+    thinking: str | None = None
+    signature: str | None = None
+    partial_json: str | None = None
     stop_reason: str | None = None
 
 
 class _Event(msgspec.Struct):
     type: str = ""
+    index: int | None = None
     message: _Message | None = None
+    content_block: _Block | None = None
     delta: _Delta | None = None
     usage: _Usage | None = None
     error: ErrorBody | None = None
@@ -71,45 +99,19 @@ _decode_event = msgspec.json.Decoder(_Event).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
-    system: list[str] = []
-    messages: list[dict[str, Any]] = []
-    for message in request.messages:
-        if not isinstance(message, dict):
-            continue
-        role, text = message.get("role", "user"), content_text(message.get("content"))
-        if role in ("system", "developer"):
-            system.append(text)
-        else:
-            messages.append({"role": "assistant" if role == "assistant" else "user", "content": text})
-    body: dict[str, Any] = {key: request.extra[key] for key in _PASSED if request.extra.get(key) is not None}
-    max_tokens = request.token_limit() or min(DEFAULT_MAX_TOKENS, request.max_tokens_limit or DEFAULT_MAX_TOKENS)
-    body.update(model=request.model, max_tokens=max_tokens, messages=messages, stream=True)
-    if system:
-        body["system"] = "\n\n".join(system)
-    temperature = request.sampling_temperature()
-    if temperature is not None:
-        body["temperature"] = min(temperature, 1.0)
-    stop = request.extra.get("stop")
-    if stop:
-        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-    headers = [
-        ("Content-Type", "application/json"), ("Accept", "text/event-stream"), ("anthropic-version", VERSION),
-        ("X-Request-Id", request.request_id),
-    ]
-    if api_key:
-        headers.append(("x-api-key", api_key))
-    return "/v1/messages", headers, _encode(body)
-
-
 class MessageStream(SSEStreamHandler):
-    __slots__ = ("_input", "_output", "_stop_reason")
+    __slots__ = ("_bare", "_calls", "_created", "_input", "_last", "_output", "_read", "_stop_reason")
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         super().__init__(emit, flush)
         self._stop_reason: str | None = None
         self._input: int | None = None
         self._output: int | None = None
+        self._read: int | None = None
+        self._created: int | None = None
+        self._calls: dict[int | None, int] = {}  # a tool_use block's index → its call's
+        self._last: int | None = None  # the latest call's
+        self._bare: set[int] = set()  # the calls that have had no input yet
 
     def _on_event(self, data: str) -> None:
         try:
@@ -122,10 +124,16 @@ class MessageStream(SSEStreamHandler):
             event = repaired
         kind = event.type
         if kind == "content_block_delta":
-            delta = event.delta
-            if delta is not None and delta.type == "text_delta" and delta.text:
-                self._tokens = True
-                self._emit(Delta(delta.text))
+            if event.delta is not None:
+                self._on_delta(event.index, event.delta)
+        elif kind == "content_block_start":
+            if event.content_block is not None:
+                self._on_start(event.index, event.content_block)
+        elif kind == "content_block_stop":
+            call = self._calls.get(event.index)
+            if call is not None and call in self._bare:
+                self._bare.discard(call)
+                self._emit(ToolCall(call, arguments="{}"))
         elif kind == "message_start":
             usage = event.message.usage if event.message is not None else None
             if usage is not None:
@@ -141,14 +149,72 @@ class MessageStream(SSEStreamHandler):
             error = event.error or ErrorBody()
             self._end(self._error(error_code(error), error.message))
 
+    def _on_delta(self, index: int | None, delta: _Delta) -> None:
+        kind = delta.type
+        if kind == "text_delta":
+            if delta.text:
+                self._tokens = True
+                self._emit(Delta(delta.text))
+        elif kind == "input_json_delta":
+            call = self._calls.get(index, self._last)
+            if delta.partial_json and call is not None:
+                self._tokens = True
+                self._bare.discard(call)
+                self._emit(ToolCall(call, arguments=delta.partial_json))
+        elif kind == "thinking_delta":
+            if delta.thinking:
+                self._tokens = True
+                self._emit(Reasoning(delta.thinking))
+        elif kind == "signature_delta" and delta.signature:
+            self._tokens = True
+            self._emit(Reasoning("", signature=delta.signature))
+
+    def _on_start(self, index: int | None, block: _Block) -> None:
+        kind = block.type
+        if kind == "tool_use":
+            call = len(self._calls)
+            if call >= MAX_CALLS:
+                self._end(self._error("upstream_malformed", f"more than {MAX_CALLS} tool calls in one message from the model server"))
+                return
+            self._calls[index] = self._last = call
+            self._tokens = True
+            if block.input:  # the whole input in the block's start, as some gateways send it
+                self._emit(ToolCall(call, block.id, block.name, _encode(block.input).decode()))
+            else:
+                self._bare.add(call)
+                self._emit(ToolCall(call, block.id, block.name))
+        elif kind == "redacted_thinking":
+            if block.data is not None:
+                self._tokens = True
+                self._emit(RedactedReasoning(block.data))
+        elif kind == "thinking":
+            if block.thinking or block.signature:
+                self._tokens = True
+                self._emit(Reasoning(block.thinking or "", signature=block.signature or None))
+        elif kind == "text" and block.text:
+            self._tokens = True
+            self._emit(Delta(block.text))
+
     def _count(self, usage: _Usage) -> None:
         if usage.input_tokens is not None:
-            self._input = usage.prompt_tokens()
+            self._input = usage.input_tokens
+        if usage.cache_read_input_tokens is not None:
+            self._read = usage.cache_read_input_tokens
+        if usage.cache_creation_input_tokens is not None:
+            self._created = usage.cache_creation_input_tokens
         if usage.output_tokens is not None:
             self._output = usage.output_tokens  # cumulative
 
+    def _usage(self) -> Usage:
+        read, created = self._read, self._created
+        prompt = self._input + (read or 0) + (created or 0) if self._input is not None else None
+        counted = Usage.counted(prompt, self._output)
+        if read is None and created is None:
+            return counted
+        return Usage(prompt, self._output, counted.total_tokens, PromptTokensDetails(cached_tokens=read, cache_write_tokens=created))
+
     def _finish(self) -> None:
-        self._emit(Usage.counted(self._input, self._output))
+        self._emit(self._usage())
         reason = self._stop_reason or "end_turn"
         self._end(Finish(_FINISH.get(reason, reason)))
 

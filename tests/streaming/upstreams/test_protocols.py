@@ -57,8 +57,12 @@ def relay(request: pytest.FixtureRequest, mocks: tuple[str, str, MockModel]) -> 
 
 
 def _usage(relay: Relay, prompt: int, completion: int) -> dict[str, object]:
-    """The other protocols' adapters do not carry usage details yet: their counts alone."""
-    return mock_usage(prompt, completion, details=relay.protocol == "openai")
+    """Anthropic's details are its cache counts (read and written); the other protocols' adapters carry their counts alone."""
+    usage = mock_usage(prompt, completion, details=relay.protocol in ("openai", "anthropic"))
+    if relay.protocol == "anthropic":
+        usage["prompt_tokens_details"]["cache_write_tokens"] = 0
+        usage["completion_tokens_details"] = None
+    return usage
 
 
 async def test_native_stream_with_usage_and_finish_reason(relay: Relay, client: httpx.AsyncClient) -> None:

@@ -35,7 +35,6 @@ CASES = {
     ]),
     "anthropic-stream.sse": ("anthropic", [Delta("Hello"), Delta("!"), Usage(25, 15, 40), Finish("stop")]),
     "anthropic-error.sse": ("anthropic", [Delta("Hello"), Error("upstream_error", "overloaded_error", "Overloaded", "stream")]),
-    "anthropic-tool-use.sse": ("anthropic", [Delta("Okay"), Usage(472, 89, 561), Finish("tool_calls")]),
 }
 
 

@@ -1,0 +1,173 @@
+"""OpenAI's chat request as Anthropic's Messages request (``POST {base}/v1/messages``).
+
+- system (and developer) messages become the top-level ``system`` text; a ``user`` message
+  keeps its text;
+- an ``assistant`` message with ``tool_calls`` becomes content blocks: its text (when it has
+  any: never an empty text block), then a ``tool_use`` block per call, ``{id, name, input}``
+  with ``input`` the call's parsed JSON arguments (``{}`` for ``""``). Its ``thinking_blocks``
+  (LiteLLM's field: ``thinking`` blocks with their signature, ``redacted_thinking``), if any,
+  go first, as they came: Anthropic wants them back on the turn that called the tools;
+- a ``tool`` message becomes a ``tool_result`` block (``tool_use_id``, ``content``) of a user
+  message; messages of one role in a row are merged into one, since Anthropic's alternate;
+- ``tools`` (function tools) become ``{name, description, input_schema}``; ``tool_choice``
+  ``auto``, ``none``, ``required`` (Anthropic's ``any``) or a named function (``{"type": "tool",
+  "name"}``); ``parallel_tool_calls: false`` is ``disable_parallel_tool_use``;
+- ``thinking`` as the client sent it (an Anthropic parameter, e.g. through the OpenAI SDK's
+  ``extra_body``), else ``reasoning_effort`` as ``thinking: {type: enabled, budget_tokens}``:
+  ``minimal``/``low`` 1024 (Anthropic's least), ``medium`` 4096, ``high`` 16384, below
+  ``max_tokens`` (too small a ``max_tokens`` for 1024 sends no ``thinking``);
+- ``max_tokens``, which Anthropic requires, is the client's length, else 4096 (plus the thinking
+  budget), or the relay's limit, if lower; ``temperature`` is capped at 1, Anthropic's maximum;
+  ``stop`` becomes ``stop_sequences``; ``top_p`` and ``top_k`` pass through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from app.streaming.request import GenerationRequest, content_text
+
+VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+MIN_THINKING_BUDGET = 1024
+THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
+_PASSED = ("top_p", "top_k")
+_NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+
+def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
+    extra = request.extra
+    system, messages = _conversation(request.messages)
+    body: dict[str, Any] = {key: extra[key] for key in _PASSED if extra.get(key) is not None}
+    effort = extra.get("reasoning_effort")
+    budget = THINKING_BUDGETS.get(effort, 0) if isinstance(effort, str) else 0
+    max_tokens = request.token_limit() or min(DEFAULT_MAX_TOKENS + budget, request.max_tokens_limit or DEFAULT_MAX_TOKENS + budget)
+    body.update(model=request.model, max_tokens=max_tokens, messages=messages, stream=True)
+    if system:
+        body["system"] = "\n\n".join(system)
+    temperature = request.sampling_temperature()
+    if temperature is not None:
+        body["temperature"] = min(temperature, 1.0)
+    stop = extra.get("stop")
+    if stop:
+        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    tools = _tools(extra.get("tools"))
+    if tools:
+        body["tools"] = tools
+        choice = _tool_choice(extra.get("tool_choice"), extra.get("parallel_tool_calls"))
+        if choice is not None:
+            body["tool_choice"] = choice
+    thinking = extra.get("thinking")
+    if isinstance(thinking, dict):
+        body["thinking"] = thinking
+    elif min(budget, max_tokens - 1) >= MIN_THINKING_BUDGET:
+        body["thinking"] = {"type": "enabled", "budget_tokens": min(budget, max_tokens - 1)}
+    headers = [
+        ("Content-Type", "application/json"), ("Accept", "text/event-stream"), ("anthropic-version", VERSION),
+        ("X-Request-Id", request.request_id),
+    ]
+    if api_key:
+        headers.append(("x-api-key", api_key))
+    return "/v1/messages", headers, _encode(body)
+
+
+def _conversation(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The system texts, and the other messages as Anthropic's, alternating."""
+    system: list[str] = []
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        role, content = message.get("role", "user"), message.get("content")
+        if role in ("system", "developer"):
+            system.append(content_text(content))
+        elif role == "assistant":
+            _add(out, "assistant", _assistant(message))
+        elif role == "tool":
+            result: dict[str, Any] = {"type": "tool_result", "tool_use_id": str(message.get("tool_call_id") or "")}
+            text = content_text(content)
+            if text:
+                result["content"] = text
+            _add(out, "user", [result])
+        else:
+            _add(out, "user", content_text(content))
+    return system, out
+
+
+def _add(messages: list[dict[str, Any]], role: str, content: str | list[dict[str, Any]]) -> None:
+    if messages and messages[-1]["role"] == role:
+        messages[-1]["content"] = _blocks(messages[-1]["content"]) + _blocks(content)
+    else:
+        messages.append({"role": role, "content": content})
+
+
+def _blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(content, list):
+        return content
+    return [{"type": "text", "text": content}] if content else []
+
+
+def _assistant(message: dict[str, Any]) -> str | list[dict[str, Any]]:
+    text = content_text(message.get("content"))
+    calls, thinking = message.get("tool_calls"), message.get("thinking_blocks")
+    blocks: list[dict[str, Any]] = [
+        block for block in thinking if isinstance(block, dict) and block.get("type") in ("thinking", "redacted_thinking")
+    ] if isinstance(thinking, list) else []
+    if text:
+        blocks.append({"type": "text", "text": text})
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) and call.get("type", "function") == "function" else None
+        if isinstance(function, dict):
+            blocks.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": _input(function.get("arguments"))})
+    return blocks or text
+
+
+def _input(arguments: Any) -> Any:
+    """A call's arguments as Anthropic's ``input``: the JSON they are (what is not JSON is sent as it is, for Anthropic to refuse)."""
+    if not isinstance(arguments, str):
+        return arguments if arguments is not None else {}
+    if not arguments.strip():
+        return {}
+    try:
+        return _decode(arguments)
+    except msgspec.DecodeError:
+        return arguments
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for tool in tools if isinstance(tools, list) else ():
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type", "function") == "function" else None
+        if not isinstance(function, dict) or not function.get("name"):
+            continue
+        declared: dict[str, Any] = {"name": function["name"]}
+        if function.get("description"):
+            declared["description"] = function["description"]
+        parameters = function.get("parameters")
+        declared["input_schema"] = parameters if isinstance(parameters, dict) else _NO_PARAMETERS
+        out.append(declared)
+    return out
+
+
+def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    match choice:
+        case "auto":
+            chosen: dict[str, Any] | None = {"type": "auto"}
+        case "none":
+            chosen = {"type": "none"}
+        case "required":
+            chosen = {"type": "any"}
+        case {"function": {"name": str(name)}}:
+            chosen = {"type": "tool", "name": name}
+        case _:
+            chosen = None
+    if parallel is False:
+        chosen = chosen or {"type": "auto"}
+        if chosen["type"] != "none":
+            chosen["disable_parallel_tool_use"] = True
+    return chosen
