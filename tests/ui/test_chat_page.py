@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, Request, async_playwright
 
 from app.mock import MockModel, mock_text
 from tests.proxy import DroppingProxy
@@ -28,8 +32,25 @@ def paced_mock() -> Iterator[tuple[MockModel, str]]:
 
 
 @pytest.fixture(scope="module")
+def slow_mock() -> Iterator[tuple[MockModel, str]]:
+    """Frames far enough apart that a test sees a part while it streams: 8 words of reasoning, 16 of text, or two calls."""
+    with mock_server(ttft=0.0, interval=0.15, tokens=16) as served:
+        yield served
+
+
+def _page_relay(mock: tuple[MockModel, str]) -> contextlib.AbstractContextManager[str]:
+    return relay_server(mock[1], models=("mock", "mock-fault-error-midstream", "mock-reasoning", "mock-refusal"), stream_secret=SECRET, stream_retry_ms=300)
+
+
+@pytest.fixture(scope="module")
 def page_url(paced_mock: tuple[MockModel, str]) -> Iterator[str]:
-    with relay_server(paced_mock[1], models=("mock", "mock-fault-error-midstream"), stream_secret=SECRET, stream_retry_ms=300) as url:
+    with _page_relay(paced_mock) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def slow_url(slow_mock: tuple[MockModel, str]) -> Iterator[str]:
+    with _page_relay(slow_mock) as url:
         yield url
 
 
@@ -60,12 +81,60 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     await context.close()
 
 
-async def _ask(page: Page, prompt: str, max_tokens: int, model: str = "") -> None:
+async def _ask(page: Page, prompt: str, max_tokens: int, model: str = "", tools: bool = False) -> None:
     await page.fill("#prompt", prompt)
-    await page.click("summary")
+    await page.click("#ask summary")
     await page.fill("#max-tokens", str(max_tokens))
     await page.fill("#model", model)
+    if tools:
+        await page.check("#tools")
     await page.click("#send")
+
+
+def _record_bodies(page: Page) -> list[Any]:
+    """The bodies the page POSTs to create its streams, as they are sent."""
+    bodies: list[Any] = []
+
+    def seen(request: Request) -> None:
+        if request.method == "POST" and request.url.endswith("/v1/streams"):
+            bodies.append(request.post_data_json)
+
+    page.on("request", seen)
+    return bodies
+
+
+async def _direct(mock_url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The message the mock answers ``body`` with, asked directly and whole: what the page must end up showing."""
+    chat = {key: value for key, value in body.items() if key != "prompt"}
+    chat.setdefault("messages", [{"role": "user", "content": body.get("prompt")}])
+    with anyio.fail_after(10):
+        async with httpx.AsyncClient() as client:
+            response = await client.post(mock_url + "/chat/completions", json={**chat, "stream": False})
+    response.raise_for_status()
+    message: dict[str, Any] = response.json()["choices"][0]["message"]
+    return message
+
+
+async def _shown_calls(page: Page) -> list[dict[str, Any]]:
+    """Each tool call as the page shows it: its name, its id, and its arguments' text."""
+    calls: list[dict[str, Any]] = await page.eval_on_selector_all("#tool-calls .tool-call", """blocks => blocks.map(block => ({
+        name: block.querySelector(".tool-name").textContent,
+        id: block.querySelector(".tool-id").textContent,
+        arguments: block.querySelector(".tool-arguments").textContent,
+    }))""")
+    return calls
+
+
+def _expected_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": call["function"]["name"], "id": call["id"], "arguments": call["function"]["arguments"]} for call in message["tool_calls"]]
+
+
+def _same_calls(shown: list[dict[str, Any]], expected: list[dict[str, Any]]) -> bool:
+    """The same calls in the same order, their arguments the same JSON (the page pretty-prints them)."""
+    def key(calls: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+        return [(call["name"], call["id"], json.loads(call["arguments"])) for call in calls]
+
+    return key(shown) == key(expected)
 
 
 async def _wait_for_state(page: Page, state: str) -> None:
@@ -134,3 +203,98 @@ async def test_a_refused_request_shows_the_relay_error_and_a_key_makes_it_work(p
         await page.click("#send")
         await _wait_for_state(page, "done")
         assert await page.text_content("#answer") == "".join(mock_text("let me in", 5))
+
+
+async def test_reasoning_is_shown_collapsed_while_it_streams_then_expands_to_its_text(slow_mock: tuple[MockModel, str], slow_url: str, page: Page) -> None:
+    bodies = _record_bodies(page)
+    await page.goto(slow_url + "/")
+    await _ask(page, "think first", 256, model="mock-reasoning")
+    # The first moment any reasoning is on the page: collapsed, saying that the model is thinking, no answer yet.
+    handle = await page.wait_for_function("""() => {
+        const details = document.getElementById("reasoning"), text = document.getElementById("reasoning-text");
+        return text && text.textContent.length > 0 && {
+            visible: !details.hidden, open: details.open, summary: details.querySelector("summary").textContent,
+            answer: document.getElementById("answer").textContent,
+        };
+    }""", timeout=WAIT_MS)
+    assert await handle.json_value() == {"visible": True, "open": False, "summary": "Thinking…", "answer": ""}
+    await _wait_for_state(page, "done")
+    expected = await _direct(slow_mock[1], bodies[0])
+    assert await page.text_content("#answer") == expected["content"]
+    assert not await page.is_visible("#reasoning-text")
+    assert await page.text_content("#reasoning summary") == "Reasoning"
+    await page.click("#reasoning summary")
+    assert await page.is_visible("#reasoning-text")
+    assert await page.text_content("#reasoning-text") == expected["reasoning_content"]
+    assert "8 of them reasoning" in (await page.text_content("#usage") or "")
+
+
+async def test_an_answer_without_reasoning_shows_no_reasoning_block(page_url: str, page: Page) -> None:
+    await page.goto(page_url + "/")
+    await _ask(page, "no thoughts", 5)
+    await _wait_for_state(page, "done")
+    assert not await page.is_visible("#reasoning")
+    assert not await page.is_visible("#refusal")
+    assert await page.eval_on_selector_all("#tool-calls .tool-call", "blocks => blocks.length") == 0
+
+
+async def test_tool_calls_are_shown_with_their_names_and_pretty_printed_complete_arguments(slow_mock: tuple[MockModel, str], slow_url: str, page: Page) -> None:
+    bodies = _record_bodies(page)
+    await page.goto(slow_url + "/")
+    await _ask(page, "weather in two cities", 256, model="mock", tools=True)
+    await _wait_for_state(page, "done")
+    assert bodies[0]["tools"][0]["function"]["name"] == "get_weather"
+    expected = _expected_calls(await _direct(slow_mock[1], bodies[0]))
+    shown = await _shown_calls(page)
+    assert len(shown) == 2 and _same_calls(shown, expected)
+    assert all(call["arguments"] == json.dumps(json.loads(call["arguments"]), indent=2, ensure_ascii=False) for call in shown)
+    assert await page.text_content("#answer") == "" and not await page.is_visible("#answer")
+    assert "finish reason: tool_calls" in (await page.text_content("#usage") or "")
+
+
+async def test_tools_without_a_model_name_say_what_is_missing(page_url: str, page: Page) -> None:
+    await page.goto(page_url + "/")
+    await _ask(page, "weather", 5, tools=True)
+    await _wait_for_state(page, "error")
+    assert "a model name" in (await page.text_content("#state") or "")
+
+
+async def test_a_refusal_is_shown_as_a_refusal(paced_mock: tuple[MockModel, str], page_url: str, page: Page) -> None:
+    bodies = _record_bodies(page)
+    await page.goto(page_url + "/")
+    await _ask(page, "something bad", 64, model="mock-refusal")
+    await _wait_for_state(page, "done")
+    expected = await _direct(paced_mock[1], bodies[0])
+    assert await page.is_visible("#refusal")
+    assert await page.text_content("#refusal-text") == expected["refusal"]
+    assert await page.text_content("#answer") == ""
+
+
+async def test_a_connection_dropped_in_the_middle_of_reasoning_loses_none_of_it(paced_mock: tuple[MockModel, str], page_url: str, page: Page) -> None:
+    bodies = _record_bodies(page)
+    proxy = DroppingProxy(urlsplit(page_url).port or 80)
+    with proxy.serving() as proxied:
+        await page.goto(proxied + "/")
+        await _ask(page, "think while dropped", 60, model="mock-reasoning")  # 60 words of reasoning, cut there
+        await page.wait_for_function("document.getElementById('reasoning-text').textContent.length > 40", timeout=WAIT_MS)
+        proxy.drop()
+        await _wait_for_state(page, "reconnecting")
+        await _wait_for_state(page, "done")
+    expected = await _direct(paced_mock[1], bodies[0])
+    assert await page.text_content("#reasoning-text") == expected["reasoning_content"]
+    assert await page.evaluate("window.__states") == ["idle", "connecting", "streaming", "reconnecting", "streaming", "done"]
+
+
+async def test_a_connection_dropped_amid_a_tool_calls_arguments_loses_none_of_them(slow_mock: tuple[MockModel, str], slow_url: str, page: Page) -> None:
+    bodies = _record_bodies(page)
+    proxy = DroppingProxy(urlsplit(slow_url).port or 80)
+    with proxy.serving() as proxied:
+        await page.goto(proxied + "/")
+        await _ask(page, "weather while dropped", 256, model="mock", tools=True)
+        await page.wait_for_function("(document.querySelector('#tool-calls .tool-arguments') || {}).textContent > ''", timeout=WAIT_MS)
+        proxy.drop()
+        await _wait_for_state(page, "reconnecting")
+        await _wait_for_state(page, "done")
+    expected = _expected_calls(await _direct(slow_mock[1], bodies[0]))
+    assert _same_calls(await _shown_calls(page), expected)
+    assert await page.evaluate("window.__states") == ["idle", "connecting", "streaming", "reconnecting", "streaming", "done"]
