@@ -41,7 +41,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None] | None:
-    """Answer a refused or non-streamed request; for a stream, send its head and return the relay to run."""
+    """Answer a refused or non-streamed request; for a stream, return the relay to run (it sends the head)."""
     runtime: Runtime = scope["state"]["runtime"]
     settings = runtime.settings
     rid = request_id(scope)

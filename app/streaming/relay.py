@@ -14,8 +14,13 @@ by callback (``push``), and at the end of each upstream read ``flush`` sends wha
 ASGI promises only that ``send()`` returns an awaitable: one that is not a coroutine (granian's)
 cannot be driven by hand, so it is handed to the writer task as it is, to be awaited.
 
+The response head waits (``head``) for the upstream's (``opened``), the first event or the first
+heartbeat, whichever comes first; until then the request task does all the sending, and an
+upstream's refusal (``Error.refused``) is answered by ``refuse`` in place of the stream.
+
 When more than ``lag_limit`` bytes of text of any kind (content, reasoning, refusal, tool-call
-arguments, logprobs; a part without text counts 1) are pending, the stream ends with a
+arguments, logprobs; a part without text counts 1) are pending while a send waits for the
+client (one large read to a client that keeps up is sent whole), the stream ends with a
 ``slow_consumer`` error, the upstream is closed, and the client gets ``grace`` seconds to
 take the error before the writer is cancelled. Memory per stream is therefore bounded by
 the lag limit plus the transport's write buffer, whatever the client does.
