@@ -213,7 +213,10 @@ def test_json_escapes_read_as_python_reads_them_with_lone_surrogates_as_replacem
 def test_a_lone_surrogate_in_an_error_body_is_read_as_a_replacement_character(protocol: str) -> None:
     body = rb'{"error":{"message":"bad \ud800 input"}}' if protocol in ("openai", "anthropic") else rb'{"error":"bad \ud800 input"}'
     events = events_of(protocol, [body], status=500, content_type=b"application/json")
-    assert events == [Error("upstream_error", "upstream_status_500", "the model server answered 500: bad \ufffd input", "first_token")]
+    assert events == [Error(
+        "upstream_error", "upstream_status_500", "the model server answered 500: bad \ufffd input", "first_token",
+        status=500, detail=UpstreamDetail("bad \ufffd input"),
+    )]
 
 
 def test_a_lone_surrogate_in_a_json_answer_to_a_stream_request_is_read_as_a_replacement_character() -> None:
