@@ -16,7 +16,7 @@ are translated into these where they are caught, with ``raise ... from exc``.
 
 from __future__ import annotations
 
-from app.streaming.events import Error
+from app.streaming.events import Error, UpstreamDetail
 
 
 class RelayError(Exception):
@@ -62,9 +62,13 @@ class UpstreamConnectError(UpstreamError):
 
 
 class UpstreamStatusError(UpstreamError):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, detail: UpstreamDetail | None = None) -> None:
         super().__init__(f"upstream_status_{status}", message, "first_token")
         self.status = status
+        self.detail = detail
+
+    def event(self) -> Error:
+        return Error(self.type, self.code, self.message, self.phase, status=self.status, detail=self.detail)
 
 
 class UpstreamProtocolError(UpstreamError):

@@ -110,8 +110,18 @@ class FailureBody(msgspec.Struct, frozen=True):
     phase: str
 
 
+class RejectionBody(msgspec.Struct, frozen=True):
+    """A model server's refusal of the request, in the native API: its own error's fields, and the phase."""
+
+    message: str
+    type: str
+    code: str
+    param: str | None
+    phase: str
+
+
 class ErrorEnvelope(msgspec.Struct, frozen=True):
-    error: ErrorBody | FailureBody
+    error: ErrorBody | FailureBody | RejectionBody
 
 
 json_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()

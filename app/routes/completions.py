@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Coroutine
 from typing import Any
 
@@ -40,7 +41,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None] | None:
-    """Answer a refused or non-streamed request; for a stream, send its head and return the relay to run."""
+    """Answer a refused or non-streamed request; for a stream, return the relay to run (it sends the head)."""
     runtime: Runtime = scope["state"]["runtime"]
     settings = runtime.settings
     rid = request_id(scope)
@@ -57,19 +58,26 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     completion_id = "chatcmpl-" + rid
     if chat.stream:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
         encoder = OpenAIChunks(completion_id, model, include_usage)
-        return relay_stream(receive, send, upstream, generation_request(rid, model, raw, settings.max_tokens_limit), encoder, settings, runtime.live)
+        return relay_stream(
+            receive, send, upstream, generation_request(rid, model, raw, settings.max_tokens_limit), encoder, settings, runtime.live,
+            head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
+            refuse=functools.partial(_refuse, send, headers),
+        )
     result = await relay_collected(
         receive, upstream, generation_request(rid, model, raw, settings.max_tokens_limit), runtime.live, limit=settings.max_collected_bytes,
     )
     if result is None:
         return None
     if isinstance(result.terminal, Error):
-        await send_upstream_failure(send, result.terminal, headers)
+        await send_upstream_failure(send, result.terminal, headers, openai=True)
     else:
         await send_json(send, 200, json_body(openai_completion(completion_id, model, result)), headers)
     return None
+
+
+async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], error: Error) -> None:
+    await send_upstream_failure(send, error, headers, openai=True)
 
 
 def admit_chat(runtime: Runtime, raw: dict[str, Any], *, choices: bool = True) -> tuple[ChatRequest, Route]:

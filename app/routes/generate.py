@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Coroutine
 from typing import Any
 
@@ -38,7 +39,7 @@ async def generate(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None] | None:
-    """Answer a refused or non-streamed request; for a stream, send its head and return the relay to run."""
+    """Answer a refused or non-streamed request; for a stream, return the relay to run (it sends the head)."""
     runtime: Runtime = scope["state"]["runtime"]
     settings = runtime.settings
     rid = request_id(scope)
@@ -52,16 +53,23 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
         await send_error(send, exc)
         return None
     if body.stream:
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
-        return relay_stream(receive, send, upstream, request, NativeEvents(), settings, runtime.live)
+        return relay_stream(
+            receive, send, upstream, request, NativeEvents(), settings, runtime.live,
+            head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
+            refuse=functools.partial(_refuse, send, headers),
+        )
     result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes)
     if result is None:
         return None
     if isinstance(result.terminal, Error):
-        await send_upstream_failure(send, result.terminal, headers)
+        await send_upstream_failure(send, result.terminal, headers, openai=False)
     else:
         await send_json(send, 200, json_body(native_completion(result)), headers)
     return None
+
+
+async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], error: Error) -> None:
+    await send_upstream_failure(send, error, headers, openai=False)
 
 
 def admit_generate(runtime: Runtime, rid: str, body: GenerateRequest) -> tuple[Route, GenerationRequest]:

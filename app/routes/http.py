@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from app.errors import RequestError
-from app.schemas import ErrorBody, ErrorEnvelope, FailureBody, encoder, json_decoder
+from app.schemas import ErrorBody, ErrorEnvelope, FailureBody, RejectionBody, encoder, json_decoder
 from app.streaming.events import Error
 from app.types import Receive, Scope, Send
 
@@ -132,16 +132,33 @@ async def send_error(send: Send, exc: RequestError) -> None:
 
 
 def upstream_failure_status(error: Error) -> int:
-    """The HTTP status for a generation that failed before anything was sent (``stream: false``)."""
+    """The HTTP status for a generation that failed before anything was sent: a refusal keeps the model server's."""
+    if error.refused and error.status is not None:
+        return error.status
     if error.type == "timeout":
         return 504
     if error.code == "shutting_down":
         return 503
-    if error.code == "upstream_status_429":
+    if error.status == 429:
         return 429
     return 502
 
 
-async def send_upstream_failure(send: Send, error: Error, extra_headers: list[tuple[bytes, bytes]]) -> None:
-    body = encoder.encode(ErrorEnvelope(FailureBody(message=error.message, type=error.type, code=error.code, phase=error.phase)))
+def failure_envelope(error: Error, *, openai: bool) -> ErrorEnvelope:
+    """The body of a failure before anything was sent; a refusal speaks with the model server's own type, code, message and param."""
+    if not error.refused:
+        return ErrorEnvelope(FailureBody(message=error.message, type=error.type, code=error.code, phase=error.phase))
+    detail = error.detail
+    message = detail.message if detail is not None else error.message
+    type_ = detail.type if detail is not None and detail.type else "invalid_request_error"
+    code = detail.code if detail is not None and detail.code else error.code
+    param = detail.param if detail is not None else None
+    if openai:
+        return ErrorEnvelope(ErrorBody(message=message, type=type_, code=code, param=param))
+    return ErrorEnvelope(RejectionBody(message=message, type=type_, code=code, param=param, phase=error.phase))
+
+
+async def send_upstream_failure(send: Send, error: Error, extra_headers: list[tuple[bytes, bytes]], *, openai: bool) -> None:
+    """Answer a generation that failed before anything was sent (``openai``: in the OpenAI shape, else the native one)."""
+    body = encoder.encode(failure_envelope(error, openai=openai))
     await send_json(send, upstream_failure_status(error), body, extra_headers)

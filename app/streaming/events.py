@@ -134,18 +134,47 @@ class Finish(msgspec.Struct, frozen=True):
         return self.reasons[choice] if choice < len(self.reasons) else self.reason
 
 
+class UpstreamDetail(msgspec.Struct, frozen=True):
+    """What a model server said along with an error status, in its own terms (OpenAI's, or Anthropic's ``type``)."""
+
+    message: str
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+
+
+# The 4xx statuses that say the model server is unable now, not that the request is wrong: another try may do better.
+_TRANSIENT_4XX = (408, 429)
+# Said of the relay's own key to the model server, not of the client's: a client told 401 would doubt its own key.
+_CREDENTIALS = (401, 403)
+
+
 class Error(msgspec.Struct, frozen=True):
     """The generation ended abnormally.
 
     ``type`` is a broad class (``upstream_error``, ``timeout``, ``relay_error``),
     ``code`` the precise cause (``upstream_status_500``, ``idle_timeout``, ``slow_consumer``…),
     ``phase`` where it happened: ``connect``, ``first_token``, ``stream`` or ``total``.
+    For an error status from the model server, ``status`` is that status and ``detail`` what it said.
     """
 
     type: str
     code: str
     message: str
     phase: str
+    status: int | None = None
+    detail: UpstreamDetail | None = None
+
+    @property
+    def rejected(self) -> bool:
+        """The model server refused the request itself (a 4xx but 408 and 429): any upstream would, and the client should know."""
+        status = self.status
+        return status is not None and 400 <= status < 500 and status not in _TRANSIENT_4XX
+
+    @property
+    def refused(self) -> bool:
+        """Rejected, and the client is to get the model server's status and error as they are (not for 401 and 403)."""
+        return self.rejected and self.status not in _CREDENTIALS
 
 
 Part = Delta | Reasoning | RedactedReasoning | ToolCall | Refusal | Logprobs | Usage

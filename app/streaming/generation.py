@@ -49,16 +49,15 @@ class Sink(Protocol):
     def flush(self) -> None:
         """The events pushed since the last flush arrived together: send them now."""
 
+    def opened(self) -> None:
+        """The upstream's head has arrived with a good status: a client may now be told that its stream has begun."""
+
 
 def upstream_fault(error: Error) -> bool:
     """Whether ``error`` is the upstream's failure (another upstream may do better), not the request's or the relay's."""
     if error.type == "timeout":
         return error.code != "total_timeout"
-    if error.type != "upstream_error":
-        return False
-    if error.code.startswith("upstream_status_4"):
-        return error.code in ("upstream_status_408", "upstream_status_429")
-    return True
+    return error.type == "upstream_error" and not error.rejected
 
 
 class Generation:
@@ -152,6 +151,8 @@ class Generation:
             exchange.close()
             return first.result()
         self._exchange = exchange
+        if exchange.status == 200:
+            self._sink.opened()
         if self.done:  # the whole answer arrived with the head
             self._release(finished=self._finished)
             return None

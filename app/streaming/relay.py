@@ -14,8 +14,13 @@ by callback (``push``), and at the end of each upstream read ``flush`` sends wha
 ASGI promises only that ``send()`` returns an awaitable: one that is not a coroutine (granian's)
 cannot be driven by hand, so it is handed to the writer task as it is, to be awaited.
 
+The response head waits (``head``) for the upstream's (``opened``), the first event or the first
+heartbeat, whichever comes first; until then the request task does all the sending, and an
+upstream's refusal (``Error.refused``) is answered by ``refuse`` in place of the stream.
+
 When more than ``lag_limit`` bytes of text of any kind (content, reasoning, refusal, tool-call
-arguments, logprobs; a part without text counts 1) are pending, the stream ends with a
+arguments, logprobs; a part without text counts 1) are pending while a send waits for the
+client (one large read to a client that keeps up is sent whole), the stream ends with a
 ``slow_consumer`` error, the upstream is closed, and the client gets ``grace`` seconds to
 take the error before the writer is cancelled. Memory per stream is therefore bounded by
 the lag limit plus the transport's write buffer, whatever the client does.
@@ -53,7 +58,7 @@ from app.streaming.events import (
 )
 from app.streaming.message import Merged, size
 from app.streaming.sse import HEARTBEAT
-from app.types import Receive, Send
+from app.types import Message, Receive, Send
 
 
 class _Suspended:
@@ -84,8 +89,8 @@ class _Suspended:
 
 class DirectStream:
     __slots__ = (
-        "_beat", "_busy", "_cancel", "_encoder", "_failure", "_grace", "_heartbeat", "_heartbeat_interval",
-        "_lag", "_lag_limit", "_last_write", "_loop", "_parked", "_pending", "_send", "_suspended",
+        "_beat", "_busy", "_cancel", "_encoder", "_failure", "_grace", "_head", "_heartbeat", "_heartbeat_interval",
+        "_lag", "_lag_limit", "_last_write", "_loop", "_opened", "_parked", "_pending", "_refuse", "_send", "_suspended",
         "_terminal", "_terminal_sent", "finished", "on_abort",
     )
 
@@ -98,8 +103,13 @@ class DirectStream:
         heartbeat_interval: float,
         grace: float,
         cancel: Callable[[], None],
+        head: Message | None = None,
+        refuse: Callable[[Error], Awaitable[None]] | None = None,
     ) -> None:
         self._send = send
+        self._head = head  # the response head, held until the upstream's (or anything to send) arrives
+        self._refuse = refuse  # answers an upstream's refusal in place of the stream, while the head is held
+        self._opened = False
         self._encoder = encoder
         self._lag_limit = lag_limit
         self._heartbeat_interval = heartbeat_interval
@@ -139,18 +149,27 @@ class DirectStream:
                 return
             case _:
                 assert_never(event)
-        if self._lag > self._lag_limit:
+        # Only a send that waits says the client is behind: a fast client takes even one large read whole, at the flush.
+        if self._lag > self._lag_limit and (self._busy or self._suspended is not None):
             self._end_early(Error("relay_error", "slow_consumer", f"the client fell more than {self._lag_limit} bytes behind the model", "stream"))
 
     def flush(self) -> None:
         """Send what is pending, from the caller's callback, unless the request task is sending."""
-        if self._pending and self._terminal is None and self._can_send_inline():
-            body = self._take()
-            if body:
-                self._send_inline(body, more=True)
+        if self._pending and self._terminal is None:
+            if self._can_send_inline():
+                body = self._take()
+                if body:
+                    self._send_inline(body, more=True)
+            elif self._head is not None:
+                self._wake()  # the request task sends the head first
+
+    def opened(self) -> None:
+        self._opened = True
+        if self._head is not None:
+            self._wake()
 
     def _can_send_inline(self) -> bool:
-        return not self._busy and self._suspended is None and not self.finished
+        return not self._busy and self._suspended is None and not self.finished and self._head is None
 
     def _deliver_terminal(self) -> None:
         assert self._terminal is not None
@@ -214,7 +233,17 @@ class DirectStream:
             while True:
                 if self._failure is not None:
                     raise self._failure
-                if self._suspended is not None:
+                if self._head is not None and (self._opened or self._pending or self._beat or self._terminal is not None):
+                    head, self._head = self._head, None
+                    self._busy = True
+                    terminal = self._terminal
+                    if self._refuse is not None and type(terminal) is Error and terminal.refused and not self._pending:
+                        self._terminal_sent = True
+                        await self._refuse(terminal)
+                        return
+                    await self._send(head)
+                    self._busy = False
+                elif self._suspended is not None:
                     suspended, self._suspended = self._suspended, None
                     self._busy = True
                     await suspended
@@ -305,6 +334,9 @@ class CollectedStream:
                 assert_never(event)
 
     def flush(self) -> None:
+        pass
+
+    def opened(self) -> None:
         pass
 
     def abandon(self) -> None:

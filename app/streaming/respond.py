@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 
@@ -37,7 +37,7 @@ from app.streaming.events import Error
 from app.streaming.generation import Generation, Route, Upstream
 from app.streaming.relay import CollectedStream, DirectStream
 from app.streaming.request import GenerationRequest
-from app.types import Receive, Send
+from app.types import Message, Receive, Send
 
 logger = logging.getLogger("token_relay")
 
@@ -83,8 +83,16 @@ async def relay_stream(
     encoder: StreamEncoder,
     settings: Settings,
     live: LiveRequests,
+    *,
+    head: Message,
+    refuse: Callable[[Error], Awaitable[None]],
 ) -> None:
-    """Relay a generation to the client as a stream; the response head must already be sent."""
+    """Relay a generation to the client as a stream, beginning with the response ``head``.
+
+    The head waits for the upstream's (or the first event, or the first heartbeat): a model
+    server that refuses the request itself (``Error.refused``) before it is sent is answered
+    by ``refuse``, with the model server's status, in place of the stream.
+    """
     with anyio.CancelScope() as scope:
         stream = DirectStream(
             send,
@@ -93,6 +101,8 @@ async def relay_stream(
             heartbeat_interval=settings.heartbeat_interval,
             grace=settings.slow_consumer_grace,
             cancel=scope.cancel,
+            head=head,
+            refuse=refuse,
         )
         generation = Generation(upstream, request, stream)
         del request  # the generation drops it once sent

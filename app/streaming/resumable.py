@@ -106,6 +106,9 @@ class ResumableStream:
     def flush(self) -> None:
         self._ready.set()
 
+    def opened(self) -> None:
+        pass  # the stream was created (201) before its upstream was asked
+
     # Control.
 
     @property

@@ -9,8 +9,10 @@ import httpx
 
 from app.mock import mock_text
 from app.streaming.sse import SSEParser
+from tests.hostile import Conn, HostileUpstream, chunked_response, probing, sse
 from tests.rawhttp import Response, open_post, read_until
 from tests.servers import mock_server, relay_server, under_every_server
+from tests.sse import post_stream
 
 TOKENS = 60_000
 ENDLESS = 10_000_000
@@ -70,3 +72,20 @@ async def test_a_reader_that_never_comes_back_is_dropped_after_the_grace_period(
                 while (await client.get(url + "/readyz")).json()["in_flight"] != "0":  # noqa: ASYNC110
                     await anyio.sleep(0.05)
             await stream.aclose()
+
+
+async def test_one_upstream_read_past_the_lag_limit_reaches_a_fast_reader_whole() -> None:
+    """The lag counts only while a send waits: one ~300 KiB event is not a reader falling behind."""
+    big = "x" * 300_000
+
+    async def script(conn: Conn) -> None:
+        while await conn.read_request():
+            await conn.write(chunked_response(sse(big)))
+
+    upstream = HostileUpstream(script)
+    with upstream.serving() as base, relay_server(base, default_model="m") as url, anyio.fail_after(20):
+        async with probing(url) as probe, httpx.AsyncClient() as http:
+            _, events = await post_stream(http, url + "/v1/generate", {"prompt": "x", "stream": True})
+    assert events[-1].event == "done", events[-1].data[:200]
+    assert "".join(json.loads(event.data)["text"] for event in events if event.event == "token") == big
+    assert probe.slowest < 0.5

@@ -95,7 +95,8 @@ async def test_a_refused_request_is_not_retried_elsewhere(upstream: tuple[MockMo
     since = len(model.paths)
     with relay_server(None, upstreams=_upstreams(base, base_url=f"{base}/mock-fault-nonsense/v1")) as url:
         response = await client.post(url + "/v1/generate", json={"prompt": "x", "model": "m"})
-    assert response.json()["error"]["code"] == "upstream_status_404"
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"  # the model server's own code, as it said it
     assert _asked(model, since) == ["/mock-fault-nonsense/v1/chat/completions"]
 
 

@@ -24,7 +24,7 @@ from typing import TypeVar
 import msgspec
 
 from app.errors import UpstreamError, UpstreamStatusError
-from app.streaming.events import Error, Event, Finish
+from app.streaming.events import Error, Event, Finish, UpstreamDetail
 from app.streaming.sse import SSEParser, SSETooLarge
 
 MAX_ERROR_BODY = 65_536
@@ -41,6 +41,7 @@ class ErrorBody(msgspec.Struct):
     message: str = "the model server reported an error"
     type: str | None = None
     code: str | int | None = None
+    param: str | int | None = None
 
 
 class ErrorEnvelope(msgspec.Struct):
@@ -74,21 +75,25 @@ def error_code(error: ErrorBody) -> str:
     return str(error.code) if error.code is not None else (error.type or "upstream_error")
 
 
-def status_message(body: bytes, status: int) -> str:
-    """What the model server said along with an error status, in one line."""
+def status_error(body: bytes, status: int) -> UpstreamStatusError:
+    """The error of an error status: a message in one line, and what the model server said, in its own terms."""
     try:
         envelope: ErrorEnvelope | None = _decode_envelope(body)
     except msgspec.DecodeError:
         envelope = decode_repaired(_decode_envelope, body)
+    answered = f"the model server answered {status}"
     if envelope is None:
         text = " ".join(body.decode("utf-8", "replace").split())[:500]
-        return f"the model server answered {status}" + (f": {text}" if text else "")
+        return UpstreamStatusError(status, answered + (f": {text}" if text else ""), UpstreamDetail(text) if text else None)
     error = envelope.error
     if isinstance(error, ErrorBody):
-        return f"the model server answered {status}: {error.message}"
+        detail = UpstreamDetail(
+            error.message, error.type, None if error.code is None else str(error.code), None if error.param is None else str(error.param),
+        )
+        return UpstreamStatusError(status, f"{answered}: {error.message}", detail)
     if isinstance(error, str):
-        return f"the model server answered {status}: {error}"
-    return f"the model server answered {status}"
+        return UpstreamStatusError(status, f"{answered}: {error}", UpstreamDetail(error))
+    return UpstreamStatusError(status, answered)
 
 
 class StreamHandler:
@@ -128,7 +133,7 @@ class StreamHandler:
         if self._ended:
             return
         if self._status != 200:
-            self._end(UpstreamStatusError(self._status, status_message(bytes(self._body), self._status)).event())
+            self._end(status_error(bytes(self._body), self._status).event())
         elif not self._ok:
             self._unexpected(bytes(self._body))
         else:

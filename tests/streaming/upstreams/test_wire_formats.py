@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.streaming.events import Delta, Error, Event, Finish, Usage
+from app.streaming.events import Delta, Error, Event, Finish, UpstreamDetail, Usage
 from app.streaming.request import GenerationRequest
 from app.streaming.upstreams.adapters import ADAPTERS
 from app.streaming.upstreams.handler import ErrorBody, decode_repaired
@@ -82,7 +82,19 @@ def test_a_body_cut_before_its_end_marker_is_incomplete(name: str) -> None:
 ])
 def test_an_error_status_quotes_the_model_servers_message(protocol: str, status: int, body: bytes, message: str) -> None:
     events = run(protocol, body, status=status, content_type=b"application/json")
-    assert events == [Error("upstream_error", f"upstream_status_{status}", f"the model server answered {status}: {message}", "first_token")]
+    assert len(events) == 1 and isinstance(events[0], Error)
+    error = events[0]
+    assert (error.type, error.code, error.message, error.phase, error.status) == (
+        "upstream_error", f"upstream_status_{status}", f"the model server answered {status}: {message}", "first_token", status,
+    )
+    assert error.detail is not None and error.detail.message == message
+
+
+def test_an_error_status_keeps_the_model_servers_own_type_code_and_param() -> None:
+    body = b'{"error":{"message":"too long","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}'
+    [error] = run("openai", body, status=400, content_type=b"application/json")
+    assert isinstance(error, Error) and error.refused
+    assert error.detail == UpstreamDetail("too long", "invalid_request_error", "context_length_exceeded", "messages")
 
 
 @pytest.mark.parametrize("protocol", sorted(ADAPTERS))
@@ -200,7 +212,10 @@ def test_json_escapes_read_as_python_reads_them_with_lone_surrogates_as_replacem
 def test_a_lone_surrogate_in_an_error_body_is_read_as_a_replacement_character(protocol: str) -> None:
     body = rb'{"error":{"message":"bad \ud800 input"}}' if protocol in ("openai", "anthropic") else rb'{"error":"bad \ud800 input"}'
     events = events_of(protocol, [body], status=500, content_type=b"application/json")
-    assert events == [Error("upstream_error", "upstream_status_500", "the model server answered 500: bad \ufffd input", "first_token")]
+    assert events == [Error(
+        "upstream_error", "upstream_status_500", "the model server answered 500: bad \ufffd input", "first_token",
+        status=500, detail=UpstreamDetail("bad \ufffd input"),
+    )]
 
 
 def test_a_lone_surrogate_in_a_json_answer_to_a_stream_request_is_read_as_a_replacement_character() -> None:
