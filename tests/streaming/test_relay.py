@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -132,3 +133,47 @@ async def test_every_kind_of_part_counts_toward_the_lag_limit(part: Part, count:
             release.set()
     events = SSEParser().feed(b"".join(sent.bodies))
     assert events[-1].event == "error" and json.loads(events[-1].data)["code"] == "slow_consumer"
+
+
+async def _traced_bytes_each_while_waiting(wait: Callable[[Callable[[], Awaitable[Message]]], Awaitable[None]], count: int = 200) -> float:
+    """What ``count`` tasks, each running ``wait(receive)`` until its ``receive()`` is waiting, hold each."""
+    loop = asyncio.get_running_loop()
+    forever, all_waiting = asyncio.Event(), asyncio.Event()
+    waiting = 0
+
+    async def receive() -> Message:
+        nonlocal waiting
+        waiting += 1
+        if waiting == count:
+            all_waiting.set()
+        await forever.wait()
+        return {"type": "http.disconnect"}
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tasks = [loop.create_task(wait(receive)) for _ in range(count)]
+        with anyio.fail_after(5):
+            await all_waiting.wait()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return grown / count
+
+
+async def test_a_stream_parked_in_receive_holds_under_1200_bytes() -> None:
+    """A stream waiting minutes for its first token is parked all that time: what parking holds, every waiting stream holds."""
+    async def send(message: Message) -> None:
+        pass
+
+    async def bare(receive: Callable[[], Awaitable[Message]]) -> None:
+        await receive()
+
+    async def parked(receive: Callable[[], Awaitable[Message]]) -> None:
+        await _stream(send).run(receive)
+
+    added = await _traced_bytes_each_while_waiting(parked) - await _traced_bytes_each_while_waiting(bare)
+    assert added < 1200, added  # the stream, its encoder, its frame, and what parks it (an anyio cancel scope added 660)
