@@ -26,18 +26,22 @@ class AllowedHosts:
         self._suffixes = tuple(host[1:] for host in hosts if host.startswith("*."))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PROBES:
+        # The check keeps no local here: this frame lasts as long as the request, a stream's minutes.
+        if scope["type"] != "http" or scope["path"] in PROBES or self._allows(_host(scope)):
             await self.app(scope, receive, send)
             return
-        host = _host(scope)
-        if host is not None and (host in self._names or host.endswith(self._suffixes)):
-            await self.app(scope, receive, send)
-            return
-        if host is None:
-            message = "the request must have one Host header, a host name or address with an optional port"
-        else:
-            message = f"this relay does not answer for the host {host!r}: list it in RELAY_ALLOWED_HOSTS, or set RELAY_PUBLIC_URL"
-        await send_error(send, RequestError(400, "invalid_host", message, param="Host"))
+        await send_error(send, _refusal(_host(scope)))
+
+    def _allows(self, host: str | None) -> bool:
+        return host is not None and (host in self._names or host.endswith(self._suffixes))
+
+
+def _refusal(host: str | None) -> RequestError:
+    if host is None:
+        message = "the request must have one Host header, a host name or address with an optional port"
+    else:
+        message = f"this relay does not answer for the host {host!r}: list it in RELAY_ALLOWED_HOSTS, or set RELAY_PUBLIC_URL"
+    return RequestError(400, "invalid_host", message, param="Host")
 
 
 def _host(scope: Scope) -> str | None:

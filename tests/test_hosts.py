@@ -4,12 +4,15 @@ the stream URLs it hands out come from its public URL when one is set."""
 from __future__ import annotations
 
 import json
+import sys
 
 import anyio
 import httpx
 
+from app.hosts import AllowedHosts
 from app.mock import MockModel
 from app.settings import load_settings
+from app.types import Message, Receive, Scope, Send
 from tests.rawhttp import Response, open_post, read_until
 from tests.servers import relay_server
 from tests.streams import create
@@ -125,3 +128,21 @@ async def test_a_port_of_other_than_ascii_digits_gets_400(mock: tuple[MockModel,
             response = await client.post(relay_url + "/v1/streams", json={"prompt": "x", "max_tokens": 1}, headers={"host": host})  # type: ignore[dict-item]
             assert response.status_code == 400, host
             assert response.json()["error"]["code"] == "invalid_host"
+
+
+async def test_an_allowed_request_runs_under_a_frame_that_keeps_nothing_of_the_check() -> None:
+    """That frame lasts as long as the request (a stream's minutes): it holds the request's arguments only."""
+    held: list[set[str]] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        held.append(set(sys._getframe(1).f_locals))
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        raise AssertionError(message)
+
+    scope: Scope = {"type": "http", "method": "POST", "path": "/v1/generate", "headers": [(b"host", b"relay.example:8000")]}
+    await AllowedHosts(endpoint, ["relay.example"])(scope, receive, send)
+    assert held == [{"self", "scope", "receive", "send"}]

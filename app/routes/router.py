@@ -8,15 +8,22 @@ lets out is the server's to answer (a 500 and a log line, as ``ServerErrorMiddle
 the routes send their own errors (``app/routes/http.py``).
 
 The router still runs the lifespan: what it yields becomes ``scope["state"]``.
+
+A stream waits minutes for its first token, and every frame between the server and its
+endpoint is held for as long: the router finds a relay route itself (an exact path in a dict,
+else the few with parameters) and returns the endpoint's coroutine, which its caller awaits,
+instead of awaiting it in frames of its own (Starlette's ``Router.__call__``, ``Router.app``,
+``Route.handle``: 0.9 KB a stream). Everything else (the lifespan, the static files' mount, 404)
+is Starlette's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Route, Router
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Lifespan
 from starlette.websockets import WebSocketClose
@@ -35,10 +42,14 @@ class ASGIRoute(Route):
         self.allow = ", ".join(sorted(self.methods or ()))
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.dispatch(scope, receive, send)
+
+    def dispatch(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        """The endpoint's coroutine, or a 405's, for the caller to await."""
         if self.methods is None or scope["method"] in self.methods:
-            await self.app(scope, receive, send)
-            return
-        await send_error(send, RequestError(
+            answer: Coroutine[Any, Any, None] = self.endpoint(scope, receive, send)
+            return answer
+        return send_error(send, RequestError(
             405, "method_not_allowed", f"{scope['path']} answers {self.allow}, not {scope['method']}", headers={"Allow": self.allow},
         ))
 
@@ -60,12 +71,31 @@ class RelayRouter(Router):
     """The relay's routes; an unknown path under ``/v1`` is told which endpoints there are."""
 
     def __init__(self, routes: Sequence[BaseRoute], lifespan: Lifespan[Any]) -> None:
-        super().__init__(routes, lifespan=lifespan)
+        super().__init__(routes, lifespan=lifespan)  # and no middleware: ``self.app`` is the whole of Starlette's router
+        relay = [route for route in routes if isinstance(route, ASGIRoute)]
+        self._exact = {route.path: route for route in relay if not route.param_convertors}
+        self._parametrised = [route for route in relay if route.param_convertors]
+        if len(self._exact) + len(self._parametrised) != len(relay):
+            raise ValueError("one relay route per path")
         self.served = ", ".join(
             f"{method} {route.path}"
             for route in routes if isinstance(route, Route) and route.path.startswith("/v1/")
             for method in sorted(route.methods or ()) if method != "HEAD"
         )
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        # Not ``async``: the caller awaits the endpoint itself. The router is never the outermost
+        # app (``ApiKeyAuth`` always wraps it), whose ``__call__`` servers check to be a coroutine function.
+        if scope["type"] == "http":
+            route = self._exact.get(scope["path"])
+            if route is not None:
+                return route.dispatch(scope, receive, send)
+            for route in self._parametrised:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    return route.dispatch(scope, receive, send)
+        return self.app(scope, receive, send)
 
     async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -35,11 +35,10 @@ The tasks of one request and who cancels whom are drawn in docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import CoroutineType
 from typing import Any, assert_never
-
-import anyio
 
 from app.streaming.encoders import Collected, StreamEncoder
 from app.streaming.events import (
@@ -59,6 +58,10 @@ from app.streaming.events import (
 from app.streaming.message import Merged, size
 from app.streaming.sse import HEARTBEAT
 from app.types import Message, Receive, Send
+
+
+def nothing() -> None:
+    pass
 
 
 class _Suspended:
@@ -123,11 +126,11 @@ class DirectStream:
         self._busy = False  # the request task is sending: callbacks must leave the sending to it
         self._suspended: Awaitable[None] | None = None  # a send begun in a callback, for the request task to finish
         self._failure: BaseException | None = None
-        self._parked: anyio.CancelScope | None = None
+        self._parked: asyncio.Timeout | None = None  # set while the request task waits on receive()
         self._beat = False
         self._last_write = self._loop.time()
         self._heartbeat: asyncio.TimerHandle | None = None
-        self.on_abort: Callable[[], None] = lambda: None
+        self.on_abort: Callable[[], None] = nothing
         self.finished = False
 
     def push(self, event: Event) -> None:
@@ -219,8 +222,8 @@ class DirectStream:
 
     def _wake(self) -> None:
         """Bring the request task out of ``receive()``: there is sending for it to do."""
-        if self._parked is not None:
-            self._parked.cancel()
+        if self._parked is not None and self._parked.when() is None:
+            self._parked.reschedule(-math.inf)
 
     async def run(self, receive: Receive) -> None:
         """Drive the stream to its end; between sends, wait on ``receive()`` for the client to leave.
@@ -262,12 +265,21 @@ class DirectStream:
                     await self._send({"type": "http.response.body", "body": body, "more_body": True})
                     self._busy = False
                 else:
+                    # Parked for as long as a stream waits for its first token: asyncio's own
+                    # timeout (a hundred bytes), not an anyio cancel scope (its two sets, and the
+                    # task's state on the first one: 1.2 KB a stream). ``_wake`` expires it.
                     left = False
-                    with anyio.CancelScope() as self._parked:
-                        while (await receive())["type"] != "http.disconnect":
-                            pass
-                        left = True
-                    self._parked = None
+                    parked = self._parked = asyncio.timeout(None)
+                    try:
+                        async with parked:
+                            while (await receive())["type"] != "http.disconnect":
+                                pass
+                            left = True
+                    except TimeoutError:
+                        if not parked.expired():
+                            raise
+                    finally:
+                        self._parked = None
                     if left and not self._terminal_sent and self._suspended is None:
                         self.on_abort()  # the client left
                         return

@@ -27,15 +27,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterator
-
-import anyio
 
 from app.settings import Settings
 from app.streaming.encoders import Collected, StreamEncoder
 from app.streaming.events import Error
 from app.streaming.generation import Generation, Route, Upstream
-from app.streaming.relay import CollectedStream, DirectStream
+from app.streaming.relay import CollectedStream, DirectStream, nothing
 from app.streaming.request import GenerationRequest
 from app.types import Message, Receive, Send
 
@@ -93,33 +92,40 @@ async def relay_stream(
     server that refuses the request itself (``Error.refused``) before it is sent is answered
     by ``refuse``, with the model server's status, in place of the stream.
     """
-    with anyio.CancelScope() as scope:
-        stream = DirectStream(
-            send,
-            encoder,
-            lag_limit=settings.slow_consumer_lag_bytes,
-            heartbeat_interval=settings.heartbeat_interval,
-            grace=settings.slow_consumer_grace,
-            cancel=scope.cancel,
-            head=head,
-            refuse=refuse,
-        )
-        generation = Generation(upstream, request, stream)
-        del request  # the generation drops it once sent
-        stream.on_abort = generation.close
-        with live.track(generation):
-            stream.start_heartbeats()
-            # The generation connects and waits for the upstream's head on a task of its own,
-            # while this one waits on receive() for the client to leave (DirectStream.run):
-            # one plain task, and no cancellation at all unless the client leaves first.
-            starting = _start(generation)
-            try:
-                await stream.run(receive)
-            finally:
-                generation.close()
-                stream.stop_heartbeats()
-                stream.on_abort = _nothing  # the stream and the generation hold each other: let refcounting free them
-                starting.cancel()  # if it is still connecting or waiting for the head
+    # The stream cuts itself off ``grace`` after a slow consumer's error. asyncio's timeout, not an
+    # anyio cancel scope: that would cost every stream its two sets and its task's anyio state (1 KB).
+    cut = asyncio.timeout(None)
+    try:
+        async with cut:
+            stream = DirectStream(
+                send,
+                encoder,
+                lag_limit=settings.slow_consumer_lag_bytes,
+                heartbeat_interval=settings.heartbeat_interval,
+                grace=settings.slow_consumer_grace,
+                cancel=functools.partial(cut.reschedule, -math.inf),
+                head=head,
+                refuse=refuse,
+            )
+            generation = Generation(upstream, request, stream)
+            del request  # the generation drops it once sent
+            stream.on_abort = generation.close
+            with live.track(generation):
+                stream.start_heartbeats()
+                # The generation connects and waits for the upstream's head on a task of its own,
+                # while this one waits on receive() for the client to leave (DirectStream.run):
+                # one plain task, and no cancellation at all unless the client leaves first.
+                starting = _start(generation)
+                try:
+                    await stream.run(receive)
+                finally:
+                    generation.close()
+                    stream.stop_heartbeats()
+                    stream.on_abort = nothing  # the stream and the generation hold each other: let refcounting free them
+                    starting.cancel()  # if it is still connecting or waiting for the head
+    except TimeoutError:
+        if not cut.expired():
+            raise
 
 
 async def relay_collected(
@@ -152,10 +158,6 @@ async def _watch_collected(receive: Receive, generation: Generation, sink: Colle
     generation.close()
     starting.cancel()
     sink.abandon()
-
-
-def _nothing() -> None:
-    pass
 
 
 def _start(generation: Generation) -> asyncio.Task[None]:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from collections.abc import Awaitable, Callable
 
 import anyio
 import msgspec
 import pytest
 
+from app.streaming import relay
 from app.streaming.encoders import NativeEvents
 from app.streaming.events import Delta, Finish, Logprobs, Part, Reasoning, RedactedReasoning, Refusal, ToolCall, Usage
 from app.streaming.relay import DirectStream
@@ -132,3 +134,42 @@ async def test_every_kind_of_part_counts_toward_the_lag_limit(part: Part, count:
             release.set()
     events = SSEParser().feed(b"".join(sent.bodies))
     assert events[-1].event == "error" and json.loads(events[-1].data)["code"] == "slow_consumer"
+
+
+async def test_a_stream_parked_in_receive_holds_under_1000_bytes() -> None:
+    """A stream waiting minutes for its first token is parked all that time: what parking holds, every waiting stream holds.
+
+    Counted: what the relay's writer allocates (from a line of app/streaming/relay.py, however deep), not the task or the test's.
+    """
+    count = 200
+    loop = asyncio.get_running_loop()
+    forever, all_waiting = asyncio.Event(), asyncio.Event()
+    waiting = 0
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def receive() -> Message:
+        nonlocal waiting
+        waiting += 1
+        if waiting == count:
+            all_waiting.set()
+        await forever.wait()
+        return {"type": "http.disconnect"}
+
+    streams = [_stream(send) for _ in range(count)]
+    tracemalloc.start(8)
+    try:
+        before = tracemalloc.take_snapshot()
+        tasks = [loop.create_task(stream.run(receive)) for stream in streams]
+        with anyio.fail_after(5):
+            await all_waiting.wait()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    relays = [tracemalloc.Filter(True, relay.__file__, all_frames=True)]
+    grown = sum(stat.size_diff for stat in after.filter_traces(relays).compare_to(before.filter_traces(relays), "filename"))
+    assert grown / count < 1000, grown / count  # 820 B; parked in an anyio cancel scope (its sets, the task's anyio state), 1460 B
