@@ -22,6 +22,7 @@ at most one append in flight (its generation awaits each), so its appends keep t
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -117,19 +118,22 @@ class Writer:
         """Send the batch, hand out its replies; returns the calls whose script Redis did not have."""
         await connection.send_packed_command(b"".join([pack_command(call.command) for call in batch]))
         unknown: list[_Call] = []
-        for call in batch:
-            try:
-                reply = await connection.read_response()
-            except NoScriptError:
-                unknown.append(call)
-            except ResponseError as exc:
-                call.fail(exc)
-            else:
-                if not call.future.done():
-                    call.future.set_result(reply)
+        # One deadline for the whole batch (the pool's socket timeout) rather than redis-py's own, one per reply.
+        with anyio.fail_after(connection.socket_timeout):
+            for call in batch:
+                try:
+                    reply = await connection.read_response(timeout=math.inf)  # no deadline of its own: the batch has one
+                except NoScriptError:
+                    unknown.append(call)
+                except ResponseError as exc:
+                    call.fail(exc)
+                else:
+                    if not call.future.done():
+                        call.future.set_result(reply)
         return unknown
 
     @staticmethod
     def _fail(calls: list[_Call], exc: BaseException) -> None:
         for call in calls:
             call.fail(exc)
+
