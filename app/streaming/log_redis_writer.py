@@ -6,8 +6,10 @@ thousand streams the pool's hundred connections run out and the appends queue fo
 log hands its appends to the process's writer, a task that sends every append waiting, of any
 number of streams, as one pipeline (``EVALSHA`` after ``EVALSHA``, packed by hiredis) in one
 write on one connection from the pool, and reads their replies in order: one round trip per
-batch whatever the number of streams in it, and no wait when nothing is in flight. A stream has
-at most one append in flight (its generation awaits each), so its appends keep their order.
+batch whatever the number of streams in it. Up to ``FLIGHTS`` batches are in flight at once, on
+as many connections, so that an append that comes while one is in flight does not wait for its
+reply. A stream has at most one append in flight (its generation awaits each), so its appends
+keep their order.
 
 - A script Redis does not have (``NOSCRIPT``: it restarted) ran nothing: the writer loads it and
   sends that call again, first in the next batch.
@@ -35,6 +37,8 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from app.streaming.eventlog import LogUnavailable
 
+FLIGHTS = 4  # batches in flight at once, each on a connection of its own: an append waits for a free one, not for a reply
+
 
 class _Call:
     __slots__ = ("command", "future", "script")
@@ -59,7 +63,7 @@ class Writer:
         self._task_group = task_group
         self._queue: list[_Call] = []
         self._wanted = anyio.Event()
-        self._scope = anyio.CancelScope()
+        self._scopes: list[anyio.CancelScope] = []
         self._started = False
         self._closed = False
 
@@ -72,16 +76,22 @@ class Writer:
         self._wanted.set()
         if not self._started:
             self._started = True
-            self._task_group.start_soon(self._run, name="event log writer")
+            for n in range(FLIGHTS):
+                self._task_group.start_soon(self._run, name=f"event log writer {n}")
         return await future
 
     async def aclose(self) -> None:
         self._closed = True
-        self._scope.cancel()
+        for scope in self._scopes:
+            scope.cancel()
         self._fail(self._queue, RedisError("the event log is closed"))
 
     async def _run(self) -> None:
-        with self._scope:
+        if self._closed:
+            return
+        scope = anyio.CancelScope()
+        self._scopes.append(scope)
+        with scope:
             while True:
                 if not self._queue:
                     await self._wanted.wait()
