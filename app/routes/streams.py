@@ -163,7 +163,10 @@ async def _follow(
             after = entries[-1].id
             if entries[-1].event in TERMINAL_EVENTS:
                 return
-        else:
+        if len(entries) < READ_BATCH:
+            # Caught up, most likely: wait rather than read again, which would cost Redis a round trip per event
+            # and bring nothing. The wait returns at once if more came meanwhile (on Redis, for free when its
+            # tailer has seen them, and the read then takes them from the tailer's batch).
             with anyio.move_on_after(heartbeat) as waiting:
                 await streams.log.wait(stream_id, after)
             if waiting.cancelled_caught:

@@ -20,8 +20,9 @@ gap-free in the order every reader sees them, on every process, and ``XRANGE key
 replays exactly the events after ``N``, once each. An id past the stream's last event is
 refused (``InvalidEventId``), as the memory log refuses it.
 
-Appends. ``append_many`` writes a coalesced flush, any number of events, in one script call:
-one round trip. Only ``trim`` trims a stream (``XTRIM MAXLEN 1``, for a stream ended to give
+Appends. ``append_many`` writes a coalesced flush, any number of events, in one script call,
+and the process's writer (``app/streaming/log_redis_writer.py``) sends the calls of all its
+streams that come together in one pipeline: one round trip for many flushes. Only ``trim`` trims a stream (``XTRIM MAXLEN 1``, for a stream ended to give
 its room back); the per-stream cap is the caller's, which counts the bytes it hands over.
 
 The budget. Redis is shared, so each process keeps to its budget for the streams it created
@@ -77,6 +78,7 @@ from redis.exceptions import RedisError
 from app.streaming.eventlog import NO_OWNER, AppendRefused, Entry, InvalidEventId, LogUnavailable, StreamInfo
 from app.streaming.log_memory import ENTRY_COST, STREAM_COST, _position
 from app.streaming.log_redis_tailer import Tailer, decode_entries
+from app.streaming.log_redis_writer import Writer
 
 __all__ = ["NO_OWNER", "RedisEventLog"]
 
@@ -149,6 +151,7 @@ class RedisEventLog:
         self._lifetime_ms = math.ceil(lifetime * 1000)
         self._lease_ms = math.ceil((lease or lifetime) * 1000)
         self._tailer = Tailer(pool, self.redis, task_group, block=block, batch=batch)
+        self._writer = Writer(pool, task_group)
         self._open: dict[str, int] = {}  # the bytes of each stream created here that has no expiry yet
         self._open_bytes = 0
         self._drops: dict[str, asyncio.TimerHandle] = {}
@@ -180,12 +183,12 @@ class RedisEventLog:
         """Start an empty stream (anew, if the id was in use), owned by the token ``owner`` if one is given."""
         if owner == NO_OWNER:
             raise ValueError("an owner token is not empty")
-        await self._call(self._create, self.keys(stream_id), (self._lifetime_ms, owner or "", key or "", self._lease_ms), idempotent=True)
+        await self._call(self._create, self.keys(stream_id), (self._lifetime_ms, owner or "", key or "", self._lease_ms))
         self._count(stream_id, STREAM_COST, new=True)
 
     async def append(self, stream_id: str, event: str, data: bytes) -> str:
         """Add one event; returns its id. Raises ``AppendRefused``, ``LogUnavailable``."""
-        entry_id = _appended(stream_id, await self._call(self._append, self.keys(stream_id)[:2], (event, data)))[2:].decode()
+        entry_id = _appended(stream_id, await self._writer.call(self._append, self.keys(stream_id)[:2], (event, data)))[2:].decode()
         self._count(stream_id, len(data) + ENTRY_COST)
         return entry_id
 
@@ -194,7 +197,7 @@ class RedisEventLog:
         if not events:
             return []
         args = [part for event in events for part in event]
-        last = int(_appended(stream_id, await self._call(self._append, self.keys(stream_id)[:2], args))[2:])
+        last = int(_appended(stream_id, await self._writer.call(self._append, self.keys(stream_id)[:2], args))[2:])
         self._count(stream_id, sum(len(data) for _, data in events) + ENTRY_COST * len(events))
         return [str(n) for n in range(last - len(events) + 1, last + 1)]
 
@@ -204,13 +207,13 @@ class RedisEventLog:
         Raises ``AppendRefused``, ``LogUnavailable``.
         """
         args = ("0" if owner is None else "1", owner or "", event, data)
-        entry_id = _appended(stream_id, await self._call(self._append_terminal, self.keys(stream_id), args))[2:].decode()
+        entry_id = _appended(stream_id, await self._writer.call(self._append_terminal, self.keys(stream_id), args))[2:].decode()
         self._count(stream_id, len(data) + ENTRY_COST)
         return entry_id
 
     async def info(self, stream_id: str) -> StreamInfo | None:
         _, meta, owner = self.keys(stream_id)
-        raw = await self._call(self._info, (meta, owner), (), idempotent=True)
+        raw = await self._call(self._info, (meta, owner), ())
         if raw is None:
             return None
         end, key, owned = raw
@@ -223,7 +226,7 @@ class RedisEventLog:
         keys = self.keys(stream_id)
         if recent := self._tailer.recent(keys[0], start, limit):
             return recent
-        raw = await self._call(self._read, keys[:2], (start, limit), idempotent=True)
+        raw = await self._call(self._read, keys[:2], (start, limit))
         if raw == -1:
             raise InvalidEventId(after)
         return None if raw is None else decode_entries(raw)
@@ -234,7 +237,7 @@ class RedisEventLog:
         await self._tailer.wait(stream, meta, start)
 
     async def expire(self, stream_id: str, ttl: float) -> None:
-        await self._call(self._expire, self.keys(stream_id), (max(0, math.ceil(ttl * 1000)),), idempotent=True)
+        await self._call(self._expire, self.keys(stream_id), (max(0, math.ceil(ttl * 1000)),))
         self._open_bytes -= self._open.pop(stream_id, 0)
         if self._on_drop is not None:
             previous = self._drops.pop(stream_id, None)
@@ -243,7 +246,7 @@ class RedisEventLog:
             self._drops[stream_id] = asyncio.get_running_loop().call_later(ttl, self._dropped, stream_id)
 
     async def trim(self, stream_id: str) -> None:
-        await self._call(self._trim, self.keys(stream_id)[:1], (), idempotent=True)
+        await self._call(self._trim, self.keys(stream_id)[:1], ())
 
     async def aclose(self) -> None:
         """Stop waiting (waiters return); the pool stays open, it is the caller's."""
@@ -251,6 +254,7 @@ class RedisEventLog:
             handle.cancel()
         self._drops.clear()
         await self._tailer.aclose()
+        await self._writer.aclose()
         await self.redis.aclose()
 
     def _count(self, stream_id: str, nbytes: int, *, new: bool = False) -> None:
@@ -263,13 +267,12 @@ class RedisEventLog:
         if self._on_drop is not None:
             self._on_drop(stream_id)
 
-    async def _call(self, script: AsyncScript, keys: Sequence[bytes], args: Sequence[bytes | str | int], *, idempotent: bool = False) -> Any:
+    async def _call(self, script: AsyncScript, keys: Sequence[bytes], args: Sequence[bytes | str | int]) -> Any:
+        """A call that may be repeated (not an append: those go to the writer)."""
         try:
             try:
                 return await script(keys=keys, args=args)
             except RedisConnectionError:
-                if not idempotent:
-                    raise
                 # Most likely a pooled connection that Redis closed while it sat idle (a restart): once more, on a new one.
                 return await script(keys=keys, args=args)
         except RedisError as exc:

@@ -155,3 +155,16 @@ async def test_a_finished_streams_keys_live_no_longer_than_its_retention_and_the
                 while await redis.exists(*keys):  # noqa: ASYNC110 (Redis's state)
                     await anyio.sleep(0.05)
             assert (await read(client, created["events_url"]))[0].status_code == 204
+
+
+async def test_a_live_reader_takes_the_events_the_tailer_brings_with_no_read_round_trip_of_its_own(
+    paced: tuple[MockModel, str], redis_url: str, client: httpx.AsyncClient,
+) -> None:
+    async with Redis.from_url(redis_url) as redis:
+        with keys_expire(redis_url), _relay(paced[1], redis_url) as url:
+            created = await create(client, url, {"prompt": "live", "max_tokens": 40})
+            before = (await redis.info("commandstats")).get("cmdstat_xrange", {}).get("calls", 0)
+            _, events = await read(client, created["events_url"])
+            after = (await redis.info("commandstats")).get("cmdstat_xrange", {}).get("calls", 0)
+    assert text_of(events) == "".join(mock_text("live", 40))
+    assert after - before <= 2  # the first read, before the tailer watches the stream; then its XREAD alone

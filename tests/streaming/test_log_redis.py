@@ -100,6 +100,55 @@ async def test_a_batch_of_events_costs_one_round_trip(redis_url: str, redis: Red
         assert len(await log.read_after("s", "1", 100) or []) == 50
 
 
+async def test_the_appends_of_many_streams_that_come_together_share_one_round_trip(redis_url: str, redis: Redis) -> None:
+    sent: list[bytes] = []
+    async with another_process(redis_url, connection_class=counting(sent)) as log:
+        for n in range(50):
+            await log.create(f"s{n}")
+        await log.append("s0", "token", b"warm")  # loads the script
+        sent.clear()
+        before = await redis.info("commandstats")
+        ids: dict[str, list[str]] = {}
+
+        async def append(stream: str) -> None:
+            ids[stream] = await log.append_many(stream, [("token", b"a"), ("token", b"b")])
+
+        async with anyio.create_task_group() as tg:
+            for n in range(50):
+                tg.start_soon(append, f"s{n}")
+        assert len(sent) <= 2
+        assert (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"] - before["cmdstat_evalsha"]["calls"] == 50
+        assert ids == {f"s{n}": ["2", "3"] if n == 0 else ["1", "2"] for n in range(50)}
+        assert [(e.id, e.data) for e in await log.read_after("s7", None, 10) or []] == [("1", b"a"), ("2", b"b")]
+
+
+async def test_an_append_does_not_wait_for_the_reply_to_a_batch_in_flight(redis_url: str, redis: Redis) -> None:
+    class Slow(Connection):  # a batch that takes its time on the way to Redis, as on a busy host
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            if b"slow" in (b"".join(command) if isinstance(command, list) else command):
+                await anyio.sleep(1)
+            await super().send_packed_command(command, check_health)
+
+    async with another_process(redis_url, connection_class=Slow) as log:
+        await log.create("a")
+        await log.create("b")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(log.append, "a", "token", b"slow")
+            await anyio.wait_all_tasks_blocked()
+            with anyio.fail_after(0.5):
+                assert await log.append("b", "token", b"{}") == "1"
+        assert [e.data for e in await log.read_after("a", None, 10) or []] == [b"slow"]
+
+
+async def test_appends_load_the_scripts_again_when_redis_lost_them(redis_log: RedisEventLog, redis: Redis) -> None:
+    await redis_log.create("s")
+    assert await redis_log.append("s", "token", b"{}") == "1"
+    await redis.script_flush()
+    assert await redis_log.append_many("s", [("token", b"{}")] * 2) == ["2", "3"]
+    await redis.script_flush()
+    assert await redis_log.append_terminal("s", "done", b"{}") == "4"
+
+
 async def test_after_the_terminal_event_no_process_can_append(redis_log: RedisEventLog, redis_url: str) -> None:
     async with another_process(redis_url) as other:
         await redis_log.create("s")
