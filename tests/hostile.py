@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import anyio
 import httpx
 
+from tests.threaded import server_in_thread
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -78,7 +80,6 @@ class HostileUpstream:
         self.script = script
         self.conns: list[Conn] = []
         self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Conn(len(self.conns), reader, writer)
@@ -97,31 +98,14 @@ class HostileUpstream:
     @contextlib.contextmanager
     def serving(self) -> Iterator[str]:
         """Serve in a thread; yield the OpenAI-style base URL (``http://127.0.0.1:PORT/v1``)."""
-        started = threading.Event()
 
-        async def main() -> None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-            started.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._server.serve_forever()
+        def stop(server: asyncio.Server) -> None:
+            server.close()
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
 
-        thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
-        thread.start()
-        if not started.wait(5) or self._server is None:
-            raise RuntimeError("the hostile upstream did not start")
-        port = self._server.sockets[0].getsockname()[1]
-        try:
+        with server_in_thread(self._loop, self._handle, stop, "hostile upstream") as port:
             yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            def stop() -> None:
-                assert self._server is not None
-                self._server.close()
-                for task in asyncio.all_tasks(self._loop):
-                    task.cancel()
-
-            self._loop.call_soon_threadsafe(stop)
-            thread.join(5)
-            self._loop.close()
 
 
 def sse(*chunks: str, done: bool = True) -> bytes:

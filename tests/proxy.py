@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Iterator
+
+from tests.threaded import server_in_thread
 
 
 class DroppingProxy:
@@ -14,7 +15,6 @@ class DroppingProxy:
         self.connections = 0  # accepted so far
         self._loop = asyncio.new_event_loop()
         self._writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -47,24 +47,11 @@ class DroppingProxy:
     @contextlib.contextmanager
     def serving(self) -> Iterator[str]:
         """Run the proxy in a thread; yield its base URL."""
-        started = threading.Event()
 
-        async def main() -> None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-            started.set()
-            with contextlib.suppress(asyncio.CancelledError):  # close() ends serve_forever so
-                await self._server.serve_forever()
-            await self._server.wait_closed()
+        def stop(server: asyncio.Server) -> None:  # on the proxy's loop
+            for writer in list(self._writers):
+                writer.transport.abort()
+            server.close()
 
-        thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
-        thread.start()
-        if not started.wait(5) or self._server is None:
-            raise RuntimeError("the proxy did not start")
-        port = self._server.sockets[0].getsockname()[1]
-        try:
+        with server_in_thread(self._loop, self._handle, stop, "proxy") as port:
             yield f"http://127.0.0.1:{port}"
-        finally:
-            self.drop()
-            self._loop.call_soon_threadsafe(self._server.close)
-            thread.join(5)
-            self._loop.close()
