@@ -16,12 +16,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from app import mock
+from app import contract, mock
 from app.capability import Capabilities
 from app.hosts import AllowedHosts
 from app.middleware import ApiKeyAuth
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
+from app.routes.openapi import contract_routes
 from app.routes.ops import healthz, readyz
 from app.routes.router import ASGIRoute, Files, RelayRouter
 from app.routes.streams import cancel_stream, create_stream, stream_events
@@ -73,19 +74,20 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             yield {"runtime": runtime, "streams": streams, "capabilities": capabilities, "shut_down": live.shut_down}
 
     routes = [
-        ASGIRoute("/v1/chat/completions", chat_completions, "POST"),
-        ASGIRoute("/v1/generate", generate, "POST"),
-        ASGIRoute("/v1/streams", create_stream, "POST"),
-        ASGIRoute("/v1/streams/{stream_id}/events", stream_events, "GET"),
-        ASGIRoute("/v1/streams/{stream_id}", cancel_stream, "DELETE"),
-        ASGIRoute("/", chat_page, "GET"),
-        Mount("/static", Files(StaticFiles(directory=STATIC_DIR)), name="static"),
-        ASGIRoute("/healthz", healthz, "GET"),
-        ASGIRoute("/readyz", readyz, "GET"),
+        ASGIRoute("/v1/chat/completions", chat_completions, "POST", contract.CHAT),
+        ASGIRoute("/v1/generate", generate, "POST", contract.GENERATE),
+        ASGIRoute("/v1/streams", create_stream, "POST", contract.CREATE_STREAM),
+        ASGIRoute("/v1/streams/{stream_id}/events", stream_events, "GET", contract.STREAM_EVENTS),
+        ASGIRoute("/v1/streams/{stream_id}", cancel_stream, "DELETE", contract.CANCEL_STREAM),
+        ASGIRoute("/", chat_page, "GET", contract.CHAT_PAGE),
+        ASGIRoute("/healthz", healthz, "GET", contract.HEALTH),
+        ASGIRoute("/readyz", readyz, "GET", contract.READY),
     ]
+    routes += contract_routes(routes)
+    static = Mount("/static", Files(StaticFiles(directory=STATIC_DIR)), name="static")
     # One stack, outermost first: hosts, CORS, keys, the router. Every route is behind all of it, and none
     # of it wraps ``send`` (but CORS, for a cross-origin request): each event of a stream is one call into the server.
-    app: ASGIApp = ApiKeyAuth(RelayRouter(routes, lifespan), settings.api_keys)
+    app: ASGIApp = ApiKeyAuth(RelayRouter([*routes, static], lifespan), settings.api_keys)
     app = with_cors(app, settings.cors_origins)
     hosts = settings.trusted_hosts()
     return app if "*" in hosts else AllowedHosts(app, hosts)

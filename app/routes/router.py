@@ -28,16 +28,22 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Lifespan
 from starlette.websockets import WebSocketClose
 
+from app.contract import Operation
 from app.errors import RequestError
 from app.routes.http import send_error
 from app.types import ASGIApp, Receive, Scope, Send
 
 
 class ASGIRoute(Route):
-    """``path`` answered by the plain ASGI function ``endpoint`` for ``method`` (and HEAD with GET); other methods get a 405."""
+    """``path`` answered by the plain ASGI function ``endpoint`` for ``method`` (and HEAD with GET); other methods get a 405.
 
-    def __init__(self, path: str, endpoint: ASGIApp, method: str) -> None:
+    ``operation`` is what it takes and answers, for the API contract (app/contract.py).
+    """
+
+    def __init__(self, path: str, endpoint: ASGIApp, method: str, operation: Operation) -> None:
         super().__init__(path, endpoint, methods=[method])
+        self.method = method
+        self.operation = operation
         self.app = endpoint  # as it is: Starlette would wrap a function as ``request -> response``
         self.allow = ", ".join(sorted(self.methods or ()))
 

@@ -1,4 +1,4 @@
-"""``GET /``: the chat page, plain HTML, CSS and JavaScript from ``app/static/`` (no build step)."""
+"""``GET /``: the chat page (and ``/docs``: app/routes/openapi.py), plain HTML, CSS and JavaScript from ``app/static/`` (no build step)."""
 
 from __future__ import annotations
 
@@ -14,5 +14,10 @@ _HEADERS = {"cache-control": "no-cache", "content-security-policy": "default-src
 
 
 async def chat_page(scope: Scope, receive: Receive, send: Send) -> None:
-    response = FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=_HEADERS)
+    await send_page(scope, receive, send, "index.html")
+
+
+async def send_page(scope: Scope, receive: Receive, send: Send, name: str) -> None:
+    """The page ``name`` of ``app/static/``, allowed to load nothing but from this relay."""
+    response = FileResponse(STATIC_DIR / name, media_type="text/html; charset=utf-8", headers=_HEADERS)
     await response(scope, receive, send)
