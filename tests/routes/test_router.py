@@ -9,6 +9,7 @@ from types import CodeType
 
 import pytest
 
+from app import contract
 from app.routes.router import ASGIRoute, RelayRouter
 from app.types import Message, Receive, Scope, Send
 
@@ -51,8 +52,8 @@ async def test_an_endpoint_is_awaited_by_the_routers_caller_itself(method: str, 
     """A stream waits minutes for its first token: every frame between the server and the endpoint is memory it holds meanwhile."""
     calls = _Calls()
     router = RelayRouter([
-        ASGIRoute("/v1/chat/completions", calls, "POST"),
-        ASGIRoute("/v1/streams/{stream_id}/events", calls, "GET"),
+        ASGIRoute("/v1/chat/completions", calls, "POST", contract.CHAT),
+        ASGIRoute("/v1/streams/{stream_id}/events", calls, "GET", contract.STREAM_EVENTS),
     ], _lifespan)
     sent: list[Message] = []
     await _call(router, method, path, sent)
@@ -63,7 +64,9 @@ async def test_an_endpoint_is_awaited_by_the_routers_caller_itself(method: str, 
 
 async def test_a_route_refuses_other_methods_with_405_and_an_unknown_path_gets_404() -> None:
     calls = _Calls()
-    router = RelayRouter([ASGIRoute("/v1/generate", calls, "POST"), ASGIRoute("/v1/streams/{stream_id}", calls, "DELETE")], _lifespan)
+    router = RelayRouter([
+        ASGIRoute("/v1/generate", calls, "POST", contract.GENERATE), ASGIRoute("/v1/streams/{stream_id}", calls, "DELETE", contract.CANCEL_STREAM),
+    ], _lifespan)
     for method, path, status in [("GET", "/v1/generate", 405), ("PUT", "/v1/streams/st_1", 405), ("POST", "/v1/elsewhere", 404)]:
         sent: list[Message] = []
         await _call(router, method, path, sent)
