@@ -20,6 +20,7 @@ from app import contract, mock
 from app.capability import Capabilities
 from app.hosts import AllowedHosts
 from app.middleware import ApiKeyAuth
+from app.ops.keys import Keys
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
 from app.routes.openapi import contract_routes
@@ -41,6 +42,7 @@ logger = logging.getLogger("token_relay")
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> ASGIApp:
     """The relay; ``environ`` is where upstreams' ``api_key_env`` keys are read (default: ``os.environ``)."""
     live = LiveRequests()
+    keys = Keys(settings, os.environ if environ is None else environ)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[dict[str, Any]]:
@@ -52,7 +54,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             client = Client()
             stack.push_async_callback(client.aclose)
             upstreams = build_upstreams(settings, client, os.environ if environ is None else environ, mock_url)
-            if not settings.api_keys:
+            if not keys:
                 logger.warning("RELAY_API_KEYS is not set: the /v1 routes are open to anyone who can reach %s:%d", settings.host, settings.port)
             if settings.host in WILDCARD_ADDRESSES and settings.allowed_hosts is None and settings.public_url is None:
                 logger.warning("bound to %s, but only requests for %s are answered (others get 400): set RELAY_PUBLIC_URL or RELAY_ALLOWED_HOSTS",
@@ -60,9 +62,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             for upstream in upstreams.values():
                 logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
                             upstream.origin.base_path, upstream.protocol)
-            runtime = Runtime(settings, upstreams, models, live, client)
             # The memory log, or with RELAY_REDIS_URL the Redis one and its pool (closed after the generations below).
-            log, peers = await stack.enter_async_context(event_log(settings))
+            log, peers, key_limits = await stack.enter_async_context(event_log(settings))
+            runtime = Runtime(settings, upstreams, models, live, client, keys, key_limits)
             # Resumable streams' generations belong to the app, not to a request: they run here.
             detached = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(detached.cancel_scope.cancel)
@@ -87,7 +89,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     static = Mount("/static", Files(StaticFiles(directory=STATIC_DIR)), name="static")
     # One stack, outermost first: hosts, CORS, keys, the router. Every route is behind all of it, and none
     # of it wraps ``send`` (but CORS, for a cross-origin request): each event of a stream is one call into the server.
-    app: ASGIApp = ApiKeyAuth(RelayRouter([*routes, static], lifespan), settings.api_keys)
+    app: ASGIApp = ApiKeyAuth(RelayRouter([*routes, static], lifespan), keys)
     app = with_cors(app, settings.cors_origins)
     hosts = settings.trusted_hosts()
     return app if "*" in hosts else AllowedHosts(app, hosts)

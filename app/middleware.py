@@ -2,47 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Iterable
-
 from app.errors import RequestError
-from app.routes.http import header, send_error
+from app.ops.keys import SCOPE_KEY, Keys
+from app.routes.http import send_error
 from app.types import ASGIApp, Receive, Scope, Send
-
-
-class ApiKeys:
-    """The client keys, each known by an id derived from it, so that what a key owns can be kept without the key.
-
-    The id is stable across processes and restarts (a digest of the key, never the key);
-    keys with names of their own would use their names.
-    """
-
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._keys = [key.encode() for key in dict.fromkeys(keys)]
-        self._ids = ["key_" + hashlib.sha256(key).hexdigest()[:16] for key in self._keys]
-
-    def __bool__(self) -> bool:
-        return bool(self._keys)
-
-    def identify(self, scope: Scope) -> str | None:
-        """The id of the key the request carries (``Authorization: Bearer`` or ``X-API-Key``), or ``None``.
-
-        The candidate is compared with every key, in constant time each, and the match picked
-        without a branch, so the time taken says neither whether nor which key nearly matched.
-        """
-        given = header(scope, b"x-api-key")
-        if given is None:
-            authorization = header(scope, b"authorization") or ""
-            scheme, _, token = authorization.partition(" ")
-            given = token.strip() if scheme.lower() == "bearer" else None
-        if not given:
-            return None
-        candidate = given.encode("latin-1")
-        matched = 0  # the keys are distinct: at most one matches
-        for number, key in enumerate(self._keys, 1):
-            matched |= number * hmac.compare_digest(candidate, key)
-        return self._ids[matched - 1] if matched else None
 
 
 class ApiKeyAuth:
@@ -50,20 +13,25 @@ class ApiKeyAuth:
 
     Except reading and cancelling a resumable stream (``GET``/``DELETE`` under ``/v1/streams/``):
     a browser's ``EventSource`` cannot send headers, so those routes also take the signed token
-    of their URL, and check the key themselves (``ApiKeys.identify``).
+    of their URL, and check the key themselves (``Keys.identify``).
+
+    The key found waits in the scope for the route (``app.ops.keys.key_of``): its name, limits and models.
     """
 
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, keys: Keys) -> None:
         self.app = app
-        self.keys = ApiKeys(keys)
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.keys and scope["type"] == "http" and scope["path"].startswith("/v1/") and not _own_auth(scope) and self.keys.identify(scope) is None:
-            await send_error(send, RequestError(
-                401, "invalid_api_key", "a valid API key is required: send Authorization: Bearer KEY or X-API-Key: KEY",
-                headers={"WWW-Authenticate": "Bearer"},
-            ))
-            return
+        if self.keys and scope["type"] == "http" and scope["path"].startswith("/v1/") and not _own_auth(scope):
+            key = self.keys.identify(scope)
+            if key is None:
+                await send_error(send, RequestError(
+                    401, "invalid_api_key", "a valid API key is required: send Authorization: Bearer KEY or X-API-Key: KEY",
+                    headers={"WWW-Authenticate": "Bearer"},
+                ))
+                return
+            scope[SCOPE_KEY] = key
         await self.app(scope, receive, send)
 
 

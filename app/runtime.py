@@ -7,11 +7,14 @@ import resource
 from collections.abc import Iterable, Mapping
 
 from app.errors import RequestError
-from app.middleware import ApiKeys
+from app.ops.keys import Keys, key_of
+from app.ops.limits import NO_LIMITS, Admission, Limiter, MemoryLimits, estimate
 from app.settings import Settings
+from app.streaming.request import GenerationRequest
 from app.streaming.respond import LiveRequests
 from app.streaming.routing import Circuit, Route, Target, Timeouts, Upstream
 from app.streaming.upstreams.http1 import Client
+from app.types import Scope
 
 logger = logging.getLogger("token_relay")
 
@@ -42,11 +45,13 @@ def build_upstreams(settings: Settings, client: Client, environ: Mapping[str, st
 class Runtime:
     def __init__(
         self, settings: Settings, upstreams: dict[str, Upstream] | Upstream, models: tuple[str, ...], live: LiveRequests, client: Client,
+        keys: Keys | None = None, limits: Limiter | None = None,
     ) -> None:
         if isinstance(upstreams, Upstream):
             upstreams = {upstreams.name: upstreams}
         self.settings = settings
-        self.keys = ApiKeys(settings.api_keys)
+        self.keys = keys if keys is not None else Keys(settings, {})
+        self.limits = limits if limits is not None else MemoryLimits()
         self.upstreams = upstreams
         # A model named in routes goes to its upstreams; any other (if allowed) to every upstream, in order.
         self.routes = {model: Route(tuple(_target(upstreams, name) for name in targets)) for model, targets in settings.routes.items()}
@@ -68,6 +73,17 @@ class Runtime:
             status, code, message, wait = refusal
             raise RequestError(status, code, message, headers={"Retry-After": str(wait)})
         return route
+
+    async def admit_key(self, scope: Scope, request: GenerationRequest) -> Admission:
+        """The request's hold on its key's limits; refused (nothing sent upstream) when its key may not use its model, or is over a limit."""
+        key = key_of(scope)
+        if key is None:
+            return NO_LIMITS
+        if key.models is not None and request.model not in key.models:
+            raise RequestError(403, "model_not_allowed", f"the key {key.name!r} may not use the model {request.model!r}", param="$.model")
+        if not key.limited:
+            return NO_LIMITS
+        return await self.limits.admit(key, *estimate(request))
 
     def admit(self, lengths: Iterable[tuple[str, int]] = ()) -> None:
         """Refuse what is over a limit before anything starts; ``lengths`` are the request's token limits, by path."""

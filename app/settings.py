@@ -52,6 +52,23 @@ class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"base_url: must be an http:// or https:// URL, not {self.base_url!r}")
 
 
+class KeySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One client key of ``[[keys]]``: its name, the key as its SHA-256 (hex) or the variable holding it, its limits and models."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    key_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    key_env: str | None = None
+    max_concurrent_streams: Positive | None = None
+    requests_per_minute: Positive | None = None
+    tokens_per_minute: Positive | None = None
+    # The model names this key may ask for; unset: any.
+    models: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError(f"key {self.name!r}: give exactly one of key_sha256 and key_env")
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Serving.
     host: str = "127.0.0.1"
@@ -85,8 +102,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The model /v1/generate uses when a request names none (default: the first of models).
     default_model: str | None = None
 
-    # Clients.
+    # Clients: unnamed keys without limits, and named keys with theirs ([[keys]]).
     api_keys: tuple[str, ...] = ()
+    keys: tuple[KeySettings, ...] = ()
     max_body_bytes: Positive = 1_048_576
     max_tokens_limit: Positive = 32_768
     max_concurrent_requests: Positive = 10_000
@@ -233,7 +251,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         raw = environ.get(env_name(name))
         if raw is None:
             continue
-        if name in ("upstreams", "routes"):
+        if name in ("upstreams", "routes", "keys"):
             try:
                 values[name] = msgspec.json.decode(raw)
             except msgspec.DecodeError as exc:
@@ -255,12 +273,12 @@ def _from_toml(path: str) -> dict[str, Any]:
         raise SettingsError(f"config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"config file {path}: {exc}") from exc
-    # Accept both a flat file and one with a [relay] table, beside which [[upstreams]] and [routes] may stand.
+    # Accept both a flat file and one with a [relay] table, beside which [[upstreams]], [routes] and [[keys]] may stand.
     relay = data.get("relay", data)
     if not isinstance(relay, dict):
         raise SettingsError(f"config file {path}: [relay] must be a table")
     if relay is not data:
-        relay = relay | {key: data[key] for key in ("upstreams", "routes") if key in data}
+        relay = relay | {key: data[key] for key in ("upstreams", "routes", "keys") if key in data}
     return relay
 
 
@@ -291,6 +309,12 @@ def load_settings(
             raise SettingsError(
                 f"invalid setting upstreams[{index}].api_key_env ({env_name('upstreams')}): the environment variable {upstream.api_key_env} is not set"
             )
+    names = [key.name for key in settings.keys]
+    for index, key in enumerate(settings.keys):
+        if key.key_env is not None and not environ.get(key.key_env):
+            raise SettingsError(f"invalid setting keys[{index}].key_env ({env_name('keys')}): the environment variable {key.key_env} is not set")
+        if names.index(key.name) != index:
+            raise SettingsError(f"invalid setting keys[{index}].name ({env_name('keys')}): another key is named {key.name!r}")
     return settings
 
 

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.middleware import ApiKeys
 from app.mock import MockModel
+from app.ops.keys import Keys
+from app.settings import load_settings
 from tests.servers import relay_server
 
 
@@ -48,14 +49,18 @@ def _scope(headers: dict[str, str]) -> dict[str, object]:
     return {"type": "http", "headers": [(name.encode(), value.encode()) for name, value in headers.items()]}
 
 
-def test_the_key_of_a_request_is_known_by_an_id_that_is_not_the_key() -> None:
-    keys = ApiKeys(("key-one", "key-two", "key-one"))
+def _keys(*secrets: str) -> Keys:
+    return Keys(load_settings({"api_keys": list(secrets)}, environ={}), {})
+
+
+def test_the_key_of_a_request_is_known_by_a_name_that_is_not_the_key() -> None:
+    keys = _keys("key-one", "key-two", "key-one")
     one = keys.identify(_scope({"authorization": "Bearer key-one"}))
     two = keys.identify(_scope({"x-api-key": "key-two"}))
-    assert one is not None and two is not None and one != two
-    assert "key-one" not in one
-    # The same key has the same id in any process, whatever the order of the keys.
-    assert ApiKeys(("key-two", "key-one")).identify(_scope({"x-api-key": "key-one"})) == one
+    assert one is not None and two is not None and one.name != two.name
+    assert "key-one" not in one.name
+    # The same key has the same name in any process, whatever the order of the keys.
+    assert _keys("key-two", "key-one").identify(_scope({"x-api-key": "key-one"})) == one
     for headers in [{}, {"authorization": "Bearer key-three"}, {"authorization": "Basic key-one"}, {"x-api-key": "key-one "}]:
         assert keys.identify(_scope(headers)) is None
-    assert not ApiKeys(())
+    assert not _keys()

@@ -49,6 +49,8 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     try:
         raw = decode_object(await read_body(scope, receive, settings.max_body_bytes))
         chat, upstream = admit_chat(runtime, raw)
+        request = generation_request(rid, chat.model, raw, settings.max_tokens_limit)
+        admission = await runtime.admit_key(scope, request)
     except ClientGone:
         return None
     except RequestError as exc:
@@ -60,13 +62,11 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
         encoder = OpenAIChunks(completion_id, model, include_usage)
         return relay_stream(
-            receive, send, upstream, generation_request(rid, model, raw, settings.max_tokens_limit), encoder, settings, runtime.live,
+            receive, send, upstream, request, encoder, settings, runtime.live,
             head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
-            refuse=functools.partial(_refuse, send, headers),
+            refuse=functools.partial(_refuse, send, headers), admission=admission,
         )
-    result = await relay_collected(
-        receive, upstream, generation_request(rid, model, raw, settings.max_tokens_limit), runtime.live, limit=settings.max_collected_bytes,
-    )
+    result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes, admission=admission)
     if result is None:
         return None
     if isinstance(result.terminal, Error):

@@ -47,6 +47,7 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     try:
         body = decode(await read_body(scope, receive, settings.max_body_bytes), generate_decoder)
         upstream, request = admit_generate(runtime, rid, body)
+        admission = await runtime.admit_key(scope, request)
     except ClientGone:
         return None
     except RequestError as exc:
@@ -56,9 +57,9 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
         return relay_stream(
             receive, send, upstream, request, NativeEvents(), settings, runtime.live,
             head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
-            refuse=functools.partial(_refuse, send, headers),
+            refuse=functools.partial(_refuse, send, headers), admission=admission,
         )
-    result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes)
+    result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes, admission=admission)
     if result is None:
         return None
     if isinstance(result.terminal, Error):

@@ -28,6 +28,7 @@ import msgspec
 
 from app.capability import CANCEL, READ, Capabilities
 from app.errors import RequestError
+from app.ops.keys import key_of
 from app.routes.completions import admit_chat, generation_request
 from app.routes.generate import admit_generate
 from app.routes.http import SSE_HEADERS, ClientGone, convert, decode_object, header, json_body, read_body, request_id, send_error, send_json
@@ -75,7 +76,12 @@ async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
             raise RequestError(
                 503, "stream_log_full", "the streams being generated fill the relay's event log; retry shortly", headers={"Retry-After": "5"},
             )
-        stream = await streams.start(upstream, request, owner=runtime.keys.identify(scope))
+        admission = await runtime.admit_key(scope, request)
+        try:
+            stream = await streams.start(upstream, request, owner=_key_name(scope), admission=admission)
+        except BaseException:
+            admission.refund()
+            raise
     except ClientGone:
         return
     except RequestError as exc:
@@ -235,7 +241,13 @@ def _grant(scope: Scope, query: dict[str, str], stream_id: str, action: str) -> 
     token = query.get("token")
     if token is not None and capabilities.check(token, stream_id, action):
         return BY_TOKEN
-    return runtime.keys.identify(scope)
+    key = runtime.keys.identify(scope)
+    return key.name if key is not None else None
+
+
+def _key_name(scope: Scope) -> str | None:
+    key = key_of(scope)
+    return key.name if key is not None else None
 
 
 def _visible(info: StreamInfo | None, grant: str) -> StreamInfo | None:

@@ -63,7 +63,7 @@ def upstream_fault(error: Error) -> bool:
 class Generation:
     __slots__ = (
         "_attempt", "_committed", "_deadline", "_exchange", "_finished", "_first", "_held", "_loop", "_phase", "_probe", "_request",
-        "_request_id", "_route", "_sink", "_timer", "_total_deadline", "_upstream", "done", "tokens",
+        "_request_id", "_route", "_sink", "_timer", "_total_deadline", "_upstream", "done", "tokens", "usage",
     )
 
     def __init__(self, route: Route | Upstream, request: GenerationRequest, sink: Sink) -> None:
@@ -86,6 +86,7 @@ class Generation:
         self.done = False
         self._finished = False
         self.tokens = 0
+        self.usage: Usage | None = None  # the model server's, when it reported it
 
     async def start(self) -> None:
         """Connect and send the request (to the next upstream, while one fails before its first token).
@@ -209,7 +210,12 @@ class Generation:
                 return
             self._commit(event)
         match event:
-            case Delta() | Reasoning() | RedactedReasoning() | ToolCall() | Refusal() | Logprobs() | Usage():
+            case Usage():
+                self.usage = event
+                self.tokens += 1
+                self._phase = "stream"
+                self._deadline = self._loop.time() + self._upstream.timeouts.idle
+            case Delta() | Reasoning() | RedactedReasoning() | ToolCall() | Refusal() | Logprobs():
                 # Any progress, not only content: a model may reason, or call a tool, for longer than a first-token timeout.
                 self.tokens += 1
                 self._phase = "stream"

@@ -1,5 +1,7 @@
 """The event log the lifespan opens: the memory log for one process, or with ``redis_url`` the Redis one.
 
+The key limits' counters (app/ops/limits.py) live beside it: in memory, or in the same Redis.
+
 With Redis, the lifespan owns one connection pool, checks at start-up that Redis answers (a
 clear error and no start otherwise: a relay that cannot keep resumable streams is not ready to
 take them), and runs the log's tailer and the peers' ticker (``app/streaming/peers_redis.py``)
@@ -21,6 +23,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from app.ops.limits import Limiter, MemoryLimits, RedisLimits
 from app.settings import Settings
 from app.streaming.eventlog import EventLog
 from app.streaming.log_memory import MemoryEventLog
@@ -40,12 +43,12 @@ class RedisUnavailable(Exception):
 
 
 @contextlib.asynccontextmanager
-async def event_log(settings: Settings) -> AsyncIterator[tuple[EventLog, RedisPeers | None]]:
-    """The log, and with Redis the peers. Raises ``RedisUnavailable``."""
+async def event_log(settings: Settings) -> AsyncIterator[tuple[EventLog, RedisPeers | None, Limiter]]:
+    """The log, with Redis the peers, and the key limits. Raises ``RedisUnavailable``."""
     if settings.redis_url is None:
         memory = MemoryEventLog(settings.stream_log_budget_bytes)
         try:
-            yield memory, None
+            yield memory, None, MemoryLimits()
         finally:
             await memory.aclose()
         return
@@ -66,7 +69,7 @@ async def event_log(settings: Settings) -> AsyncIterator[tuple[EventLog, RedisPe
             peers = RedisPeers(log, tg, lease=settings.stream_lease, grace=settings.stream_grace, retention=settings.stream_retention)
             logger.info("resumable streams on Redis at %s", shown(settings.redis_url))
             try:
-                yield log, peers
+                yield log, peers, RedisLimits(pool, tg)
             finally:
                 await peers.aclose()
                 await log.aclose()

@@ -30,6 +30,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
 
+from app.ops.limits import NO_LIMITS, Admission
 from app.settings import Settings
 from app.streaming.encoders import Collected, StreamEncoder
 from app.streaming.events import Error
@@ -85,6 +86,7 @@ async def relay_stream(
     *,
     head: Message,
     refuse: Callable[[Error], Awaitable[None]],
+    admission: Admission = NO_LIMITS,
 ) -> None:
     """Relay a generation to the client as a stream, beginning with the response ``head``.
 
@@ -120,6 +122,7 @@ async def relay_stream(
                     await stream.run(receive)
                 finally:
                     generation.close()
+                    admission.end(generation.usage, generation.tokens)
                     stream.stop_heartbeats()
                     stream.on_abort = nothing  # the stream and the generation hold each other: let refcounting free them
                     starting.cancel()  # if it is still connecting or waiting for the head
@@ -129,7 +132,8 @@ async def relay_stream(
 
 
 async def relay_collected(
-    receive: Receive, upstream: Route | Upstream, request: GenerationRequest, live: LiveRequests, *, limit: int
+    receive: Receive, upstream: Route | Upstream, request: GenerationRequest, live: LiveRequests, *, limit: int,
+    admission: Admission = NO_LIMITS,
 ) -> Collected | None:
     """Run a generation to its end and return it whole; ``None`` if the client left first.
 
@@ -149,6 +153,7 @@ async def relay_collected(
             return await sink.result()
         finally:
             generation.close()
+            admission.end(generation.usage, generation.tokens)
             starting.cancel()
 
 

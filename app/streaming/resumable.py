@@ -43,6 +43,7 @@ import anyio
 import anyio.abc
 import msgspec
 
+from app.ops.limits import NO_LIMITS, Admission
 from app.streaming.encoders import error_body, native_done, native_parts
 from app.streaming.eventlog import NO_OWNER, AppendRefused, EventLog, LogUnavailable, StreamInfo
 from app.streaming.events import Delta, Error, Event, Finish, Logprobs, Part, Reasoning, RedactedReasoning, Refusal, ToolCall, Usage
@@ -70,8 +71,10 @@ class ResumableStream:
     def __init__(
         self, stream_id: str, log: EventLog, limits: StreamLimits, upstream: Route | Upstream, request: GenerationRequest,
         *, owner: str | None, log_full: Callable[[], None], lease: str | None = None, ask_peers: Callable[[], None] | None = None,
+        admission: Admission = NO_LIMITS,
     ) -> None:
         self.id = stream_id
+        self._admission = admission
         self.owner = owner  # the id of the API key that created it: no other key sees it
         self._lease = lease  # this process's token, which fences the terminal event (NO_OWNER once the lease is lost)
         self._ask_peers = ask_peers  # with Redis: whether readers elsewhere keep the stream alive, asked when the grace runs out
@@ -206,6 +209,7 @@ class ResumableStream:
             raise
         finally:
             generation.close()
+            self._admission.end(generation.usage, generation.tokens)
             self.finished = True
             if self._grace is not None:
                 self._grace.cancel()
@@ -319,7 +323,9 @@ class ResumableStreams:
         elif self.peers is not None:
             await self.peers.cancel(stream_id)
 
-    async def start(self, upstream: Route | Upstream, request: GenerationRequest, owner: str | None = None) -> ResumableStream:
+    async def start(
+        self, upstream: Route | Upstream, request: GenerationRequest, owner: str | None = None, admission: Admission = NO_LIMITS,
+    ) -> ResumableStream:
         """Create the stream in the log and start its generation. Raises ``LogUnavailable``."""
         stream_id = "st_" + secrets.token_urlsafe(16)
         peers = self.peers
@@ -327,7 +333,7 @@ class ResumableStreams:
         await self.log.create(stream_id, owner=lease, key=owner)
         stream = ResumableStream(
             stream_id, self.log, self._limits, upstream, request, owner=owner, log_full=self._shed_largest,
-            lease=lease, ask_peers=peers.wake if peers is not None else None,
+            lease=lease, ask_peers=peers.wake if peers is not None else None, admission=admission,
         )
         self._streams[stream_id] = stream
         if peers is not None:
