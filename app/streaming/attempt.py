@@ -119,7 +119,7 @@ class Attempt:
         except UpstreamError as exc:
             if isinstance(exc, UpstreamTimeout) and self._total_left() <= 0:
                 exc = TotalTimeout(timeouts.total or 0.0)
-            self.end(exc.event(), fault=exc.fault)
+            self._raised(exc)
             return _verdict(first)
         except Exception as exc:  # a defect here must still end the stream with its terminal event
             logger.exception("generation %s failed to start", self._request_id)
@@ -162,6 +162,10 @@ class Attempt:
         elif self._state is not _STREAMING:
             return
         self._conclude(error, fault=fault)
+
+    def _raised(self, exc: UpstreamError) -> None:
+        """End with a relay error of the exchange's or of a deadline's: its type says whether it is the upstream's fault."""
+        self.end(exc.event(), fault=exc.fault)
 
     def close(self) -> None:
         """Abandon the attempt: close the upstream now; the sink gets nothing more."""
@@ -265,10 +269,9 @@ class Attempt:
         now = self._loop.time()
         timeouts = self._target.upstream.timeouts
         if now >= self._total_deadline:
-            self.end(TotalTimeout(timeouts.total or 0.0).event())
+            self._raised(TotalTimeout(timeouts.total or 0.0))
         elif now >= self._deadline:
-            phase = self.phase
-            self.end(UpstreamTimeout(phase, timeouts.idle if self.tokens else timeouts.first_token).event(), fault=True)
+            self._raised(UpstreamTimeout(self.phase, timeouts.idle if self.tokens else timeouts.first_token))
         else:
             self._arm(min(self._deadline, self._total_deadline))
 
