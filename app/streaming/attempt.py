@@ -64,8 +64,8 @@ class Sink(Protocol):
 
 class Attempt:
     __slots__ = (
-        "_deadline", "_exchange", "_first", "_idle", "_loop", "_number", "_probe", "_request_id", "_sink", "_state", "_streaming",
-        "_target", "_timer", "_total_deadline", "tokens",
+        "_deadline", "_exchange", "_first", "_idle", "_loop", "_number", "_probe", "_request_id", "_sink", "_state", "_target",
+        "_timer", "_total_deadline", "tokens",
     )
 
     def __init__(self, target: Target, sink: Sink, *, number: int, request_id: str, probe: bool, total_deadline: float) -> None:
@@ -82,8 +82,7 @@ class Attempt:
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         self._first: asyncio.Future[Error | None] | None = None  # set while the attempt may still fail over
-        self._state = _PENDING
-        self._streaming = False  # committed and not over: the only thing a part checks
+        self._state = _PENDING  # the only thing a part checks: whether it is _STREAMING
         self.tokens = 0
 
     @property
@@ -169,7 +168,6 @@ class Attempt:
 
     def close(self) -> None:
         """Abandon the attempt: close the upstream now; the sink gets nothing more."""
-        self._streaming = False
         if self.live:
             self._state = _DROPPED
         self._release()
@@ -179,7 +177,7 @@ class Attempt:
 
     def _emit(self, event: Event) -> None:
         """The adapter's callback, once per event: the hot path."""
-        if not self._streaming:
+        if self._state is not _STREAMING:
             if self._state is not _PENDING:
                 return
             if type(event) is Error:
@@ -204,7 +202,6 @@ class Attempt:
     def _commit(self, event: Event, *, fault: bool) -> None:
         """The first event goes to the sink: the stream belongs to this upstream from now on."""
         self._state = _STREAMING
-        self._streaming = True
         first, self._first = self._first, None
         if first is not None and not first.done():
             first.set_result(None)
@@ -219,7 +216,6 @@ class Attempt:
 
     def _conclude(self, event: Terminal, *, fault: bool) -> None:
         """The terminal event: the upstream's circuit is told of a fault, the exchange ends, the sink gets it."""
-        self._streaming = False
         finished = type(event) is Finish
         self._state = _FINISHED if finished else _FAILED
         if fault:
