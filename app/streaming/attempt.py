@@ -80,7 +80,7 @@ class Attempt:
         self._loop = asyncio.get_running_loop()
         self._exchange: Exchange | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
+        self._deadline = 0.0  # the idle deadline, once a part has come
         self._first: asyncio.Future[Error | None] | None = None  # set while the attempt may still fail over
         self._state = _PENDING  # the only thing a part checks: whether it is _STREAMING
         self.tokens = 0
@@ -133,9 +133,8 @@ class Attempt:
         if not self.live:  # the whole answer arrived with the head
             self._release(finished=self._state is _FINISHED)
             return _verdict(first)
-        if not self.tokens:
-            self._deadline = started + timeouts.first_token
-        self._arm(min(self._deadline, self._total_deadline))
+        # Until the first part the deadline is the timer's own: ``_deadline`` (0.0) stays passed, and a part moves it.
+        self._arm(min(self._deadline if self.tokens else started + timeouts.first_token, self._total_deadline))
         if first is None or first.done():
             return _verdict(first)
         return await first
