@@ -9,6 +9,12 @@
         ├── UpstreamStatusError    the model server answered with an error status
         ├── UpstreamProtocolError  the model server's bytes do not follow its protocol
         └── UpstreamTimeout        a phase deadline passed
+            └── TotalTimeout       the generation's total deadline passed
+
+Whether an ``UpstreamError`` is the model server's ``fault`` (another upstream may do
+better, and its circuit counts it) is part of its type: a status that refuses the request
+itself (a 4xx but 408 and 429) and the total deadline, which is the request's own budget,
+are not. An ``Error`` event an adapter sends is the upstream's fault unless ``rejected``.
 
 Lower-level errors (``OSError``, ``httptools.HttpParserError``, ``msgspec.DecodeError``)
 are translated into these where they are caught, with ``raise ... from exc``.
@@ -52,6 +58,11 @@ class UpstreamError(RelayError):
         self.message = message
         self.phase = phase
 
+    @property
+    def fault(self) -> bool:
+        """The model server failed, not the request: another upstream may do better, and this one's circuit counts it."""
+        return True
+
     def event(self) -> Error:
         return Error(type=self.type, code=self.code, message=self.message, phase=self.phase)
 
@@ -67,6 +78,10 @@ class UpstreamStatusError(UpstreamError):
         self.status = status
         self.detail = detail
 
+    @property
+    def fault(self) -> bool:
+        return not self.event().rejected
+
     def event(self) -> Error:
         return Error(self.type, self.code, self.message, self.phase, status=self.status, detail=self.detail)
 
@@ -81,6 +96,17 @@ class UpstreamTimeout(UpstreamError):
 
     def __init__(self, phase: str, seconds: float) -> None:
         super().__init__(_TIMER[phase], f"no {_WAITED_FOR[phase]} within {seconds:g} s", phase)
+
+
+class TotalTimeout(UpstreamTimeout):
+    """The request's own budget ran out, whichever upstream had it: no other would have more time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__("total", seconds)
+
+    @property
+    def fault(self) -> bool:
+        return False
 
 
 # The phase a stream is in, and the timer that guards it.

@@ -157,3 +157,21 @@ async def test_a_resumable_stream_fails_over_too(upstream: tuple[MockModel, str]
         _, events = await read(client, created["events_url"])
     assert text_of(events) == "".join(mock_text("resume me", 5))
     assert events[-1].event == "done"
+
+
+async def test_the_total_deadline_before_the_first_token_is_not_the_upstreams_fault(
+    upstream: tuple[MockModel, str], client: httpx.AsyncClient,
+) -> None:
+    """The request's own budget ran out: the next upstream would have no more time, and the first one's circuit does not count it."""
+    model, base = upstream
+    upstreams = _upstreams(base, base_url=f"{base}/mock-fault-stall-first/v1", first_token_timeout=30)
+    since = len(model.paths)
+    with relay_server(None, upstreams=upstreams, total_timeout=0.3, heartbeat_interval=0.05) as url:
+        with anyio.fail_after(10):
+            _, events = await post_stream(client, url + "/v1/generate", {"prompt": "x", "stream": True, "model": "m"})
+        ready = (await client.get(url + "/readyz")).json()
+    assert [e.event for e in events] == ["error"]
+    assert (data(events[-1])["code"], data(events[-1])["phase"]) == ("total_timeout", "total")
+    assert _asked(model, since) == ["/mock-fault-stall-first/v1/chat/completions"]
+    assert ready["upstreams"]["first"]["consecutive_failures"] == 0
+    assert ready["upstreams"]["first"]["in_flight"] == 0
