@@ -20,9 +20,12 @@ from app import mock
 from app.capability import Capabilities
 from app.hosts import AllowedHosts
 from app.middleware import ApiKeyAuth
+from app.ops.metrics import Metrics, State, mark_dead, multiprocess_dir, serve_gauges
+from app.ops.record import Operations
+from app.ops.requestlog import RequestLog
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
-from app.routes.ops import healthz, readyz
+from app.routes.ops import healthz, metrics, readyz
 from app.routes.router import ASGIRoute, Files, RelayRouter
 from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
@@ -66,11 +69,21 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             detached = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(detached.cancel_scope.cancel)
             limits = StreamLimits(settings.stream_grace, settings.stream_retention, settings.stream_log_max_bytes)
-            streams = ResumableStreams(log, limits, live, detached, peers)
+            # Operations observe every request's end through one seam (app/ops/): the metrics and the request log.
+            metrics_ = Metrics(runtime.models | runtime.routes.keys(), upstreams, multiprocess_dir=multiprocess_dir())
+            operations = Operations([metrics_, RequestLog()])
+            streams = ResumableStreams(log, limits, live, detached, peers, operations)
+            shared = serve_gauges(metrics_, State(operations, upstreams.values(), lambda: (streams.running, streams.readers)))
+            if shared is not None:  # several workers: each copies its gauges into the shared files
+                detached.start_soon(shared.run)
+                stack.callback(mark_dead, os.getpid())
             secret = settings.stream_secret.encode() if settings.stream_secret else secrets.token_bytes(32)
             capabilities = Capabilities(secret, settings.stream_token_ttl)
             # ``shut_down`` is the runner's: it ends every stream when the server shuts down (app/connections.py).
-            yield {"runtime": runtime, "streams": streams, "capabilities": capabilities, "shut_down": live.shut_down}
+            yield {
+                "runtime": runtime, "streams": streams, "capabilities": capabilities, "shut_down": live.shut_down,
+                "operations": operations, "metrics": metrics_,
+            }
 
     routes = [
         ASGIRoute("/v1/chat/completions", chat_completions, "POST"),
@@ -82,6 +95,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         Mount("/static", Files(StaticFiles(directory=STATIC_DIR)), name="static"),
         ASGIRoute("/healthz", healthz, "GET"),
         ASGIRoute("/readyz", readyz, "GET"),
+        ASGIRoute("/metrics", metrics, "GET"),
     ]
     # One stack, outermost first: hosts, CORS, keys, the router. Every route is behind all of it, and none
     # of it wraps ``send`` (but CORS, for a cross-origin request): each event of a stream is one call into the server.

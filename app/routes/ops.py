@@ -1,7 +1,8 @@
-"""``GET /healthz`` (the process is alive) and ``GET /readyz`` (it can relay, and each upstream's state)."""
+"""``GET /healthz`` (the process is alive), ``GET /readyz`` (it can relay, and each upstream's state), ``GET /metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
+from app.ops.metrics import Metrics
 from app.routes.http import json_body, send_json
 from app.runtime import Runtime
 from app.streaming.resumable import ResumableStreams
@@ -30,3 +31,9 @@ async def readyz(scope: Scope, receive: Receive, send: Send) -> None:
     if streams is not None and streams.peers is not None:
         body["redis"] = "up" if await streams.peers.ping() else "down"
     await send_json(send, 200 if ready else 503, json_body(body))
+
+
+async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+    """The Prometheus text format; no key, like ``/healthz`` (README: keep it private)."""
+    registry: Metrics = scope["state"]["metrics"]
+    await registry.endpoint(scope, receive, send)

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol, assert_never
 
 import msgspec
 
 from app.errors import UpstreamError, UpstreamTimeout
-from app.streaming.events import Delta, Error, Event, Finish, Logprobs, Reasoning, RedactedReasoning, Refusal, ToolCall, Usage
+from app.streaming.events import Delta, Error, Event, Finish, Logprobs, Reasoning, RedactedReasoning, Refusal, Terminal, ToolCall, Usage
 from app.streaming.request import GenerationRequest
 from app.streaming.routing import Circuit, Route, Target, Timeouts, Upstream
 from app.streaming.upstreams.http1 import Exchange
@@ -53,6 +54,10 @@ class Sink(Protocol):
         """The upstream's head has arrived with a good status: a client may now be told that its stream has begun."""
 
 
+def _nothing() -> None:
+    pass
+
+
 def upstream_fault(error: Error) -> bool:
     """Whether ``error`` is the upstream's failure (another upstream may do better), not the request's or the relay's."""
     if error.type == "timeout":
@@ -63,7 +68,7 @@ def upstream_fault(error: Error) -> bool:
 class Generation:
     __slots__ = (
         "_attempt", "_committed", "_deadline", "_exchange", "_finished", "_first", "_held", "_loop", "_phase", "_probe", "_request",
-        "_request_id", "_route", "_sink", "_timer", "_total_deadline", "_upstream", "done", "tokens",
+        "_request_id", "_route", "_sink", "_timer", "_total_deadline", "_upstream", "done", "on_first_event", "terminal", "tokens", "usage",
     )
 
     def __init__(self, route: Route | Upstream, request: GenerationRequest, sink: Sink) -> None:
@@ -85,7 +90,11 @@ class Generation:
         self._attempt = 0
         self.done = False
         self._finished = False
-        self.tokens = 0
+        # Read at the end by the request's record (app/ops/record.py): nothing more is done per event.
+        self.tokens = 0  # generated parts (content, reasoning, refusal, tool-call fragments)
+        self.usage: Usage | None = None  # the upstream's last usage
+        self.terminal: Terminal | None = None
+        self.on_first_event: Callable[[], None] = _nothing
 
     async def start(self) -> None:
         """Connect and send the request (to the next upstream, while one fails before its first token).
@@ -182,6 +191,15 @@ class Generation:
     def phase(self) -> str:
         return self._phase
 
+    @property
+    def attempts(self) -> int:
+        return self._attempt
+
+    @property
+    def upstream_name(self) -> str | None:
+        """The upstream that has (or last had) the request; ``None`` if none was tried."""
+        return self._upstream.name if self._attempt else None
+
     def close(self) -> None:
         """Abandon the generation: close the upstream now; the sink gets nothing more."""
         self.done = True
@@ -209,13 +227,19 @@ class Generation:
                 return
             self._commit(event)
         match event:
-            case Delta() | Reasoning() | RedactedReasoning() | ToolCall() | Refusal() | Logprobs() | Usage():
+            case Delta() | Reasoning() | RedactedReasoning() | ToolCall() | Refusal():
                 # Any progress, not only content: a model may reason, or call a tool, for longer than a first-token timeout.
                 self.tokens += 1
                 self._phase = "stream"
                 self._deadline = self._loop.time() + self._upstream.timeouts.idle
+            case Logprobs() | Usage():  # progress too, but no token of its own
+                if type(event) is Usage:
+                    self.usage = event
+                self._phase = "stream"
+                self._deadline = self._loop.time() + self._upstream.timeouts.idle
             case Finish() | Error():
                 self.done = True
+                self.terminal = event
                 self._finished = type(event) is Finish
                 if type(event) is Error and upstream_fault(event):
                     self._upstream.circuit.failed()
@@ -227,6 +251,7 @@ class Generation:
     def _commit(self, event: Event) -> None:
         """The first event goes to the sink: the generation belongs to this upstream from now on."""
         self._committed = True
+        self.on_first_event()
         self._request = None
         first, self._first = self._first, None
         if first is not None and not first.done():

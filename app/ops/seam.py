@@ -1,0 +1,37 @@
+"""Where the routes open and close a request's record: the one seam between them and the operators' modules."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from app.ops.record import Operations, RequestRecord
+from app.types import Scope
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+
+def begin(scope: Scope, dialect: str, request_id: str, *, resumable: bool = False) -> RequestRecord:
+    """The record of the request ``scope`` begins; ``end`` must follow, in a ``finally``."""
+    operations: Operations = scope["state"]["operations"]
+    return operations.begin(request_id, dialect, key_name(scope), resumable=resumable)
+
+
+def end(scope: Scope, record: RequestRecord) -> None:
+    operations: Operations = scope["state"]["operations"]
+    operations.end(record)
+
+
+def key_name(scope: Scope) -> str | None:
+    """The name of the request's key, for the log line (and, later, its limits): never the key itself.
+
+    Keys have no names yet: a key's name is then its id, a digest of it (``ApiKeys.identify``).
+    """
+    runtime: Runtime = scope["state"]["runtime"]
+    return runtime.keys.identify(scope)
+
+
+def model_of(raw: dict[str, Any]) -> str | None:
+    """The model a decoded request body names, if it names one."""
+    model = raw.get("model")
+    return model if isinstance(model, str) else None
