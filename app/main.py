@@ -70,13 +70,16 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             stack.callback(detached.cancel_scope.cancel)
             limits = StreamLimits(settings.stream_grace, settings.stream_retention, settings.stream_log_max_bytes)
             # Operations observe every request's end through one seam (app/ops/): the metrics and the request log.
-            metrics_ = Metrics(runtime.models | runtime.routes.keys(), upstreams, multiprocess_dir=multiprocess_dir())
-            operations = Operations([metrics_, RequestLog()])
+            operations = Operations([RequestLog()])
             streams = ResumableStreams(log, limits, live, detached, peers, operations)
-            shared = serve_gauges(metrics_, State(operations, upstreams.values(), lambda: (streams.running, streams.readers)))
-            if shared is not None:  # several workers: each copies its gauges into the shared files
-                detached.start_soon(shared.run)
-                stack.callback(mark_dead, os.getpid())
+            metrics_ = None
+            if settings.metrics:
+                metrics_ = Metrics(runtime.models | runtime.routes.keys(), upstreams, multiprocess_dir=multiprocess_dir())
+                operations.observers.append(metrics_)
+                shared = serve_gauges(metrics_, State(operations, upstreams.values(), lambda: (streams.running, streams.readers)))
+                if shared is not None:  # several workers: each copies its gauges into the shared files
+                    detached.start_soon(shared.run)
+                    stack.callback(mark_dead, os.getpid())
             secret = settings.stream_secret.encode() if settings.stream_secret else secrets.token_bytes(32)
             capabilities = Capabilities(secret, settings.stream_token_ttl)
             # ``shut_down`` is the runner's: it ends every stream when the server shuts down (app/connections.py).

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from app.errors import RequestError
 from app.ops.metrics import Metrics
-from app.routes.http import json_body, send_json
+from app.routes.http import json_body, send_error, send_json
 from app.runtime import Runtime
 from app.streaming.resumable import ResumableStreams
 from app.types import Receive, Scope, Send
@@ -35,5 +36,8 @@ async def readyz(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
     """The Prometheus text format; no key, like ``/healthz`` (README: keep it private)."""
-    registry: Metrics = scope["state"]["metrics"]
+    registry: Metrics | None = scope["state"]["metrics"]
+    if registry is None:
+        await send_error(send, RequestError(404, "not_found", "metrics are off here (RELAY_METRICS=false)"))
+        return
     await registry.endpoint(scope, receive, send)

@@ -69,3 +69,12 @@ async def test_gauges_count_streams_in_flight(client: httpx.AsyncClient) -> None
         samples = await scrape(client, url)
         assert value(samples, "relay_active_streams") == 0
         assert value(samples, "relay_requests_total", outcome="client_left") == 1
+
+
+async def test_metrics_can_be_turned_off(mock: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
+    """RELAY_METRICS=false: /metrics is 404 and nothing is recorded for it; requests are answered as ever."""
+    with relay_server(mock[1], models=("mock",), metrics=False) as url:
+        response, events = await post_stream(client, url + "/v1/chat/completions", chat(stream=True))
+        assert response.status_code == 200 and events[-1].data == "[DONE]"
+        off = await client.get(url + "/metrics")
+    assert off.status_code == 404 and off.json()["error"]["code"] == "not_found"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from app.mock import MockModel
 from app.ops.requestlog import REQUESTS_LOGGER
 from tests.ops.scrape import scrape, value
-from tests.servers import mock_server, relay_server
+from tests.servers import mock_server, relay_server, serve_in_thread
 from tests.sse import chat, post_stream
 from tests.streams import create, read
 
@@ -167,3 +168,47 @@ async def test_a_shutdown_ends_every_record(paced: tuple[MockModel, str], client
         line = await line_of(requests_log, name)
         assert (line["outcome"], line["code"], line["partial"]) == ("error", "shutting_down", True), line
     assert long["id"]
+
+
+class CountingUpstream:
+    """An OpenAI-protocol model server that reports its usage in every chunk (vLLM's ``continuous_usage_stats``) and never ends."""
+
+    PROMPT = 42
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._until_disconnect, receive, tg.cancel_scope)
+            await self._stream(send)
+
+    async def _until_disconnect(self, receive: Any, scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    async def _stream(self, send: Any) -> None:
+        for produced in range(1, 100_000):
+            usage = {"prompt_tokens": self.PROMPT, "completion_tokens": produced, "total_tokens": self.PROMPT + produced}
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                     "choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}], "usage": usage}
+            await send({"type": "http.response.body", "body": b"data: " + json.dumps(chunk).encode() + b"\n\n", "more_body": True})
+            await anyio.sleep(0.005)
+
+
+async def test_a_client_that_leaves_gets_the_usage_the_upstream_reported_as_it_went(
+    client: httpx.AsyncClient, requests_log: pytest.LogCaptureFixture,
+) -> None:
+    """The prompt tokens are known then, and the completion tokens are the upstream's figure (or the count, if that is higher)."""
+    with serve_in_thread(CountingUpstream(), lifespan="off") as upstream, relay_server(upstream + "/v1", models=("m",)) as relay:
+        with anyio.fail_after(10):
+            async with client.stream("POST", relay + "/v1/chat/completions", json=chat("m", stream=True), headers=rid("counted")) as response:
+                seen = 0
+                async for chunk in response.aiter_lines():
+                    seen += '"content":"a"' in chunk
+                    if seen >= 10:
+                        break
+        line = await line_of(requests_log, "counted")
+    assert (line["outcome"], line["partial"], line["prompt_tokens"], line["tokens_estimated"]) == ("client_left", True, CountingUpstream.PROMPT, False)
+    assert line["completion_tokens"] >= 10
