@@ -57,13 +57,15 @@ async def test_json_logs_one_object_a_line(start: Start, upstream: tuple[MockMod
     assert any(line["logger"] == "uvicorn.error" and "message" in line for line in lines)
 
 
+@pytest.mark.parametrize("given_directory", [True, False], ids=["operators-directory", "runners-directory"])
 async def test_two_workers_add_up_their_metrics(
-    start: Start, redis_url: str, upstream: tuple[MockModel, str], client: httpx.AsyncClient, tmp_path: Path,
+    start: Start, redis_url: str, upstream: tuple[MockModel, str], tmp_path: Path, given_directory: bool,
 ) -> None:
     """Requests served by either worker are counted once in every scrape, whichever worker answers it."""
+    directory = {METRICS_DIR_VARIABLE: str(tmp_path)} if given_directory else {}
     with keys_expire(redis_url):
         _, url = start("--workers", "2", RELAY_REDIS_URL=redis_url, RELAY_STREAM_SECRET="s" * 32, RELAY_UPSTREAM=upstream[1],
-                       RELAY_MODELS="mock", **{METRICS_DIR_VARIABLE: str(tmp_path)})
+                       RELAY_MODELS="mock", **directory)
         count = 12
 
         async def one() -> None:
@@ -76,7 +78,7 @@ async def test_two_workers_add_up_their_metrics(
                 for _ in range(count):
                     tg.start_soon(one)
             # Each worker writes its gauges into the shared directory once a second: both are there.
-            while len(await anyio.to_thread.run_sync(_gauge_writers, tmp_path)) < 2:  # noqa: ASYNC110 (other processes' files)
+            while given_directory and len(await anyio.to_thread.run_sync(_gauge_writers, tmp_path)) < 2:  # noqa: ASYNC110 (other processes' files)
                 await anyio.sleep(0.05)
         for _ in range(4):
             async with httpx.AsyncClient(timeout=10) as fresh:
