@@ -15,6 +15,7 @@ import pytest
 from app.mock import MockModel
 from app.ops.requestlog import REQUESTS_LOGGER
 from tests.ops.scrape import scrape, value
+from tests.rawhttp import Response, open_post, read_until
 from tests.servers import mock_server, relay_server, serve_in_thread
 from tests.sse import chat, post_stream
 from tests.streams import create, read
@@ -212,3 +213,21 @@ async def test_a_client_that_leaves_gets_the_usage_the_upstream_reported_as_it_w
         line = await line_of(requests_log, "counted")
     assert (line["outcome"], line["partial"], line["prompt_tokens"], line["tokens_estimated"]) == ("client_left", True, CountingUpstream.PROMPT, False)
     assert line["completion_tokens"] >= 10
+
+
+async def test_a_reader_too_slow_is_an_error_not_a_client_that_left(requests_log: pytest.LogCaptureFixture) -> None:
+    """The stream's own end (``slow_consumer``) is the outcome, though the generation was closed without a terminal event of its own."""
+    endless = 10_000_000
+    with mock_server(ttft=0.0, interval=0.0, tokens=endless) as (model, upstream), \
+            relay_server(upstream, models=("mock",), slow_consumer_lag_bytes=20_000, slow_consumer_grace=10, max_tokens_limit=endless) as url:
+        with anyio.fail_after(30):
+            body = {"prompt": "stop", "stream": True, "model": "mock", "max_tokens": endless}
+            stream = await open_post(url, "/v1/generate", body, receive_buffer=262_144, request_id="too-slow")
+            response = Response()
+            await read_until(stream, response, body_contains=b"event: token")
+            await anyio.to_thread.run_sync(model.wait_for_disconnect, "too-slow", 20)  # the reader stopped: the relay gave up on it
+            await read_until(stream, response)
+            await stream.aclose()
+        line = await line_of(requests_log, "too-slow")
+    assert (line["outcome"], line["code"], line["partial"], line["tokens_estimated"]) == ("error", "slow_consumer", True, True)
+    assert line["completion_tokens"] > 0
