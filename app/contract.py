@@ -246,6 +246,7 @@ class Answer(msgspec.Struct, frozen=True):
     json: Any = None
     events: dict[str, Any] | None = None
     html: bool = False
+    text: bool = False  # a body of plain text
     headers: tuple[str, ...] = ()
 
 
@@ -313,6 +314,10 @@ HEALTH = Operation("The process is alive", {200: Answer("Alive", Health)})
 READY = Operation(
     "The relay can relay: its client is open and some upstream's circuit is not open",
     {200: Answer("Ready, with each upstream's state", Readiness), 503: Answer("Not ready", Readiness)},
+)
+METRICS = Operation(
+    "Prometheus metrics (text format): no key needed; keep it private at the proxy or with RELAY_METRICS=false",
+    {200: Answer("The metrics", text=True), 404: Answer("Metrics are off (RELAY_METRICS=false)", ErrorAnswer)},
 )
 CHAT_PAGE = Operation("The chat page", {200: Answer("The page", html=True)})
 OPENAPI = Operation("This document", {200: Answer("The OpenAPI 3.1 document", dict[str, Any])})
@@ -395,6 +400,8 @@ def _answer(answer: Answer, schema_of: Callable[[Any], Any]) -> dict[str, Any]:
         content["text/event-stream"] = {"schema": {"oneOf": [_event(name, schema_of(kind)) for name, kind in answer.events.items()]}}
     if answer.html:
         content["text/html"] = {"schema": {"type": "string"}}
+    if answer.text:
+        content["text/plain"] = {"schema": {"type": "string"}}
     if content:
         out["content"] = content
     if answer.headers:

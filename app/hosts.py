@@ -4,8 +4,8 @@ Starlette's ``TrustedHostMiddleware`` does the same check; this one answers in t
 error shape with a message that names the settings to change, and lets the health routes
 through whatever their ``Host``: a platform's probes (a load balancer's, Kubernetes' ``httpGet``)
 send the address they reach the process at, which no one lists, and a 400 there would take an
-otherwise healthy relay out of service. The health routes hand out no URL, so an odd Host costs
-nothing there.
+otherwise healthy relay out of service. So does a Prometheus scraper (``/metrics``), which reaches
+each process at its address. None of these routes hands out a URL, so an odd Host costs nothing there.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from app.errors import RequestError
 from app.routes.http import send_error
 from app.types import ASGIApp, Receive, Scope, Send
 
-PROBES = frozenset({"/healthz", "/readyz"})
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class AllowedHosts:

@@ -21,10 +21,14 @@ from app.capability import Capabilities
 from app.hosts import AllowedHosts
 from app.middleware import ApiKeyAuth
 from app.ops.keys import Keys
+from app.ops.limits import Debits
+from app.ops.metrics import Metrics, State, mark_dead, multiprocess_dir, serve_gauges
+from app.ops.record import Operations
+from app.ops.requestlog import RequestLog
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
 from app.routes.openapi import contract_routes
-from app.routes.ops import healthz, readyz
+from app.routes.ops import healthz, metrics, readyz
 from app.routes.router import ASGIRoute, Files, RelayRouter
 from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
@@ -69,11 +73,24 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             detached = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(detached.cancel_scope.cancel)
             limits = StreamLimits(settings.stream_grace, settings.stream_retention, settings.stream_log_max_bytes)
-            streams = ResumableStreams(log, limits, live, detached, peers)
+            # Operations observe every request's end through one seam (app/ops/): key limits' debits, the metrics and the request log.
+            operations = Operations([Debits(), RequestLog()])
+            streams = ResumableStreams(log, limits, live, detached, peers, operations)
+            metrics_ = None
+            if settings.metrics:
+                metrics_ = Metrics(runtime.models | runtime.routes.keys(), upstreams, multiprocess_dir=multiprocess_dir())
+                operations.observers.append(metrics_)
+                shared = serve_gauges(metrics_, State(operations, upstreams.values(), lambda: (streams.running, streams.readers)))
+                if shared is not None:  # several workers: each copies its gauges into the shared files
+                    detached.start_soon(shared.run)
+                    stack.callback(mark_dead, os.getpid())
             secret = settings.stream_secret.encode() if settings.stream_secret else secrets.token_bytes(32)
             capabilities = Capabilities(secret, settings.stream_token_ttl)
             # ``shut_down`` is the runner's: it ends every stream when the server shuts down (app/connections.py).
-            yield {"runtime": runtime, "streams": streams, "capabilities": capabilities, "shut_down": live.shut_down}
+            yield {
+                "runtime": runtime, "streams": streams, "capabilities": capabilities, "shut_down": live.shut_down,
+                "operations": operations, "metrics": metrics_,
+            }
 
     routes = [
         ASGIRoute("/v1/chat/completions", chat_completions, "POST", contract.CHAT),
@@ -84,6 +101,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         ASGIRoute("/", chat_page, "GET", contract.CHAT_PAGE),
         ASGIRoute("/healthz", healthz, "GET", contract.HEALTH),
         ASGIRoute("/readyz", readyz, "GET", contract.READY),
+        ASGIRoute("/metrics", metrics, "GET", contract.METRICS),
     ]
     routes += contract_routes(routes)
     static = Mount("/static", Files(StaticFiles(directory=STATIC_DIR)), name="static")

@@ -13,7 +13,8 @@ import functools
 import gc
 import logging
 import os
-from collections.abc import MutableMapping
+import tempfile
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import uvicorn
@@ -22,6 +23,7 @@ from uvicorn.supervisors import Multiprocess
 
 from app.connections import ConnectionGuard, OverCapacity, RelayProtocol
 from app.main import create_app, with_cors
+from app.ops.requestlog import JsonFormatter
 from app.redaction import RedactTokens
 from app.runtime import connection_limit, raise_open_files_limit
 from app.settings import ENV_PREFIX, Settings
@@ -29,13 +31,24 @@ from app.settings import ENV_PREFIX, Settings
 logger = logging.getLogger("token_relay")
 
 
+# Where prometheus-client's multiprocess mode keeps every worker's metrics (read when it is imported).
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def log_config(settings: Settings) -> dict[str, Any]:
-    """uvicorn's logging, with the relay's own logger on the same handler, and no stream token on any handler."""
+    """uvicorn's logging, with the relay's own logger on the same handler, and no stream token on any handler.
+
+    With ``log_format = "json"`` every handler writes one JSON object a line (app/ops/requestlog.py).
+    """
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["token_relay"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
     config["filters"] = {"redact_tokens": {"()": RedactTokens}}
+    if settings.log_format == "json":
+        config["formatters"] = {"json": {"()": JsonFormatter}}
     for handler in ("default", "access"):
         config["handlers"][handler]["filters"] = ["redact_tokens"]
+        if settings.log_format == "json":
+            config["handlers"][handler]["formatter"] = "json"
     return config
 
 
@@ -93,8 +106,26 @@ def serve(settings: Settings) -> None:
             uvicorn.Server(RelayConfig(settings)).run()
         return
     # Several workers need Redis, and Redis a stream secret (Settings checks both): every worker signs and checks the same URLs.
-    config = RelayConfig(settings, withdraw_environment(settings), workers=settings.workers)
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    with metrics_directory():
+        config = RelayConfig(settings, withdraw_environment(settings), workers=settings.workers)
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+@contextlib.contextmanager
+def metrics_directory(environ: MutableMapping[str, str] = os.environ) -> Iterator[str]:
+    """The directory where the workers' metrics meet, set in the environment they inherit (each worker's
+    prometheus-client reads it when it is imported there): a fresh one, removed afterwards, unless the
+    operator set ``PROMETHEUS_MULTIPROC_DIR``, which is then theirs to empty before a start."""
+    given = environ.get(METRICS_DIR_VARIABLE)
+    if given:
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="token-relay-metrics-") as path:
+        environ[METRICS_DIR_VARIABLE] = path
+        try:
+            yield path
+        finally:
+            environ.pop(METRICS_DIR_VARIABLE, None)
 
 
 def withdraw_environment(settings: Settings, environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:

@@ -76,6 +76,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workers: Positive = 1
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True
+    # "json": every log line (the relay's, the access log, the line at each request's end) is one JSON object.
+    log_format: Literal["text", "json"] = "text"
+    # GET /metrics, and the recording behind it (off: 404, and nothing recorded; for comparing the cost in bench/).
+    metrics: bool = True
     # The URL clients reach the relay at ("https://relay.example.com", maybe with a path prefix):
     # the base of the stream URLs it hands out. Unset: the request's scheme and Host.
     public_url: str | None = None

@@ -117,10 +117,13 @@ def start_target(target: str, mock_base: str) -> tuple[Proc | None, str]:
         return None, mock_base + "/v1/chat/completions"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    if target == "token-relay" or target.startswith("token-relay@"):
-        # token-relay@REV runs app/ as committed at REV, exported aside: a fixed build to compare.
-        cwd = export_app(target.partition("@")[2]) if "@" in target else ROOT
+    if target.partition("+")[0] == "token-relay" or target.startswith("token-relay@"):
+        # token-relay@REV runs app/ as committed at REV, exported aside: a fixed build to compare;
+        # token-relay+NAME=VALUE[+…] with those settings (token-relay+RELAY_METRICS=false: without metrics).
+        build, *settings = target.split("+")
+        cwd = export_app(build.partition("@")[2]) if "@" in build else ROOT
         env = {"RELAY_UPSTREAM": mock_base + "/v1", "RELAY_ACCESS_LOG": "false", "RELAY_LOG_LEVEL": "warning"}
+        env |= dict(setting.partition("=")[::2] for setting in settings)
         proc = Proc(target, [PY, "-m", "app", "serve", "--port", str(port)], SERVER_CORE, env, cwd)
         proc.wait_ready(base + "/healthz")
     elif target.startswith("usual-"):

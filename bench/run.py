@@ -11,7 +11,10 @@ proxy, from its own venv: bench/setup_litellm.sh), ``token-relay``
 (bench/usual_relay.py with that client) and ``tcp-proxy`` (bench/tcpproxy.py: the floor
 of any relay, a byte-for-byte proxy). ``token-relay@REV`` runs app/ as committed at git
 revision REV (exported under bench/out/trees/), so that builds can be compared in one run
-while app/ changes underneath.
+while app/ changes underneath. ``token-relay+NAME=VALUE`` (several joined by ``+``, with or
+without ``@REV``) runs it with those settings: ``token-relay+RELAY_METRICS=false`` beside
+``token-relay`` is the cost of the metrics, ``token-relay+RELAY_LOG_LEVEL=info`` that of the
+request log's line per request (the targets log warnings only, by default).
 
 Scenarios:
 
@@ -39,6 +42,8 @@ Scenarios:
     .venv/bin/python bench/run.py --quick --scenarios resumable
     .venv/bin/python bench/run.py --scenarios steady --targets direct,token-relay --runs 5
     .venv/bin/python bench/run.py --profile  # adds a py-spy profile of token-relay (steady)
+    # what operations cost: per event (steady: CPU per token) and per request (ttft), with and without
+    .venv/bin/python bench/run.py --scenarios steady,ttft --targets direct,token-relay,token-relay+RELAY_METRICS=false,token-relay+RELAY_LOG_LEVEL=info
 
 Raw results go to bench/out/run-<time>.json, the tables (ending with the ratios of bench/ratios.py)
 to stdout and bench/out/run-<time>.md, the chart (bench/chart.py) to bench/out/run-<time>.png.
@@ -492,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = [t for t in cfg.targets.split(",") if t]
     scenarios = [s for s in cfg.scenarios.split(",") if s]
     for name in targets:
-        if name not in ALL_TARGETS and not name.startswith("token-relay@"):
+        if name not in ALL_TARGETS and not name.startswith(("token-relay@", "token-relay+")):
             p.error(f"unknown target {name!r}")
     if "direct" not in targets:
         targets.insert(0, "direct")

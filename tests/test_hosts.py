@@ -56,11 +56,12 @@ async def test_a_host_not_allowed_gets_400_on_every_route(mock: tuple[MockModel,
 
 
 async def test_the_health_routes_answer_whatever_the_host(mock: tuple[MockModel, str], client: httpx.AsyncClient) -> None:
-    """A platform's probes reach the process by an address nobody lists: they must not take it out of service."""
+    """A platform's probes and a Prometheus scraper reach the process by an address nobody lists: they must not take it out of service."""
     with relay_server(mock[1], models=("mock",)) as relay_url:
         for host in ["10.1.2.3:8000", "evil.example", ""]:
             assert (await client.get(relay_url + "/healthz", headers={"host": host})).status_code == 200, host
             assert (await client.get(relay_url + "/readyz", headers={"host": host})).status_code == 200, host
+            assert (await client.get(relay_url + "/metrics", headers={"host": host})).status_code == 200, host
         refused = await client.get(relay_url + "/v1/streams/st_x/events", headers={"host": "10.1.2.3:8000"})
         assert refused.status_code == 400
         assert refused.json()["error"]["code"] == "invalid_host"

@@ -27,7 +27,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.abc
@@ -37,12 +37,16 @@ from redis.exceptions import RedisError
 
 from app.errors import RequestError
 from app.ops.keys import Key
-from app.streaming.events import Usage
 from app.streaming.request import GenerationRequest
+
+if TYPE_CHECKING:
+    from app.ops.record import RequestRecord
 
 logger = logging.getLogger("token_relay")
 
 WINDOW = 60.0
+# The codes of a refusal for a key over one of its limits: each names its limit.
+LIMIT_CODES = frozenset({"max_concurrent_streams", "requests_per_minute", "tokens_per_minute"})
 LEASE = 30.0  # seconds a process's hold on a slot lasts unrenewed, in Redis
 
 
@@ -58,18 +62,11 @@ class Admission:
         self.prompt = prompt
         self.id = uuid.uuid4().hex
 
-    def end(self, usage: Usage | None, relayed: int) -> None:
-        """The request ended: free its slot, and debit what it used in place of its reservation.
-
-        What it used is the model server's usage; where that is unknown (a stream cut short,
-        a server that reports none), the prompt's estimate and the ``relayed`` parts.
-        """
+    def end(self, prompt_tokens: int | None, completion_tokens: int) -> None:
+        """The request ended: free its slot, and debit what it used in place of its reservation (an unknown prompt: its estimate)."""
         limits, self._limits = self._limits, None
-        if limits is None or self.key is None:
-            return
-        prompt = usage.prompt_tokens if usage is not None and usage.prompt_tokens is not None else self.prompt
-        completion = usage.completion_tokens if usage is not None and usage.completion_tokens is not None else relayed
-        limits.release(self, prompt + completion)
+        if limits is not None and self.key is not None:
+            limits.release(self, (self.prompt if prompt_tokens is None else prompt_tokens) + completion_tokens)
 
 
     def refund(self) -> None:
@@ -80,6 +77,17 @@ class Admission:
 
 
 NO_LIMITS = Admission(None, None, 0)
+
+
+class Debits:
+    """The observer (app/ops/record.py) that ends each request's admission with the usage its record reports."""
+
+    def request_ended(self, record: RequestRecord) -> None:
+        admission = record.admission
+        if not record.generated:  # refused, or the client left before its generation began: nothing reached a model server
+            admission.refund()
+        else:
+            admission.end(record.prompt_tokens, record.completion_tokens or 0)
 
 
 def estimate(request: GenerationRequest) -> tuple[int, int]:

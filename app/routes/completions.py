@@ -7,6 +7,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 from app.errors import RequestError
+from app.ops import seam
+from app.ops.record import RequestRecord
 from app.routes.http import (
     SSE_HEADERS,
     ClientGone,
@@ -18,6 +20,7 @@ from app.routes.http import (
     send_error,
     send_json,
     send_upstream_failure,
+    upstream_failure_status,
 )
 from app.runtime import Runtime
 from app.schemas import ChatRequest
@@ -33,27 +36,34 @@ _RELAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
 
 
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
-    stream = await _answer(scope, receive, send)
-    if stream is not None:
-        # Run the stream outside the frame that decoded the request: a stream can last minutes,
-        # and that frame holds the request body, which the upstream has had since the first second.
-        await stream
+    record = seam.begin(scope, "openai_chat", request_id(scope))
+    try:
+        stream = await _answer(scope, receive, send, record)
+        if stream is not None:
+            # Run the stream outside the frame that decoded the request: a stream can last minutes,
+            # and that frame holds the request body, which the upstream has had since the first second.
+            await stream
+    finally:
+        seam.end(scope, record)
 
 
-async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None] | None:
+async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> Coroutine[Any, Any, None] | None:
     """Answer a refused or non-streamed request; for a stream, return the relay to run (it sends the head)."""
     runtime: Runtime = scope["state"]["runtime"]
     settings = runtime.settings
-    rid = request_id(scope)
+    rid = record.request_id
     headers = [(b"x-request-id", rid.encode())]
     try:
         raw = decode_object(await read_body(scope, receive, settings.max_body_bytes))
+        record.model = seam.model_of(raw)
         chat, upstream = admit_chat(runtime, raw)
         request = generation_request(rid, chat.model, raw, settings.max_tokens_limit)
-        admission = await runtime.admit_key(scope, request)
+        record.admission = await runtime.admit_key(scope, request)
     except ClientGone:
+        record.outcome = "client_left"
         return None
     except RequestError as exc:
+        record.refused(exc.status, exc.code)
         await send_error(send, exc)
         return None
     model = chat.model
@@ -61,14 +71,16 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     if chat.stream:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
         encoder = OpenAIChunks(completion_id, model, include_usage)
+        record.status = 200  # unless the upstream refuses it before the head (``_refuse``)
         return relay_stream(
             receive, send, upstream, request, encoder, settings, runtime.live,
             head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
-            refuse=functools.partial(_refuse, send, headers), admission=admission,
+            refuse=functools.partial(_refuse, send, headers, record), record=record,
         )
-    result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes, admission=admission)
+    result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes, record=record)
     if result is None:
         return None
+    record.status = upstream_failure_status(result.terminal) if isinstance(result.terminal, Error) else 200
     if isinstance(result.terminal, Error):
         await send_upstream_failure(send, result.terminal, headers, openai=True)
     else:
@@ -76,7 +88,8 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     return None
 
 
-async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], error: Error) -> None:
+async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], record: RequestRecord, error: Error) -> None:
+    record.status = upstream_failure_status(error)
     await send_upstream_failure(send, error, headers, openai=True)
 
 

@@ -7,6 +7,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 from app.errors import RequestError
+from app.ops import seam
+from app.ops.record import RequestRecord
 from app.routes.http import (
     SSE_HEADERS,
     ClientGone,
@@ -17,6 +19,7 @@ from app.routes.http import (
     send_error,
     send_json,
     send_upstream_failure,
+    upstream_failure_status,
 )
 from app.runtime import Runtime
 from app.schemas import GenerateRequest, generate_decoder
@@ -31,37 +34,47 @@ DEFAULT_MAX_TOKENS = 512
 
 
 async def generate(scope: Scope, receive: Receive, send: Send) -> None:
-    stream = await _answer(scope, receive, send)
-    if stream is not None:
-        # Run the stream outside the frame that decoded the request: a stream can last minutes,
-        # and that frame holds the prompt, which the upstream has had since the first second.
-        await stream
+    record = seam.begin(scope, "native", request_id(scope))
+    try:
+        stream = await _answer(scope, receive, send, record)
+        if stream is not None:
+            # Run the stream outside the frame that decoded the request: a stream can last minutes,
+            # and that frame holds the prompt, which the upstream has had since the first second.
+            await stream
+    finally:
+        seam.end(scope, record)
 
 
-async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None] | None:
+async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> Coroutine[Any, Any, None] | None:
     """Answer a refused or non-streamed request; for a stream, return the relay to run (it sends the head)."""
     runtime: Runtime = scope["state"]["runtime"]
     settings = runtime.settings
-    rid = request_id(scope)
+    rid = record.request_id
     headers = [(b"x-request-id", rid.encode())]
     try:
         body = decode(await read_body(scope, receive, settings.max_body_bytes), generate_decoder)
+        record.model = body.model
         upstream, request = admit_generate(runtime, rid, body)
-        admission = await runtime.admit_key(scope, request)
+        record.model = request.model
+        record.admission = await runtime.admit_key(scope, request)
     except ClientGone:
+        record.outcome = "client_left"
         return None
     except RequestError as exc:
+        record.refused(exc.status, exc.code)
         await send_error(send, exc)
         return None
     if body.stream:
+        record.status = 200  # unless the upstream refuses it before the head (``_refuse``)
         return relay_stream(
             receive, send, upstream, request, NativeEvents(), settings, runtime.live,
             head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
-            refuse=functools.partial(_refuse, send, headers), admission=admission,
+            refuse=functools.partial(_refuse, send, headers, record), record=record,
         )
-    result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes, admission=admission)
+    result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes, record=record)
     if result is None:
         return None
+    record.status = upstream_failure_status(result.terminal) if isinstance(result.terminal, Error) else 200
     if isinstance(result.terminal, Error):
         await send_upstream_failure(send, result.terminal, headers, openai=False)
     else:
@@ -69,7 +82,8 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     return None
 
 
-async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], error: Error) -> None:
+async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], record: RequestRecord, error: Error) -> None:
+    record.status = upstream_failure_status(error)
     await send_upstream_failure(send, error, headers, openai=False)
 
 

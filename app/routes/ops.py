@@ -1,8 +1,10 @@
-"""``GET /healthz`` (the process is alive) and ``GET /readyz`` (it can relay, and each upstream's state)."""
+"""``GET /healthz`` (the process is alive), ``GET /readyz`` (it can relay, and each upstream's state), ``GET /metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
-from app.routes.http import json_body, send_json
+from app.errors import RequestError
+from app.ops.metrics import Metrics
+from app.routes.http import json_body, send_error, send_json
 from app.runtime import Runtime
 from app.streaming.resumable import ResumableStreams
 from app.types import Receive, Scope, Send
@@ -30,3 +32,12 @@ async def readyz(scope: Scope, receive: Receive, send: Send) -> None:
     if streams is not None and streams.peers is not None:
         body["redis"] = "up" if await streams.peers.ping() else "down"
     await send_json(send, 200 if ready else 503, json_body(body))
+
+
+async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+    """The Prometheus text format; no key, like ``/healthz`` (README: keep it private)."""
+    registry: Metrics | None = scope["state"]["metrics"]
+    if registry is None:
+        await send_error(send, RequestError(404, "not_found", "metrics are off here (RELAY_METRICS=false)"))
+        return
+    await registry.endpoint(scope, receive, send)

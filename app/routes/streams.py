@@ -28,7 +28,9 @@ import msgspec
 
 from app.capability import CANCEL, READ, Capabilities
 from app.errors import RequestError
+from app.ops import seam
 from app.ops.keys import key_of
+from app.ops.record import RequestRecord
 from app.routes.completions import admit_chat, generation_request
 from app.routes.generate import admit_generate
 from app.routes.http import SSE_HEADERS, ClientGone, convert, decode_object, header, json_body, read_body, request_id, send_error, send_json
@@ -37,7 +39,7 @@ from app.schemas import GenerateRequest
 from app.streaming.encoders import error_body
 from app.streaming.eventlog import Entry, InvalidEventId, LogUnavailable, StreamInfo
 from app.streaming.events import Error
-from app.streaming.resumable import TERMINAL_EVENTS, ResumableStreams
+from app.streaming.resumable import TERMINAL_EVENTS, ResumableStream, ResumableStreams
 from app.streaming.sse import HEARTBEAT
 from app.types import Receive, Scope, Send
 
@@ -58,11 +60,26 @@ LOG_UNAVAILABLE = b"event: error\ndata: %b\n\n" % msgspec.json.encode(error_body
 async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
     runtime: Runtime = scope["state"]["runtime"]
     streams: ResumableStreams = scope["state"]["streams"]
-    capabilities: Capabilities = scope["state"]["capabilities"]
-    settings = runtime.settings
     rid = request_id(scope)
+    record = seam.begin(scope, "resumable", rid, resumable=True)
+    stream: ResumableStream | None = None
+    try:
+        stream = await _start(scope, receive, send, runtime, streams, record)
+    finally:
+        if stream is None:  # else the stream ends its record, when its generation ends
+            seam.end(scope, record)
+    if stream is None:
+        return
+    await _created(scope, send, stream, rid)
+
+
+async def _start(scope: Scope, receive: Receive, send: Send, runtime: Runtime, streams: ResumableStreams, record: RequestRecord) -> ResumableStream | None:
+    """The stream started, or ``None`` once the request has been answered with an error."""
+    settings = runtime.settings
+    rid = record.request_id
     try:
         raw = decode_object(await read_body(scope, receive, settings.max_body_bytes))
+        record.model = seam.model_of(raw)
         if "messages" in raw:  # a chat body, as for /v1/chat/completions
             chat, upstream = admit_chat(runtime, raw, choices=False)
             request = generation_request(rid, chat.model, raw, settings.max_tokens_limit)
@@ -76,22 +93,25 @@ async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
             raise RequestError(
                 503, "stream_log_full", "the streams being generated fill the relay's event log; retry shortly", headers={"Retry-After": "5"},
             )
-        admission = await runtime.admit_key(scope, request)
-        try:
-            stream = await streams.start(upstream, request, owner=_key_name(scope), admission=admission)
-        except BaseException:
-            admission.refund()
-            raise
+        record.model = request.model
+        record.admission = await runtime.admit_key(scope, request)
+        stream = await streams.start(upstream, request, owner=_key_name(scope), record=record)
+        record.status = 201
+        return stream
     except ClientGone:
-        return
+        record.outcome = "client_left"
     except RequestError as exc:
+        record.refused(exc.status, exc.code)
         await send_error(send, exc)
-        return
     except LogUnavailable:
-        await send_error(send, RequestError(
-            503, "log_unavailable", "the relay's event log (Redis) cannot be reached; retry shortly", headers={"Retry-After": "2"},
-        ))
-        return
+        unavailable = RequestError(503, "log_unavailable", "the relay's event log (Redis) cannot be reached; retry shortly", headers={"Retry-After": "2"})
+        record.refused(unavailable.status, unavailable.code)
+        await send_error(send, unavailable)
+    return None
+
+
+async def _created(scope: Scope, send: Send, stream: ResumableStream, rid: str) -> None:
+    capabilities: Capabilities = scope["state"]["capabilities"]
     base = _origin(scope) + "/v1/streams/" + stream.id
     read_token, expires = capabilities.issue(stream.id, READ)
     cancel_token, _ = capabilities.issue(stream.id, CANCEL)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol, assert_never
 
 import msgspec
@@ -65,11 +66,16 @@ class Sink(Protocol):
 class Attempt:
     __slots__ = (
         "_deadline", "_exchange", "_first", "_idle", "_loop", "_number", "_probe", "_request_id", "_sink", "_state", "_target",
-        "_timer", "_total_deadline", "tokens", "usage",
+        "_timer", "_total_deadline", "on_first", "terminal", "tokens", "usage",
     )
 
-    def __init__(self, target: Target, sink: Sink, *, number: int, request_id: str, probe: bool, total_deadline: float) -> None:
-        """An attempt on ``target``, holding the slot of its circuit that was taken for it (``probe``: as the probe)."""
+    def __init__(self, target: Target, sink: Sink, *, number: int, request_id: str, probe: bool, total_deadline: float,
+                 on_first: Callable[[], None]) -> None:
+        """An attempt on ``target``, holding the slot of its circuit that was taken for it (``probe``: as the probe).
+
+        ``on_first`` is called when its first event goes to the sink (the request's record times it).
+        """
+        self.on_first = on_first
         self._target = target
         self._sink = sink
         self._number = number
@@ -83,8 +89,10 @@ class Attempt:
         self._deadline = 0.0  # the idle deadline, once a part has come
         self._first: asyncio.Future[Error | None] | None = None  # set while the attempt may still fail over
         self._state = _PENDING  # the only thing a part checks: whether it is _STREAMING
-        self.tokens = 0
+        # Read at the end by the request's record (app/ops/record.py): nothing more is done per event.
+        self.tokens = 0  # generated parts (content, reasoning, refusal, tool-call fragments)
         self.usage: Usage | None = None  # the model server's, when it reported it
+        self.terminal: Terminal | None = None
 
     @property
     def live(self) -> bool:
@@ -135,7 +143,7 @@ class Attempt:
             self._release(finished=self._state is _FINISHED)
             return _verdict(first)
         # Until the first part the deadline is the timer's own: ``_deadline`` (0.0) stays passed, and a part moves it.
-        self._arm(min(self._deadline if self.tokens else started + timeouts.first_token, self._total_deadline))
+        self._arm(min(self._deadline or started + timeouts.first_token, self._total_deadline))
         if first is None or first.done():
             return _verdict(first)
         return await first
@@ -148,8 +156,17 @@ class Attempt:
         return target.upstream.adapter.build_request(request, target.upstream.api_key)
 
     @property
+    def number(self) -> int:
+        """Its place among the generation's attempts, from 1."""
+        return self._number
+
+    @property
+    def upstream_name(self) -> str:
+        return self._target.upstream.name
+
+    @property
     def phase(self) -> str:
-        return "stream" if self.tokens else "first_token"
+        return "stream" if self._deadline else "first_token"
 
     def end(self, error: Error, *, fault: bool = False) -> None:
         """End the attempt with ``error``: its terminal event, or, for a ``fault`` before the first event with a fallback left, its failover."""
@@ -185,13 +202,13 @@ class Attempt:
                 return
             self._commit(event, fault=False)
         match event:
-            case Delta() | Reasoning() | RedactedReasoning() | ToolCall() | Refusal() | Logprobs():
+            case Delta() | Reasoning() | RedactedReasoning() | ToolCall() | Refusal():
                 # Any progress, not only content: a model may reason, or call a tool, for longer than a first-token timeout.
                 self.tokens += 1
                 self._deadline = self._loop.time() + self._idle
-            case Usage():
-                self.usage = event
-                self.tokens += 1
+            case Logprobs() | Usage():  # progress too, but no token of its own
+                if type(event) is Usage:
+                    self.usage = event
                 self._deadline = self._loop.time() + self._idle
             case Finish():
                 self._conclude(event, fault=False)
@@ -206,6 +223,7 @@ class Attempt:
     def _commit(self, event: Event, *, fault: bool) -> None:
         """The first event goes to the sink: the stream belongs to this upstream from now on."""
         self._state = _STREAMING
+        self.on_first()
         first, self._first = self._first, None
         if first is not None and not first.done():
             first.set_result(None)
@@ -222,6 +240,7 @@ class Attempt:
         """The terminal event: the upstream's circuit is told of a fault, the exchange ends, the sink gets it."""
         finished = type(event) is Finish
         self._state = _FINISHED if finished else _FAILED
+        self.terminal = event
         if fault:
             self._target.upstream.circuit.failed()
         self._release(finished=finished)
@@ -271,7 +290,7 @@ class Attempt:
         if now >= self._total_deadline:
             self._raised(TotalTimeout(timeouts.total or 0.0))
         elif now >= self._deadline:
-            self._raised(UpstreamTimeout(self.phase, timeouts.idle if self.tokens else timeouts.first_token))
+            self._raised(UpstreamTimeout(self.phase, timeouts.idle if self._deadline else timeouts.first_token))
         else:
             self._arm(min(self._deadline, self._total_deadline))
 

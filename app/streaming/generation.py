@@ -27,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 
 from app.streaming.attempt import Attempt, Sink
-from app.streaming.events import Error, Usage
+from app.streaming.events import Error, Terminal, Usage
 from app.streaming.request import GenerationRequest
 from app.streaming.routing import Route, Timeouts, Upstream
 
@@ -38,8 +39,12 @@ __all__ = ["Generation", "Route", "Sink", "Timeouts", "Upstream"]
 logger = logging.getLogger("token_relay")
 
 
+def _nothing() -> None:
+    pass
+
+
 class Generation:
-    __slots__ = ("_attempt", "_ended", "_request", "_route", "_sink")
+    __slots__ = ("_attempt", "_ended", "_request", "_route", "_sink", "_terminal", "on_first_event")
 
     def __init__(self, route: Route | Upstream, request: GenerationRequest, sink: Sink) -> None:
         self._route = route if isinstance(route, Route) else Route.to(route)
@@ -47,6 +52,8 @@ class Generation:
         self._sink = sink
         self._attempt: Attempt | None = None  # the current one: live, ended, or failed over until the next one starts
         self._ended = False  # closed, or ended by the generation itself (no attempt had the stream)
+        self._terminal: Error | None = None  # its own terminal event, when no attempt had the stream
+        self.on_first_event: Callable[[], None] = _nothing  # set by the request's record before the start
 
     async def start(self) -> None:
         """Connect and send the request (to the next upstream, while one fails before its first event).
@@ -71,7 +78,7 @@ class Generation:
                 continue
             fallback = number < len(targets)
             attempt = self._attempt = Attempt(target, self._sink, number=number, request_id=request_id, probe=probe,
-                                              total_deadline=total_deadline)
+                                              total_deadline=total_deadline, on_first=self.on_first_event)
             # Passed, not kept in a local: on the last upstream nothing here holds the prompt while the stream waits.
             failure = await attempt.run(self._request if fallback else self._take_request(), fallback=fallback)
             if failure is None or self.done:
@@ -99,6 +106,22 @@ class Generation:
         return 0 if self._attempt is None else self._attempt.tokens
 
     @property
+    def terminal(self) -> Terminal | None:
+        """The terminal event the sink got, if it got one."""
+        if self._terminal is not None or self._attempt is None:
+            return self._terminal
+        return self._attempt.terminal
+
+    @property
+    def attempts(self) -> int:
+        return 0 if self._attempt is None else self._attempt.number
+
+    @property
+    def upstream_name(self) -> str | None:
+        """The upstream that has (or last had) the request; ``None`` if none was tried."""
+        return None if self._attempt is None else self._attempt.upstream_name
+
+    @property
     def usage(self) -> Usage | None:
         """The model server's usage, when it reported it."""
         return None if self._attempt is None else self._attempt.usage
@@ -124,4 +147,5 @@ class Generation:
     def _end(self, error: Error) -> None:
         """The terminal event when no attempt has the stream: before the first, between two, or after the last."""
         self._ended = True
+        self._terminal = error
         self._sink.push(error)

@@ -171,6 +171,11 @@ class DirectStream:
         if self._head is not None:
             self._wake()
 
+    @property
+    def terminal(self) -> Terminal | None:
+        """The terminal event the stream ends (or ended) with, its own (``slow_consumer``) or the generation's."""
+        return self._terminal
+
     def _can_send_inline(self) -> bool:
         return not self._busy and self._suspended is None and not self.finished and self._head is None
 
@@ -350,6 +355,11 @@ class CollectedStream:
 
     def opened(self) -> None:
         pass
+
+    @property
+    def terminal(self) -> Terminal | None:
+        """The answer's end, once known (``response_too_large`` is its own); ``None`` also once the client left."""
+        return self._done.result() if self._done.done() else None
 
     def abandon(self) -> None:
         """The client left: ``result()`` returns ``None``."""

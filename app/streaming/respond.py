@@ -30,7 +30,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
 
-from app.ops.limits import NO_LIMITS, Admission
+from app.ops.record import RequestRecord
 from app.settings import Settings
 from app.streaming.encoders import Collected, StreamEncoder
 from app.streaming.events import Error
@@ -86,13 +86,14 @@ async def relay_stream(
     *,
     head: Message,
     refuse: Callable[[Error], Awaitable[None]],
-    admission: Admission = NO_LIMITS,
+    record: RequestRecord,
 ) -> None:
     """Relay a generation to the client as a stream, beginning with the response ``head``.
 
     The head waits for the upstream's (or the first event, or the first heartbeat): a model
     server that refuses the request itself (``Error.refused``) before it is sent is answered
-    by ``refuse``, with the model server's status, in place of the stream.
+    by ``refuse``, with the model server's status, in place of the stream. ``record`` learns
+    what the generation did, however the stream ends.
     """
     # The stream cuts itself off ``grace`` after a slow consumer's error. asyncio's timeout, not an
     # anyio cancel scope: that would cost every stream its two sets and its task's anyio state (1 KB).
@@ -111,7 +112,8 @@ async def relay_stream(
             )
             generation = Generation(upstream, request, stream)
             del request  # the generation drops it once sent
-            stream.on_abort = generation.close
+            generation.on_first_event = record.first_streamed
+            stream.on_abort = functools.partial(_abort, record, generation, stream)
             with live.track(generation):
                 stream.start_heartbeats()
                 # The generation connects and waits for the upstream's head on a task of its own,
@@ -122,18 +124,22 @@ async def relay_stream(
                     await stream.run(receive)
                 finally:
                     generation.close()
-                    admission.end(generation.usage, generation.tokens)
                     stream.stop_heartbeats()
                     stream.on_abort = nothing  # the stream and the generation hold each other: let refcounting free them
                     starting.cancel()  # if it is still connecting or waiting for the head
+                    record.take(generation, stream.terminal)
     except TimeoutError:
         if not cut.expired():
             raise
 
 
+def _abort(record: RequestRecord, generation: Generation, stream: DirectStream) -> None:
+    """The stream ends early: the client left (then the time to close the upstream is measured), or fell too far behind."""
+    record.close(generation, stream.terminal)
+
+
 async def relay_collected(
-    receive: Receive, upstream: Route | Upstream, request: GenerationRequest, live: LiveRequests, *, limit: int,
-    admission: Admission = NO_LIMITS,
+    receive: Receive, upstream: Route | Upstream, request: GenerationRequest, live: LiveRequests, *, limit: int, record: RequestRecord,
 ) -> Collected | None:
     """Run a generation to its end and return it whole; ``None`` if the client left first.
 
@@ -142,25 +148,28 @@ async def relay_collected(
     sink = CollectedStream(limit)
     generation = Generation(upstream, request, sink)
     del request
+    generation.on_first_event = record.first_event
     with live.track(generation):
         starting = _start(generation)
         # Watches receive() until the client leaves, or until the answer is sent (ASGI's receive()
         # then says http.disconnect too): it ends by itself, nobody cancels it. While it waits, the
         # server's receive() holds its wake-up (uvicorn's, granian's and hypercorn's all do), so
         # it needs no other reference.
-        asyncio.get_running_loop().create_task(_watch_collected(receive, generation, sink, starting))
+        asyncio.get_running_loop().create_task(_watch_collected(receive, generation, sink, starting, record))
         try:
             return await sink.result()
         finally:
             generation.close()
-            admission.end(generation.usage, generation.tokens)
             starting.cancel()
+            record.take(generation, sink.terminal)
 
 
-async def _watch_collected(receive: Receive, generation: Generation, sink: CollectedStream, starting: asyncio.Task[None]) -> None:
+async def _watch_collected(
+    receive: Receive, generation: Generation, sink: CollectedStream, starting: asyncio.Task[None], record: RequestRecord,
+) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-    generation.close()
+    record.close(generation, sink.terminal)
     starting.cancel()
     sink.abandon()
 

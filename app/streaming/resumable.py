@@ -43,7 +43,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from app.ops.limits import NO_LIMITS, Admission
+from app.ops.record import Operations, RequestRecord
 from app.streaming.encoders import error_body, native_done, native_parts
 from app.streaming.eventlog import NO_OWNER, AppendRefused, EventLog, LogUnavailable, StreamInfo
 from app.streaming.events import Delta, Error, Event, Finish, Logprobs, Part, Reasoning, RedactedReasoning, Refusal, ToolCall, Usage
@@ -57,6 +57,8 @@ logger = logging.getLogger("token_relay")
 
 _encode = msgspec.json.Encoder().encode
 TERMINAL_EVENTS = frozenset({"done", "error"})
+# How a stream ended when its appends were refused: another process ended it first (the fence), or the log dropped it.
+_REFUSED = Error("relay_error", "append_refused", "the event log refused the stream's events", "stream")
 
 
 class StreamLimits(msgspec.Struct, frozen=True):
@@ -71,10 +73,10 @@ class ResumableStream:
     def __init__(
         self, stream_id: str, log: EventLog, limits: StreamLimits, upstream: Route | Upstream, request: GenerationRequest,
         *, owner: str | None, log_full: Callable[[], None], lease: str | None = None, ask_peers: Callable[[], None] | None = None,
-        admission: Admission = NO_LIMITS,
+        record: RequestRecord | None = None,
     ) -> None:
         self.id = stream_id
-        self._admission = admission
+        self.record = record  # what the operators learn of it, taken from the generation when it ends
         self.owner = owner  # the id of the API key that created it: no other key sees it
         self._lease = lease  # this process's token, which fences the terminal event (NO_OWNER once the lease is lost)
         self._ask_peers = ask_peers  # with Redis: whether readers elsewhere keep the stream alive, asked when the grace runs out
@@ -88,6 +90,8 @@ class ResumableStream:
         self._ready = anyio.Event()
         self._connecting = anyio.CancelScope()
         self._generation = Generation(upstream, request, self)
+        if record is not None:
+            self._generation.on_first_event = record.first_event
         self._grace: asyncio.TimerHandle | None = None
         self._usage: Usage | None = None
         self._bytes = 0
@@ -209,8 +213,9 @@ class ResumableStream:
             raise
         finally:
             generation.close()
-            self._admission.end(generation.usage, generation.tokens)
             self.finished = True
+            if self.record is not None:
+                self.record.take(generation, fallback or _REFUSED)
             if self._grace is not None:
                 self._grace.cancel()
                 self._grace = None
@@ -283,8 +288,10 @@ class ResumableStreams:
 
     def __init__(
         self, log: EventLog, limits: StreamLimits, live: LiveRequests, task_group: anyio.abc.TaskGroup, peers: RedisPeers | None = None,
+        operations: Operations | None = None,
     ) -> None:
         self.log = log
+        self.operations = operations or Operations()
         self.peers = peers  # with Redis: the other processes
         self.readers = 0
         self.running = 0
@@ -324,16 +331,16 @@ class ResumableStreams:
             await self.peers.cancel(stream_id)
 
     async def start(
-        self, upstream: Route | Upstream, request: GenerationRequest, owner: str | None = None, admission: Admission = NO_LIMITS,
+        self, upstream: Route | Upstream, request: GenerationRequest, owner: str | None = None, record: RequestRecord | None = None,
     ) -> ResumableStream:
-        """Create the stream in the log and start its generation. Raises ``LogUnavailable``."""
+        """Create the stream in the log and start its generation (its ``record`` is then the stream's to end). Raises ``LogUnavailable``."""
         stream_id = "st_" + secrets.token_urlsafe(16)
         peers = self.peers
         lease = peers.token if peers is not None else None
         await self.log.create(stream_id, owner=lease, key=owner)
         stream = ResumableStream(
             stream_id, self.log, self._limits, upstream, request, owner=owner, log_full=self._shed_largest,
-            lease=lease, ask_peers=peers.wake if peers is not None else None, admission=admission,
+            lease=lease, ask_peers=peers.wake if peers is not None else None, record=record,
         )
         self._streams[stream_id] = stream
         if peers is not None:
@@ -349,6 +356,8 @@ class ResumableStreams:
             logger.exception("stream %s failed", stream.id)
         finally:
             self.running -= 1
+            if stream.record is not None:
+                self.operations.end(stream.record)
             if self.peers is not None:
                 self.peers.disown(stream.id)
             if self._shedding is stream:

@@ -70,6 +70,8 @@ async def test_over_requests_per_minute_is_a_429_naming_the_limit_and_nothing_go
     assert response.json()["error"]["code"] == "requests_per_minute"
     assert 1 <= int(response.headers["retry-after"]) <= 120
     assert slow_mock[0].requests == before
+    scraped = (await client.get(relay_url + "/metrics")).text
+    assert 'relay_limit_refusals_total{limit="requests_per_minute"} 1.0' in scraped
     # Another key is not counted with it.
     assert (await client.post(relay_url + "/v1/chat/completions", json=chat("mock"), headers=bearer("plain-secret"))).status_code == 200
 

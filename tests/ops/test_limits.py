@@ -12,7 +12,6 @@ from redis.asyncio import ConnectionPool
 from app.errors import RequestError
 from app.ops.keys import Key
 from app.ops.limits import WINDOW, Limiter, MemoryLimits, RedisLimits
-from app.streaming.events import Usage
 from tests.conftest import keys_expire
 
 
@@ -89,10 +88,10 @@ async def test_tokens_are_reserved_while_a_request_runs_and_debited_as_used(limi
     k = key(tokens_per_minute=1_000)
     first = await limiter.admit(k, 600, 100)  # 100 of prompt, 500 of max_tokens
     assert (await refused(limiter, k, 600)).code == "tokens_per_minute"  # 600 reserved + 600 > 1,000
-    first.end(Usage(prompt_tokens=90, completion_tokens=10), relayed=3)  # used 100: the model server's count wins
+    first.end(90, 10)  # used 100
     await anyio.sleep(0.05)
     second = await limiter.admit(k, 600, 100)  # 100 used + 600
-    second.end(None, relayed=200)  # unknown usage: the prompt's estimate and what was relayed, 300
+    second.end(None, 200)  # an unknown prompt: its estimate, 100; and 200 generated
     await anyio.sleep(0.05)
     assert (await refused(limiter, k, 700)).code == "tokens_per_minute"  # 400 used + 700
     (await limiter.admit(k, 600, 0)).refund()

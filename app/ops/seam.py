@@ -1,0 +1,32 @@
+"""Where the routes open and close a request's record: the one seam between them and the operators' modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.ops.keys import key_of
+from app.ops.record import Operations, RequestRecord
+from app.types import Scope
+
+
+def begin(scope: Scope, dialect: str, request_id: str, *, resumable: bool = False) -> RequestRecord:
+    """The record of the request ``scope`` begins; ``end`` must follow, in a ``finally``."""
+    operations: Operations = scope["state"]["operations"]
+    return operations.begin(request_id, dialect, key_name(scope), resumable=resumable)
+
+
+def end(scope: Scope, record: RequestRecord) -> None:
+    operations: Operations = scope["state"]["operations"]
+    operations.end(record)
+
+
+def key_name(scope: Scope) -> str | None:
+    """The name of the request's key (the middleware found it), for the log line, the metrics and what it owns: never the key itself."""
+    key = key_of(scope)
+    return key.name if key is not None else None
+
+
+def model_of(raw: dict[str, Any]) -> str | None:
+    """The model a decoded request body names, if it names one."""
+    model = raw.get("model")
+    return model if isinstance(model, str) else None
