@@ -15,7 +15,8 @@ with every token it delivered.
 With ``--per-connection N`` the clients keep their connections alive: a stream that ended
 cleanly (``ok``, its body read to the end) hands its connection to the next request, until the
 connection has carried N. So ``--streams 1000 --requests 3000 --per-connection 3`` is 1,000
-keep-alive clients making 3 requests each, one after the other.
+keep-alive clients making 3 requests each, one after the other; ``--renew`` starts a new client
+(a new connection) in the place of each that is done, until ``--requests`` have been made.
 
 With ``--resumable``, ``--url`` is a relay's ``/v1/streams``: ``--streams`` resumable streams are
 created there first (``--max-tokens`` each), then each is read once, as ``EventSource`` reads it.
@@ -187,6 +188,8 @@ class LoadGen(Runner):
     def on_finish(self, stream: Stream) -> None:
         if isinstance(stream, KeptStream) and stream.uses < self.args.per_connection:
             self.idle.append((stream.kept, stream.uses))  # its client goes on (on a new connection if its own is gone)
+        elif isinstance(stream, KeptStream) and self.args.renew:
+            self.idle.append((None, 0))  # a new client in its place
         if self.args.per_stream:
             self.per_stream.append({
                 "id": stream.request_id, "target": stream.index % len(self.targets), "status": stream.status, "end": stream.outcome,
@@ -333,6 +336,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=100)
     p.add_argument("--requests", type=int, default=0, help="streams in all, --streams at a time (default: --streams)")
     p.add_argument("--per-connection", type=int, default=1, help="requests each kept-alive connection carries, one after the other")
+    p.add_argument("--renew", action="store_true", help="with --per-connection: a client done with its requests is followed by a new one")
     p.add_argument("--ramp", type=float, default=1.0, help="seconds over which the streams are opened")
     p.add_argument("--sequential", action="store_true", help="one stream at a time (for TTFT at concurrency 1)")
     p.add_argument("--max-tokens", type=int, default=100)

@@ -28,7 +28,8 @@ from procs import BENCH, LOAD_CORE, PY, PYSPY, ROOT, http_get, running, start_mo
 
 # (phase, substrings of a frame: the first rule that matches any frame of a stack, leaf first, wins)
 PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("access log", ("uvicorn/logging.py", "logging/__init__.py", "redaction.py", "AccessFormatter", "_log_started_message")),
+    # uvicorn computes the client address and the quoted path for the access log's call only
+    ("access log", ("logging/__init__.py", "redaction.py", "access_log.py", "uvicorn/logging.py", "get_path_with_query_string", "get_client_addr")),
     ("upstream connect", ("_connect (app/streaming/upstreams/http1.py", "create_connection", "sock_connect")),
     ("upstream pool check", ("_unread (", "_pooled (", "_release (")),
     ("upstream request build", ("request (app/streaming/upstreams/http1.py", "build_request", "anthropic_request.py", "payload")),
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             warm_up(url)
             before = json.loads(http_get(mock_base + "/mock/stats"))
             load = [PY, str(BENCH / "loadgen.py"), "--url", url, "--streams", str(cfg.clients), "--requests", "100000000"]
-            load += ["--per-connection", str(cfg.per_connection), "--max-tokens", str(cfg.tokens), "--ramp", "0.2"]
+            load += ["--per-connection", str(cfg.per_connection), "--renew", "--max-tokens", str(cfg.tokens), "--ramp", "0.2"]
             load += ["--timeout", str(cfg.seconds + 3), "--pid", f"server={server.pid}", "--out", str(out.with_suffix(".loadgen.json"))]
             loadgen = subprocess.Popen(["taskset", "-c", LOAD_CORE, *load], cwd=ROOT)
             try:
