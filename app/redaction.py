@@ -43,8 +43,16 @@ def _parameter(match: re.Match[str]) -> str:
     return f"{match[1]}={REDACTED}" if "token" in name.lower() else match[0]
 
 
+# The shortest text the shape matches: one digit, the dot and the signature. A text shorter than
+# this and without "=" (which every parameter has) is left as it is without a scan: the usual
+# access line's client address, method and path.
+_SHORTEST_SHAPE = 2 + SIGNATURE_LENGTH
+
+
 def redact(text: str) -> str:
     """``text`` with every token, and every value of a token parameter, replaced by ``[redacted]``."""
+    if len(text) < _SHORTEST_SHAPE and "=" not in text:
+        return text
     return _SHAPE.sub(REDACTED, _PARAMETER.sub(_parameter, text))
 
 

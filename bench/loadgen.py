@@ -12,6 +12,12 @@ Tokens are counted as the mock's words inside each content event (every word but
 first begins with a space), so a relay that coalesces deltas into fewer events is credited
 with every token it delivered.
 
+With ``--per-connection N`` the clients keep their connections alive: a stream that ended
+cleanly (``ok``, its body read to the end) hands its connection to the next request, until the
+connection has carried N. So ``--streams 1000 --requests 3000 --per-connection 3`` is 1,000
+keep-alive clients making 3 requests each, one after the other; ``--renew`` starts a new client
+(a new connection) in the place of each that is done, until ``--requests`` have been made.
+
 With ``--resumable``, ``--url`` is a relay's ``/v1/streams``: ``--streams`` resumable streams are
 created there first (``--max-tokens`` each), then each is read once, as ``EventSource`` reads it.
 
@@ -34,14 +40,14 @@ import os
 import sys
 import time
 import urllib.request
-from typing import Any
+from typing import Any, cast
 
 import uvloop
 
 from app.loadtest.cli import raise_fd_limit
 from app.loadtest.histogram import Histogram
 from app.loadtest.runner import LoadConfig, Runner
-from app.loadtest.stream import CLOSED, Stream
+from app.loadtest.stream import CLOSED, OK, Stream
 from app.loadtest.target import build_target
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -75,6 +81,23 @@ def cores_sample() -> dict[str, list[int]]:
     return cores
 
 
+class KeptStream(Stream):
+    """A stream of a keep-alive client (``--per-connection``): after a clean end, its connection carries the client's next request."""
+
+    __slots__ = ("kept", "uses")
+
+    def __init__(self, sink: LoadGen, *args: Any) -> None:
+        super().__init__(sink, *args)
+        self.uses = 1  # requests its client has made, this one included
+        self.kept: asyncio.Transport | None = None  # the connection, left open for the client's next request
+
+    def on_message_complete(self) -> None:
+        sink = cast(LoadGen, self._sink)
+        if self.outcome == OK and self._transport is not None and self.uses < sink.args.per_connection and self._parser.should_keep_alive():
+            self.kept, self._transport = self._transport, None  # finish() leaves it open
+        super().on_message_complete()
+
+
 class LoadGen(Runner):
     """The runner, with word-token counting, a measured window and /proc samples."""
 
@@ -104,6 +127,48 @@ class LoadGen(Runner):
         self.pids: dict[str, int] = dict(args.pid)
         self.per_stream: list[dict[str, Any]] = []
         self.ttfts: list[float | None] = []
+        # Keep-alive clients with requests left: each one's open connection (None: it needs a new one) and its requests so far.
+        self.idle: list[tuple[asyncio.Transport | None, int]] = []
+        self.clients = 0  # keep-alive clients started by the ramp
+        self.connections = 0  # opened by keep-alive clients
+
+    def make_stream(self, index: int) -> Stream:
+        if self.args.per_connection <= 1:
+            return super().make_stream(index)
+        target = self.targets[index % len(self.targets)]
+        request_id = f"{self.config.id_prefix}-{index}" if self.config.id_prefix is not None else None
+        return KeptStream(self, target, index, request_id, self.config.close_after or -1)
+
+    def _fill(self) -> None:
+        """With ``--per-connection``: each slot is one client, and a client's next request goes on its own connection."""
+        if self.args.per_connection <= 1:
+            super()._fill()
+            return
+        while self.idle and not self.stopping and self.total is not None and self.started < self.total:
+            self._next(*self.idle.pop())
+        while self.clients < self._slots and not self.stopping and self.total is not None and self.started < self.total:
+            self.clients += 1
+            self._next(None, 0)
+
+    def _next(self, transport: asyncio.Transport | None, uses: int) -> None:
+        """A client's next request: on its kept connection if still open, else on a new one."""
+        index = self.started
+        self.started += 1
+        stream = cast(KeptStream, self.make_stream(index))
+        stream.uses = uses + 1
+        self.live.add(stream)
+        if transport is not None and not transport.is_closing():
+            transport.set_protocol(stream)
+            stream.connection_made(transport)
+            return
+        if transport is not None:
+            transport.close()
+        target = index % len(self.targets)
+        assert self._tg is not None
+        self.connections += 1
+        task = self._tg.create_task(self._connect(stream, self.targets[target], self._ssl[target]))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
 
     # the runner's sink, per content event: keep it cheap
 
@@ -121,6 +186,10 @@ class LoadGen(Runner):
             self.tokens_window += tokens
 
     def on_finish(self, stream: Stream) -> None:
+        if isinstance(stream, KeptStream) and stream.uses < self.args.per_connection:
+            self.idle.append((stream.kept, stream.uses))  # its client goes on (on a new connection if its own is gone)
+        elif isinstance(stream, KeptStream) and self.args.renew:
+            self.idle.append((None, 0))  # a new client in its place
         if self.args.per_stream:
             self.per_stream.append({
                 "id": stream.request_id, "target": stream.index % len(self.targets), "status": stream.status, "end": stream.outcome,
@@ -162,6 +231,9 @@ class LoadGen(Runner):
         finally:
             for handle in handles:
                 handle.cancel()
+            for transport, _ in self.idle:
+                if transport is not None:
+                    transport.close()
             if "end" not in self.samples:
                 self.sample("end")
         await asyncio.sleep(0.05)  # let the closes go out
@@ -223,6 +295,7 @@ class LoadGen(Runner):
             "content_events": self.content_events,
             "tokens": self.words,
             "events_all": self.events,
+            "connections": self.connections,
             "ttft_s": self.ttft.summary(),
             "gap_s": gaps,
             "window": window,
@@ -262,6 +335,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", required=True, action="append", help="e.g. http://127.0.0.1:8000/v1/chat/completions; repeat to round-robin")
     p.add_argument("--streams", type=int, default=100)
     p.add_argument("--requests", type=int, default=0, help="streams in all, --streams at a time (default: --streams)")
+    p.add_argument("--per-connection", type=int, default=1, help="requests each kept-alive connection carries, one after the other")
+    p.add_argument("--renew", action="store_true", help="with --per-connection: a client done with its requests is followed by a new one")
     p.add_argument("--ramp", type=float, default=1.0, help="seconds over which the streams are opened")
     p.add_argument("--sequential", action="store_true", help="one stream at a time (for TTFT at concurrency 1)")
     p.add_argument("--max-tokens", type=int, default=100)

@@ -12,11 +12,13 @@ import fcntl
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,12 +28,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
-PYSPY = str(ROOT / ".venv" / "bin" / "py-spy")
+PYSPY = str(Path(PY).parent / "py-spy")
 SERVER_CORE = "1"
 LOAD_CORE = "0"
+ACCESS_LOG = "+log"  # a token-relay target with this suffix keeps the access log on, as it is by default
 # LiteLLM's proxy pins its own uvicorn, uvloop and starlette, so it lives in a venv of its own (bench/setup_litellm.sh).
 LITELLM = Path(os.environ.get("LITELLM_BIN", str(BENCH / "out" / "litellm-venv" / "bin" / "litellm")))
 FD_LIMIT = 65536  # 10,000 held streams are 20,000 sockets in a relay
+# Debian's nginx package (apt-get install nginx): the C proxy the relay is measured against.
+NGINX = os.environ.get("NGINX_BIN") or shutil.which("nginx") or "/usr/sbin/nginx"
+# nginx's upstream keepalive: idle connections kept per worker (the figure the relay's pool is compared with).
+NGINX_KEEPALIVE = 1024
 
 
 def free_port() -> int:
@@ -50,6 +57,7 @@ class Proc:
 
     def __init__(self, name: str, argv: list[str], core: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
         self.name = name
+        self.scratch: Path | None = None  # a temporary directory of its own (nginx's), removed in stop()
         self.log = open(BENCH / "out" / f"{name}.log", "ab")  # closed in stop()
         environ = {**os.environ, **(env or {})}
         self.popen = subprocess.Popen(
@@ -78,6 +86,8 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait(timeout=5)
         self.log.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def raise_fd_limit() -> None:
@@ -99,13 +109,13 @@ def running(*procs: Proc | None) -> Iterator[None]:
                 proc.stop()
 
 
-def start_mock(kind: str, *, ttft: float, interval: float, tokens: int = 100_000) -> tuple[Proc, str]:
+def start_mock(kind: str, *, ttft: float, interval: float, tokens: int = 100_000, core: str = LOAD_CORE) -> tuple[Proc, str]:
     port = free_port()
     args = ["--port", str(port), "--ttft", str(ttft), "--interval", str(interval), "--tokens", str(tokens)]
     if kind == "fast":
-        proc = Proc("fastmock", [PY, str(BENCH / "fastmock.py"), *args], LOAD_CORE)
+        proc = Proc("fastmock", [PY, str(BENCH / "fastmock.py"), *args], core)
     else:
-        proc = Proc("mock", [PY, "-m", "app", "mock", *args], LOAD_CORE, {"RELAY_LOG_LEVEL": "warning"})
+        proc = Proc("mock", [PY, "-m", "app", "mock", *args], core, {"RELAY_LOG_LEVEL": "warning"})
     base = f"http://127.0.0.1:{port}"
     proc.wait_ready(base + "/mock/stats")
     return proc, base
@@ -119,13 +129,18 @@ def start_target(target: str, mock_base: str) -> tuple[Proc | None, str]:
     base = f"http://127.0.0.1:{port}"
     if target.partition("+")[0] == "token-relay" or target.startswith("token-relay@"):
         # token-relay@REV runs app/ as committed at REV, exported aside: a fixed build to compare;
-        # token-relay+NAME=VALUE[+…] with those settings (token-relay+RELAY_METRICS=false: without metrics).
+        # token-relay+NAME=VALUE[+…] with those settings (token-relay+RELAY_METRICS=false: without metrics);
+        # token-relay+log keeps the access log in its default state (on, at level info: warning would silence it).
         build, *settings = target.split("+")
         cwd = export_app(build.partition("@")[2]) if "@" in build else ROOT
         env = {"RELAY_UPSTREAM": mock_base + "/v1", "RELAY_ACCESS_LOG": "false", "RELAY_LOG_LEVEL": "warning"}
-        env |= dict(setting.partition("=")[::2] for setting in settings)
+        for setting in settings:
+            name, _, value = setting.partition("=")
+            env |= {"RELAY_ACCESS_LOG": "true", "RELAY_LOG_LEVEL": "info"} if setting == ACCESS_LOG.lstrip("+") else {name: value}
         proc = Proc(target, [PY, "-m", "app", "serve", "--port", str(port)], SERVER_CORE, env, cwd)
         proc.wait_ready(base + "/healthz")
+    elif target == "nginx":
+        proc = start_nginx(port, mock_base)
     elif target.startswith("usual-"):
         client = target.removeprefix("usual-")
         proc = Proc(target, [PY, str(BENCH / "usual_relay.py"), "--port", str(port), "--upstream", mock_base + "/v1"], SERVER_CORE, {"USUAL_CLIENT": client})
@@ -152,6 +167,48 @@ def start_target(target: str, mock_base: str) -> tuple[Proc | None, str]:
     return proc, base + "/v1/chat/completions"
 
 
+def nginx_config(port: int, mock_base: str, scratch: Path) -> str:
+    """One process (``master_process off``: its CPU is the pid's), no buffering, HTTP/1.1 kept alive to the model server."""
+    upstream = mock_base.removeprefix("http://")
+    temp = " ".join(f"{kind}_temp_path {scratch / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile {FD_LIMIT};
+pid {scratch / "nginx.pid"};
+error_log {scratch / "error.log"} warn;
+events {{ worker_connections {FD_LIMIT // 2}; }}
+http {{
+    access_log off;
+    {temp}
+    upstream model {{ server {upstream}; keepalive {NGINX_KEEPALIVE}; keepalive_requests 1000000; keepalive_timeout 60s; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://model;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 3600s;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(port: int, mock_base: str) -> Proc:
+    if not os.access(NGINX, os.X_OK):
+        raise RuntimeError(f"nginx is not installed at {NGINX}: apt-get install nginx (or NGINX_BIN=/path)")
+    scratch = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+    (scratch / "nginx.conf").write_text(nginx_config(port, mock_base, scratch))
+    proc = Proc("nginx", [NGINX, "-p", str(scratch), "-c", str(scratch / "nginx.conf"), "-e", "stderr"], SERVER_CORE)
+    proc.scratch = scratch
+    proc.wait_ready(f"http://127.0.0.1:{port}/mock/stats")
+    return proc
+
+
 def export_app(rev: str) -> Path:
     """app/ as of git revision ``rev``, exported once under bench/out/trees/."""
     tree = BENCH / "out" / "trees" / rev
@@ -162,10 +219,10 @@ def export_app(rev: str) -> Path:
     return tree
 
 
-def loadgen(urls: list[str], *, timeout: float, pids: dict[str, int] | None = None, **options: Any) -> dict[str, Any]:
-    """Run bench/loadgen.py on the load core; options map to its flags (True for a bare flag)."""
+def loadgen(urls: list[str], *, timeout: float, pids: dict[str, int] | None = None, core: str = LOAD_CORE, **options: Any) -> dict[str, Any]:
+    """Run bench/loadgen.py on the load core (or ``core``: a taskset list); options map to its flags (True for a bare flag)."""
     out = BENCH / "out" / f"loadgen-{os.getpid()}.json"
-    argv = ["taskset", "-c", LOAD_CORE, PY, str(BENCH / "loadgen.py"), "--timeout", str(timeout), "--out", str(out)]
+    argv = ["taskset", "-c", core, PY, str(BENCH / "loadgen.py"), "--timeout", str(timeout), "--out", str(out)]
     for url in urls:
         argv += ["--url", url]
     for name, pid in (pids or {}).items():

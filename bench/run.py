@@ -8,13 +8,16 @@ interleaved within a run), so ratios compare like with like on a noisy machine.
 Targets: ``direct`` (the load generator talks to the mock: the baseline), ``litellm`` (LiteLLM's
 proxy, from its own venv: bench/setup_litellm.sh), ``token-relay``
 (``python -m app serve``), ``usual-httpx`` / ``usual-httpx2`` / ``usual-aiohttp``
-(bench/usual_relay.py with that client) and ``tcp-proxy`` (bench/tcpproxy.py: the floor
-of any relay, a byte-for-byte proxy). ``token-relay@REV`` runs app/ as committed at git
-revision REV (exported under bench/out/trees/), so that builds can be compared in one run
-while app/ changes underneath. ``token-relay+NAME=VALUE`` (several joined by ``+``, with or
-without ``@REV``) runs it with those settings: ``token-relay+RELAY_METRICS=false`` beside
-``token-relay`` is the cost of the metrics, ``token-relay+RELAY_LOG_LEVEL=info`` that of the
-request log's line per request (the targets log warnings only, by default).
+(bench/usual_relay.py with that client), ``tcp-proxy`` (bench/tcpproxy.py: the floor
+of any relay, a byte-for-byte proxy) and ``nginx`` (Debian's package, ``apt-get install nginx``:
+one process, ``proxy_buffering off``, HTTP/1.1 with ``keepalive`` to the model server, access
+log off; its config is written to a temporary directory, bench/procs.py). ``token-relay@REV``
+runs app/ as committed at git revision REV (exported under bench/out/trees/), so that builds
+can be compared in one run while app/ changes underneath. ``token-relay`` runs with its access
+log off, ``token-relay+log`` (or ``token-relay@REV+log``) in its default state: on.
+``token-relay+NAME=VALUE`` (several joined by ``+``, with or without ``@REV``) runs it with those
+settings: ``token-relay+RELAY_METRICS=false`` beside ``token-relay`` is the cost of the metrics,
+``token-relay+RELAY_LOG_LEVEL=info`` that of the request log's line per request.
 
 Scenarios:
 
@@ -33,6 +36,9 @@ Scenarios:
 - ``resumable``: resumable streams on the memory log and on Redis side by side (1,000 streams
   at 50 tokens/s in one relay, a ``Last-Event-ID`` replay's first event, ``DELETE`` across two
   relay processes): see bench/resumable.py.
+- ``burst``: 1,000 keep-alive clients ramped up over 2 s, 3 requests each of 100 tokens at
+  50 tokens/s; ``burst-100`` the same with 100 clients: events/s, TTFT, gaps, CPU per request
+  and per event, upstream reconnects; the relay with its access log off and on (bench/burst.py).
 - ``ttft``: sequential requests, round-robin over all targets at once (so each relayed
   request has a direct one beside it); TTFT from the request write to the first content
   event, and the per-pair difference to direct.
@@ -44,6 +50,10 @@ Scenarios:
     .venv/bin/python bench/run.py --profile  # adds a py-spy profile of token-relay (steady)
     # what operations cost: per event (steady: CPU per token) and per request (ttft), with and without
     .venv/bin/python bench/run.py --scenarios steady,ttft --targets direct,token-relay,token-relay+RELAY_METRICS=false,token-relay+RELAY_LOG_LEVEL=info
+    .venv/bin/python bench/run.py --scenarios burst,burst-100 --targets direct,nginx,token-relay
+
+bench/request_profile.py profiles one request's path (py-spy, by phase); bench/scaling.py
+measures ``--workers 2`` against 1.
 
 Raw results go to bench/out/run-<time>.json, the tables (ending with the ratios of bench/ratios.py)
 to stdout and bench/out/run-<time>.md, the chart (bench/chart.py) to bench/out/run-<time>.png.
@@ -62,9 +72,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from procs import (
+    ACCESS_LOG,
     BENCH,
     LITELLM,
     LOAD_CORE,
+    NGINX,
     PY,
     PYSPY,
     ROOT,
@@ -81,11 +93,11 @@ from procs import (
 )
 from wire import capturing, first_close
 
-ALL_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp", "tcp-proxy", "litellm")
+ALL_TARGETS = ("direct", "token-relay", "token-relay" + ACCESS_LOG, "nginx", "usual-httpx", "usual-httpx2", "usual-aiohttp", "tcp-proxy", "litellm")
 # tcp-proxy (the floor) is cheap in ttft and always added there; elsewhere name it in --targets
 # (and --steady-targets): it costs another 2 minutes.
-DEFAULT_TARGETS = ("direct", "token-relay", "usual-httpx", "usual-httpx2", "usual-aiohttp", "litellm")
-ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft", "throughput", "held", "resumable")
+DEFAULT_TARGETS = ("direct", "token-relay", "nginx", "usual-httpx", "usual-httpx2", "usual-aiohttp", "litellm")
+ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft", "burst", "burst-100", "throughput", "held", "resumable")
 
 
 def steady(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
@@ -470,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-streams", type=int, default=1000)
     p.add_argument("--memory-ramp", type=float, default=2.0)
     p.add_argument("--ttft-requests", type=int, default=1000, help="per target and run (a p99 of 200 is its 2nd-worst value)")
+    p.add_argument("--burst-clients", type=int, default=1000, help="burst: keep-alive clients (burst-100: --burst-small-clients)")
+    p.add_argument("--burst-small-clients", type=int, default=100)
+    p.add_argument("--burst-requests", type=int, default=3, help="burst: requests per client, one after the other")
+    p.add_argument("--burst-tokens", type=int, default=100, help="burst: tokens per answer, at --interval")
+    p.add_argument("--burst-ramp", type=float, default=2.0)
     p.add_argument("--throughput-streams", type=int, default=50)
     p.add_argument("--throughput-tokens", type=int, default=2000, help="throughput: tokens per stream")
     p.add_argument("--throughput-window", type=float, default=8.0)
@@ -490,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.cancel_streams, cfg.cancel_ramp, cfg.memory_streams, cfg.memory_ramp, cfg.ttft_requests = 50, 0.5, 300, 0.5, 50
         cfg.throughput_window, cfg.held_streams, cfg.held_ramp, cfg.held_settle = 2.0, 1000, 1.0, 1.0
         cfg.resumable_streams, cfg.replay_requests, cfg.delete_requests = 200, 50, 20
+        cfg.burst_clients, cfg.burst_small_clients, cfg.burst_tokens, cfg.burst_ramp = 200, 50, 20, 0.5
         if cfg.scenarios == ",".join(ALL_SCENARIOS):
             cfg.scenarios = "steady,cancel,memory,ttft"  # under a minute; name throughput or held to add them
         if cfg.targets == ",".join(DEFAULT_TARGETS):
@@ -504,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     if "litellm" in targets and not LITELLM.exists():
         print(f"LiteLLM is not installed at {LITELLM} (bench/setup_litellm.sh installs it): leaving it out", flush=True)
         targets.remove("litellm")
+    if "nginx" in targets and not os.access(NGINX, os.X_OK):
+        print(f"nginx is not installed ({NGINX} is missing): apt-get install nginx, or NGINX_BIN=/path; leaving it out", flush=True)
+        targets.remove("nginx")
     cfg.profile_target = None
     (BENCH / "out").mkdir(exist_ok=True)
     with exclusive(cfg.lock_wait):
@@ -575,6 +596,22 @@ def run(cfg: argparse.Namespace, targets: list[str], scenarios: list[str], argv:
         results["ttft"] = runs
         section(f"ttft: {cfg.ttft_requests} sequential requests per target, round-robin, median of {cfg.runs}", ttft_table(runs, ttft_targets))
         lap("ttft")
+    for scenario, clients in (("burst", cfg.burst_clients), ("burst-100", cfg.burst_small_clients)):
+        if scenario in scenarios:
+            from burst import burst, burst_table, burst_targets
+
+            runs = []
+            for i in range(cfg.runs):
+                run = {}
+                for target in burst_targets(targets):
+                    run[target] = burst(target, cfg, clients)
+                    print(f"{scenario} run {i + 1} {target}: {json.dumps(run[target])}", flush=True)
+                runs.append(run)
+            results[scenario] = runs
+            title = f"{scenario}: {clients} keep-alive clients x {cfg.burst_requests} requests of {cfg.burst_tokens} tokens"
+            title += f" at {1 / cfg.interval:.0f} tokens/s, ramped over {cfg.burst_ramp:g} s, median of {cfg.runs}"
+            section(title, burst_table(runs, burst_targets(targets)))
+            lap(scenario)
     from capacity import held, held_table, throughput, throughput_table
 
     if "throughput" in scenarios:

@@ -87,3 +87,11 @@ def test_the_log_config_filters_both_handlers() -> None:
     assert config["handlers"]["access"]["filters"] == config["handlers"]["default"]["filters"] == ["redact_tokens"]
     assert config["filters"]["redact_tokens"]["()"] is RedactTokens
     assert config["loggers"]["token_relay"]["handlers"] == ["default"]
+
+
+def test_the_shortest_token_shape_and_a_short_parameter_are_still_redacted() -> None:
+    """Texts too short for a token and without ``=`` skip the scan; the shortest token and a short ``token=`` do not."""
+    shortest = "1." + SIGNATURE
+    assert redact(shortest) == "[redacted]"
+    assert redact("?token=x") == "?token=[redacted]"
+    assert redact(shortest[:-1]) == shortest[:-1]

@@ -240,6 +240,7 @@ class RedisLimits:
         self._release = self._redis.register_script(_RELEASE)
         self._clock = clock
         self._tg = task_group
+        self._renewing = anyio.CancelScope()
         self._held: dict[str, Admission] = {}
         task_group.start_soon(self._renew, name="key limit leases")
 
@@ -282,7 +283,15 @@ class RedisLimits:
         except (RedisError, OSError) as exc:  # its lease ends it instead, and its tokens go uncounted
             logger.warning("key %s: could not release a request's hold on its limits in Redis (%s)", name, exc)
 
+    def close(self) -> None:
+        """Stop renewing (the lifespan's end): the leases of what this process still holds run out by themselves."""
+        self._renewing.cancel()
+
     async def _renew(self) -> None:
+        with self._renewing:
+            await self._renew_forever()
+
+    async def _renew_forever(self) -> None:
         while True:
             await anyio.sleep(self._lease / 3)
             if not self._held:

@@ -67,10 +67,12 @@ async def event_log(settings: Settings) -> AsyncIterator[tuple[EventLog, RedisPe
                 budget=settings.stream_log_budget_bytes,
             )
             peers = RedisPeers(log, tg, lease=settings.stream_lease, grace=settings.stream_grace, retention=settings.stream_retention)
+            limits = RedisLimits(pool, tg)
             logger.info("resumable streams on Redis at %s", shown(settings.redis_url))
             try:
-                yield log, peers, RedisLimits(pool, tg)
+                yield log, peers, limits
             finally:
+                limits.close()
                 await peers.aclose()
                 await log.aclose()
     finally:

@@ -14,7 +14,7 @@ import pytest
 
 from app.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from app.mock import MockModel
-from app.streaming.upstreams.http1 import MAX_HEAD_BYTES, MAX_HEADERS, Client, Origin, _Connection, _HeadDeadline
+from app.streaming.upstreams.http1 import MAX_HEAD_BYTES, MAX_HEADERS, Client, Exchange, Origin, _Connection, _HeadDeadline
 from tests.hostile import Conn, HostileUpstream
 from tests.servers import mock_server
 
@@ -71,6 +71,38 @@ async def test_a_finished_exchange_returns_its_connection_for_reuse(upstream: tu
     assert first.body.endswith(b"data: [DONE]\n\n") and second.body.endswith(b"data: [DONE]\n\n")
     assert len(idle) == 1 and idle[0].serial == 2, "both exchanges should have used one connection"
     assert idle[0].closed
+
+
+async def _held(client: Client, origin: Origin, ttft: float) -> tuple[Exchange, Collect]:
+    """An exchange whose connection stays busy for ``ttft`` seconds after its head."""
+    handler = Collect()
+    exchange = await client.request(origin, "POST", "/chat/completions", [("x-mock-ttft", str(ttft))], BODY, handler, connect_timeout=10, head_timeout=10)
+    return exchange, handler
+
+
+async def test_the_pool_keeps_every_connection_of_a_burst_that_ends_together(upstream: tuple[MockModel, str]) -> None:
+    """260 streams at once (more than the pool's former 256) end with no request waiting to take their connections: all are kept."""
+    client = Client()
+    origin = Origin(upstream[1])
+    held = await asyncio.gather(*(_held(client, origin, 1.0) for _ in range(260)))
+    with anyio.fail_after(10):
+        for exchange, handler in held:
+            await handler.ended.wait()
+            exchange.close()
+    idle = list(client._idle[origin.key])
+    await client.aclose()
+    assert all(handler.status == 200 for _, handler in held)
+    assert len(idle) == 260 and all(connection.serial == 1 for connection in idle), "each stream had a connection of its own, and each is kept"
+
+
+async def test_past_its_cap_the_pool_closes_the_longest_idle(upstream: tuple[MockModel, str]) -> None:
+    client = Client(max_idle_per_origin=2)
+    origin = Origin(upstream[1])
+    await asyncio.gather(*(_exchange(client, origin) for _ in range(3)))
+    kept = list(client._idle[origin.key])
+    closed = [connection for connection in client._open if connection not in kept]
+    await client.aclose()
+    assert len(kept) == 2 and all(connection.closed for connection in closed)
 
 
 async def test_closing_a_finished_exchange_leaves_the_reused_connection_alone(upstream: tuple[MockModel, str]) -> None:
