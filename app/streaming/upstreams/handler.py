@@ -240,7 +240,9 @@ class StreamHandler:
             self._end(self._error("upstream_disconnected", f"lost the model server: {exc}"))
 
     def _keep(self, data: bytes) -> None:
-        """Bytes of a response that is not a stream: kept (up to 64 KiB) for its error."""
+        """Bytes of a response that is not a stream: kept (up to 64 KiB) for its error; after the end, nothing is."""
+        if self._ended:
+            return
         if self._body is None:
             self._body = bytearray()
         if len(self._body) < MAX_ERROR_BODY:
@@ -308,9 +310,7 @@ class SSEStreamHandler(StreamHandler):
 
     def on_body(self, data: bytes) -> None:
         # The hot path, written out in full: most reads are one whole ``data:`` event, whose bytes go to the adapter as they are.
-        if self._ended:
-            return
-        if not self._ok:
+        if self._ended or not self._ok:
             self._keep(data)
             return
         single = self._parser.single_data(data)
@@ -348,9 +348,7 @@ class LinesStreamHandler(StreamHandler):
         self._lines = LineSplitter(MAX_LINE)
 
     def on_body(self, data: bytes) -> None:
-        if self._ended:
-            return
-        if not self._ok:
+        if self._ended or not self._ok:
             self._keep(data)
             return
         lines, too_long = self._lines.split(data)
