@@ -11,6 +11,13 @@ connections alive, and records disconnects for ``GET /mock/stats`` in the same s
 It is an asyncio Protocol on uvloop with httptools, one timer per stream, and no ASGI.
 Faults are not implemented: this is for throughput, not for correctness tests.
 
+A request with ``tools`` is answered with two parallel tool calls instead (the bench's
+``tool-calls`` scenario), paced the same, one chunk per token: the first half of the tokens
+are the argument fragments of call 0, the rest those of call 1, OpenAI's chunk shape
+(``delta.tool_calls[{index, id, type, function: {name, arguments}}]`` on a call's first
+fragment, ``{index, function: {arguments}}`` after), the arguments of each call a JSON object
+``{"text": "…"}``, ``finish_reason`` ``tool_calls`` (or ``length``).
+
     python bench/fastmock.py --port 8001 --ttft 0 --interval 0.02 --tokens 100
 """
 
@@ -81,7 +88,7 @@ class Stream:
         tokens = self.tokens
         # Every token that is due (one, unless we were paused or woke up late).
         while self.i < len(tokens) and self.start + self.i * self.interval <= now + 0.0005:
-            out.append(head + b'{"index":0,"delta":{"content":' + _encode(tokens[self.i]) + b'},"finish_reason":null}]}\n\n')
+            out.append(head + self.delta(self.i) + b',"finish_reason":null}]}\n\n')
             self.i += 1
         self.record["tokens_sent"] = self.i
         if self.i >= len(tokens):
@@ -95,11 +102,39 @@ class Stream:
         else:
             self.timer = loop.call_at(self.start + self.i * self.interval, self.tick)
 
+    def delta(self, i: int) -> bytes:
+        """The choice's ``index`` and ``delta`` that carry token ``i``."""
+        return b'{"index":0,"delta":{"content":' + _encode(self.tokens[i]) + b"}"
+
     def cancel(self) -> None:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+class CallStream(Stream):
+    """The same tokens, as the argument fragments of two parallel tool calls (the first half call 0's, the rest call 1's)."""
+
+    __slots__ = ("names", "rid")
+
+    def __init__(self, conn: Connection, record: dict[str, Any], head: bytes, tokens: list[str], ttft: float, interval: float, usage: bytes,
+                 names: list[bytes], rid: str) -> None:
+        super().__init__(conn, record, head, tokens, ttft, interval, usage)
+        self.names = names
+        self.rid = rid
+
+    def delta(self, i: int) -> bytes:
+        count = len(self.tokens)
+        half = (count + 1) // 2
+        call, first, last = (0, 0, half - 1) if i < half else (1, half, count - 1)
+        text = _encode(self.tokens[i])[1:-1].decode()  # the token inside a JSON string
+        fragment = _encode(('{"text":"' if i == first else "") + text + ('"}' if i == last else ""))
+        if i != first:
+            return b'{"index":0,"delta":{"tool_calls":[{"index":%d,"function":{"arguments":%b}}]}' % (call, fragment)
+        opened = b'"index":%d,"id":"call_%b_%d","type":"function","function":{"name":%b,"arguments":%b}' % (
+            call, self.rid.encode(), call, self.names[call], fragment)
+        return b'{"index":0,"delta":{"tool_calls":[{' + opened + b"}]}"
 
 
 class Connection(asyncio.Protocol):
@@ -204,7 +239,8 @@ class Connection(asyncio.Protocol):
         limit = request.max_completion_tokens or request.max_tokens or natural
         prompt = prompt_of(request.messages)
         tokens = mock_text(prompt, min(limit, natural))
-        reason = "length" if limit < natural else "stop"
+        names = [_encode(tool.function.name) for tool in request.tools or () if tool.function is not None and tool.function.name][:2]
+        reason = "length" if limit < natural else ("tool_calls" if names else "stop")
         rid = headers.get(b"x-request-id", b"").decode()
         record: dict[str, Any] = {"request_id": rid, "model": request.model, "tokens_sent": 0}
         head = b'data: {"id":"chatcmpl-mock-%b","object":"chat.completion.chunk","created":%d,"model":%b,"choices":[' % (
@@ -218,7 +254,10 @@ class Connection(asyncio.Protocol):
             usage = {"prompt_tokens": words, "completion_tokens": len(tokens), "total_tokens": words + len(tokens)}
             end += head + b'],"usage":' + _encode(usage) + b"}\n\n"
         self.transport.write(SSE_HEAD)
-        self.stream = Stream(self, record, head, tokens, ttft, interval, end)
+        if names:
+            self.stream = CallStream(self, record, head, tokens, ttft, interval, end, (names * 2)[:2], rid or "0")
+        else:
+            self.stream = Stream(self, record, head, tokens, ttft, interval, end)
 
 
 async def serve(host: str, port: int, model: Model) -> None:

@@ -17,6 +17,10 @@ cleanly (``ok``, its body read to the end) hands its connection to the next requ
 connection has carried N. So ``--streams 1000 --requests 3000 --per-connection 3`` is 1,000
 keep-alive clients making 3 requests each, one after the other; ``--renew`` starts a new client
 (a new connection) in the place of each that is done, until ``--requests`` have been made.
+With ``--tools`` the request declares two function tools, and the model server answers with
+tool calls (bench/fastmock.py: their argument fragments, one chunk per token): such streams
+have no content events, so a stream counts as streaming from its first event, and the window's
+``sse_events`` (every SSE event the streams received in it, of any kind) is the figure to divide by.
 
 With ``--resumable``, ``--url`` is a relay's ``/v1/streams``: ``--streams`` resumable streams are
 created there first (``--max-tokens`` each), then each is read once, as ``EventSource`` reads it.
@@ -52,6 +56,8 @@ from app.loadtest.target import build_target
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = '{"model":"mock","messages":[{"role":"user","content":"Tell me a story about token relays."}],"stream":true,"max_tokens":%d}'
+TOOLS = ',"tools":[{"type":"function","function":{"name":"write_story","parameters":{"type":"object","properties":{"text":{"type":"string"}}}}},' \
+    '{"type":"function","function":{"name":"save_story","parameters":{"type":"object","properties":{"text":{"type":"string"}}}}}]}'
 
 
 def proc_sample(pid: int) -> dict[str, float]:
@@ -105,7 +111,8 @@ class LoadGen(Runner):
         if args.resumable:
             targets = [build_target(url) for url in create_streams(args.url[0], args.streams, args.max_tokens)]
         else:
-            targets = [build_target(url, body=(BODY % args.max_tokens).encode()) for url in args.url]
+            body = BODY % args.max_tokens
+            targets = [build_target(url, body=(body[:-1] + TOOLS if args.tools else body).encode()) for url in args.url]
         config = LoadConfig(
             streams=1 if args.sequential else args.streams, requests=args.requests or args.streams, ramp=0.0 if args.sequential else args.ramp,
             connect_timeout=args.connect_timeout, head_timeout=0, first_timeout=0, idle_timeout=0,
@@ -208,7 +215,7 @@ class LoadGen(Runner):
             except OSError:
                 pass
         taken["loadgen"] = proc_sample(os.getpid())
-        taken["_at"] = {"t": time.monotonic() - self.t0}
+        taken["_at"] = {"t": time.monotonic() - self.t0, "events": float(self.events + sum(stream.events for stream in self.live))}
         self.samples[label] = taken
         self.core_samples[label] = cores_sample()
 
@@ -242,10 +249,11 @@ class LoadGen(Runner):
     def _try_window(self, latest: float, handles: list[asyncio.TimerHandle]) -> None:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        if self.streaming + self.failed < self.args.streams and now < latest and not self.stopping:
+        streaming = sum(1 for stream in self.live if stream.events) + self.finished - self.failed if self.args.tools else self.streaming
+        if streaming + self.failed < self.args.streams and now < latest and not self.stopping:
             handles.append(loop.call_later(0.05, self._try_window, latest, handles))
             return
-        self.window_opened = {"at": now - self.t0, "streaming": self.streaming, "of": self.args.streams}
+        self.window_opened = {"at": now - self.t0, "streaming": streaming, "of": self.args.streams}
         self.win_start = now
         self.win_end = now + self.window[1] - self.window[0]
         self.sample("window_start")
@@ -265,6 +273,7 @@ class LoadGen(Runner):
                 "seconds": seconds,
                 "events": self.events_window,
                 "events_per_s": self.events_window / seconds if seconds > 0 else None,
+                "sse_events": b["_at"]["events"] - a["_at"]["events"],
                 "opened": self.window_opened,
                 "tokens": self.tokens_window,
                 "tokens_per_s": self.tokens_window / seconds if seconds > 0 else None,
@@ -340,6 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ramp", type=float, default=1.0, help="seconds over which the streams are opened")
     p.add_argument("--sequential", action="store_true", help="one stream at a time (for TTFT at concurrency 1)")
     p.add_argument("--max-tokens", type=int, default=100)
+    p.add_argument("--tools", action="store_true", help="declare tools: the model server answers with tool calls (see above)")
     p.add_argument("--resumable", action="store_true", help="--url is a relay's /v1/streams: create the streams, then read them")
     p.add_argument("--close-after", type=int, default=0, help="close each stream after this many content events")
     p.add_argument("--window", type=_window, help="START,END seconds from the start: the measured window")

@@ -39,6 +39,9 @@ Scenarios:
 - ``burst``: 1,000 keep-alive clients ramped up over 2 s, 3 requests each of 100 tokens at
   50 tokens/s; ``burst-100`` the same with 100 clients: events/s, TTFT, gaps, CPU per request
   and per event, upstream reconnects; the relay with its access log off and on (bench/burst.py).
+- ``tool-calls``: the steady scenario twice for each Token Relay target, once streaming text and
+  once streaming two parallel tool calls' argument fragments (one chunk per token, the same
+  pace and counts), side by side: server CPU per SSE event of either shape; see bench/toolcalls.py.
 - ``ttft``: sequential requests, round-robin over all targets at once (so each relayed
   request has a direct one beside it); TTFT from the request write to the first content
   event, and the per-pair difference to direct.
@@ -97,10 +100,10 @@ ALL_TARGETS = ("direct", "token-relay", "token-relay" + ACCESS_LOG, "nginx", "us
 # tcp-proxy (the floor) is cheap in ttft and always added there; elsewhere name it in --targets
 # (and --steady-targets): it costs another 2 minutes.
 DEFAULT_TARGETS = ("direct", "token-relay", "nginx", "usual-httpx", "usual-httpx2", "usual-aiohttp", "litellm")
-ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft", "burst", "burst-100", "throughput", "held", "resumable")
+ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft", "burst", "burst-100", "throughput", "held", "resumable", "tool-calls")
 
 
-def steady(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
+def steady(target: str, cfg: argparse.Namespace, **load: Any) -> dict[str, Any]:
     mock, mock_base = start_mock(cfg.steady_mock, ttft=0.0, interval=cfg.interval)
     server: Proc | None = None
     with running(mock):
@@ -121,6 +124,7 @@ def steady(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
                 window=(start, end),
                 stop_at_window_end=True,
                 steady_wait=cfg.steady_wait,
+                **load,
             )
             if cfg.profile_target == target:
                 profile(server, url, cfg)
@@ -142,6 +146,8 @@ def steady(target: str, cfg: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_pct": server_cpu / seconds * 100 if server_cpu is not None else None,
         "server_us_per_token": server_cpu / tokens * 1e6 if server_cpu is not None and tokens else None,
         "server_us_per_event": server_cpu / w["events"] * 1e6 if server_cpu is not None and w.get("events") else None,
+        "sse_events_per_s": w["sse_events"] / seconds if w.get("sse_events") else None,
+        "server_us_per_sse_event": server_cpu / w["sse_events"] * 1e6 if server_cpu is not None and w.get("sse_events") else None,
         "server_sys_pct_of_cpu": w.get("sys_s", {}).get("server", 0) / server_cpu * 100 if server_cpu else None,
         "server_rss_mib": w.get("rss_kib", {}).get("server", 0) / 1024 if server else None,
         # Everything core 1 did (the server pinned there, plus the softirq work of its sends): the honest cost.
@@ -649,6 +655,13 @@ def run(cfg: argparse.Namespace, targets: list[str], scenarios: list[str], argv:
         section(title + f", {cfg.window:.0f} s window, median of {cfg.runs}", resumable_table(runs, cfg))
         lap("resumable")
     relays = [t for t in targets if t.startswith("token-relay")]
+    if "tool-calls" in scenarios:
+        from toolcalls import run_tool_calls, tool_calls_table
+
+        results["tool-calls"] = runs = [run_tool_calls(relays, cfg, steady) for _ in range(cfg.runs)]
+        title = f"tool-calls: {cfg.streams} streams x {1 / cfg.interval:.0f} chunks/s of text, then of tool-call fragments"
+        section(title + f", {cfg.window:.0f} s window, median of {cfg.runs}", tool_calls_table(runs, relays))
+        lap("tool-calls")
     if cfg.profile and relays:
         cfg.profile_target = "token-relay" if "token-relay" in relays else relays[-1]
         results["profile_run"] = steady(cfg.profile_target, cfg)

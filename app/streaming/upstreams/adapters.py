@@ -1,7 +1,8 @@
 """The upstream protocols by name: how to ask each kind of model server, and how to read its answer.
 
-An adapter is two things: ``build_request(request, api_key)`` gives the path (after the
-upstream's base URL), headers and body of a streaming request, and ``handler(emit, flush)``
+Each protocol is one class on the shared base (app/streaming/upstreams/handler.py): its
+``build_request(request, api_key)`` gives the path (after the upstream's base URL), headers
+and body of a streaming request, and the class itself, called as ``handler(emit, flush)``,
 makes the ``ResponseHandler`` that turns the response's bytes into normalised events.
 ``choices`` says whether its protocol can answer ``n > 1`` choices at once.
 """
@@ -15,6 +16,7 @@ from app.settings import PROTOCOLS, Protocol
 from app.streaming.events import Event
 from app.streaming.request import GenerationRequest
 from app.streaming.upstreams import anthropic, ollama, openai, tgi
+from app.streaming.upstreams.handler import StreamHandler
 from app.streaming.upstreams.http1 import ResponseHandler
 
 BuildRequest = Callable[[GenerationRequest, str | None], tuple[str, list[tuple[str, str]], bytes]]
@@ -28,18 +30,23 @@ class Adapter(NamedTuple):
     choices: bool = False
 
 
-def _adapter(protocol: Protocol) -> Adapter:
+def _protocol(protocol: Protocol) -> type[StreamHandler]:
     match protocol:
         case "openai":
-            return Adapter(protocol, openai.build_request, openai.ChatStream, choices=True)
+            return openai.ChatStream
         case "tgi":
-            return Adapter(protocol, tgi.build_request, tgi.GenerateStream)
+            return tgi.GenerateStream
         case "ollama":
-            return Adapter(protocol, ollama.build_request, ollama.ChatLines)
+            return ollama.ChatLines
         case "anthropic":
-            return Adapter(protocol, anthropic.build_request, anthropic.MessageStream)
+            return anthropic.MessageStream
         case _:
             assert_never(protocol)
+
+
+def _adapter(protocol: Protocol) -> Adapter:
+    handler = _protocol(protocol)
+    return Adapter(protocol, handler.build_request, handler, handler.choices)
 
 
 ADAPTERS = {protocol: _adapter(protocol) for protocol in PROTOCOLS}

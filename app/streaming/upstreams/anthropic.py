@@ -42,11 +42,14 @@ from typing import Any
 import msgspec
 
 from app.streaming.events import Delta, Event, Finish, PromptTokensDetails, Reasoning, RedactedReasoning, ToolCall, Usage
-from app.streaming.upstreams.anthropic_request import build_request
-from app.streaming.upstreams.handler import ErrorBody, SSEStreamHandler, decode_repaired, error_code
+from app.streaming.request import GenerationRequest
+from app.streaming.upstreams.anthropic_request import request_body
+from app.streaming.upstreams.handler import ErrorBody, SSEStreamHandler
 from app.streaming.upstreams.openai import MAX_CALLS
 
-__all__ = ["MessageStream", "build_request"]
+__all__ = ["VERSION", "MessageStream"]
+
+VERSION = "2023-06-01"
 
 _FINISH = {
     "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "model_context_window_exceeded": "length",
@@ -100,7 +103,14 @@ _encode = msgspec.json.Encoder().encode
 
 
 class MessageStream(SSEStreamHandler):
-    __slots__ = ("_bare", "_calls", "_created", "_input", "_last", "_output", "_read", "_stop_reason")
+    __slots__ = ("_bare", "_calls", "_created", "_input", "_latest", "_output", "_read", "_stop_reason")
+
+    path = "/v1/messages"
+    auth = ("x-api-key", "")
+    headers = (("anthropic-version", VERSION),)
+    passes = ("top_p", "top_k")
+    stop = "stop_sequences"
+    end_marker = "message_stop"
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         super().__init__(emit, flush)
@@ -110,16 +120,19 @@ class MessageStream(SSEStreamHandler):
         self._read: int | None = None
         self._created: int | None = None
         self._calls: dict[int | None, int] = {}  # a tool_use block's index → its call's
-        self._last: int | None = None  # the latest call's
+        self._latest: int | None = None  # the latest call's
         self._bare: set[int] = set()  # the calls that have had no input yet
 
-    def _on_event(self, data: str) -> None:
+    @classmethod
+    def body(cls, request: GenerationRequest, parameters: dict[str, Any]) -> Any:
+        return request_body(request, parameters)
+
+    def _on_event(self, data: bytes | str) -> None:
         try:
             event = _decode_event(data)
         except msgspec.DecodeError as exc:
-            repaired = decode_repaired(_decode_event, data)
+            repaired = self._repaired(_decode_event, data, "event", exc)
             if repaired is None:
-                self._end(self._malformed("event", exc))
                 return
             event = repaired
         kind = event.type
@@ -144,29 +157,24 @@ class MessageStream(SSEStreamHandler):
             if event.usage is not None:
                 self._count(event.usage)
         elif kind == "message_stop":
-            self._finish()
+            self._end(self._finished())
         elif kind == "error":
-            error = event.error or ErrorBody()
-            self._end(self._error(error_code(error), error.message))
+            self._failed(event.error or ErrorBody())
 
     def _on_delta(self, index: int | None, delta: _Delta) -> None:
         kind = delta.type
         if kind == "text_delta":
             if delta.text:
-                self._tokens = True
                 self._emit(Delta(delta.text))
         elif kind == "input_json_delta":
-            call = self._calls.get(index, self._last)
+            call = self._calls.get(index, self._latest)
             if delta.partial_json and call is not None:
-                self._tokens = True
                 self._bare.discard(call)
                 self._emit(ToolCall(call, arguments=delta.partial_json))
         elif kind == "thinking_delta":
             if delta.thinking:
-                self._tokens = True
                 self._emit(Reasoning(delta.thinking))
         elif kind == "signature_delta" and delta.signature:
-            self._tokens = True
             self._emit(Reasoning("", signature=delta.signature))
 
     def _on_start(self, index: int | None, block: _Block) -> None:
@@ -176,8 +184,7 @@ class MessageStream(SSEStreamHandler):
             if call >= MAX_CALLS:
                 self._end(self._error("upstream_malformed", f"more than {MAX_CALLS} tool calls in one message from the model server"))
                 return
-            self._calls[index] = self._last = call
-            self._tokens = True
+            self._calls[index] = self._latest = call
             if block.input:  # the whole input in the block's start, as some gateways send it
                 self._emit(ToolCall(call, block.id, block.name, _encode(block.input).decode()))
             else:
@@ -185,14 +192,11 @@ class MessageStream(SSEStreamHandler):
                 self._emit(ToolCall(call, block.id, block.name))
         elif kind == "redacted_thinking":
             if block.data is not None:
-                self._tokens = True
                 self._emit(RedactedReasoning(block.data))
         elif kind == "thinking":
             if block.thinking or block.signature:
-                self._tokens = True
                 self._emit(Reasoning(block.thinking or "", signature=block.signature or None))
         elif kind == "text" and block.text:
-            self._tokens = True
             self._emit(Delta(block.text))
 
     def _count(self, usage: _Usage) -> None:
@@ -213,13 +217,11 @@ class MessageStream(SSEStreamHandler):
             return counted
         return Usage(prompt, self._output, counted.total_tokens, PromptTokensDetails(cached_tokens=read, cache_write_tokens=created))
 
-    def _finish(self) -> None:
+    def _finished(self) -> Finish:
+        """The usage (emitted), and the finish."""
         self._emit(self._usage())
         reason = self._stop_reason or "end_turn"
-        self._end(Finish(_FINISH.get(reason, reason)))
+        return Finish(_FINISH.get(reason, reason))
 
-    def _at_end(self) -> None:
-        if self._stop_reason is not None:
-            self._finish()
-        else:
-            self._end(self._incomplete("message_stop"))
+    def _last(self) -> Finish | None:
+        return self._finished() if self._stop_reason is not None else None

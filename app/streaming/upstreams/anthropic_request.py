@@ -1,4 +1,4 @@
-"""OpenAI's chat request as Anthropic's Messages request (``POST {base}/v1/messages``).
+"""OpenAI's chat request as Anthropic's Messages request (``POST {base}/v1/messages``; its headers: ``MessageStream``).
 
 - system (and developer) messages become the top-level ``system`` text; a ``user`` message
   keeps its text;
@@ -29,21 +29,18 @@ import msgspec
 
 from app.streaming.request import GenerationRequest, content_text
 
-VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 MIN_THINKING_BUDGET = 1024
 THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
-_PASSED = ("top_p", "top_k")
 _NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
-_encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
 
 
-def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
-    extra = request.extra
+def request_body(request: GenerationRequest, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The Messages request for ``request``, with the client's ``parameters`` Anthropic takes (``top_p``, ``top_k``, ``stop_sequences``)."""
+    extra, body = request.extra, parameters
     system, messages = _conversation(request.messages)
-    body: dict[str, Any] = {key: extra[key] for key in _PASSED if extra.get(key) is not None}
     effort = extra.get("reasoning_effort")
     budget = THINKING_BUDGETS.get(effort, 0) if isinstance(effort, str) else 0
     max_tokens = request.token_limit() or min(DEFAULT_MAX_TOKENS + budget, request.max_tokens_limit or DEFAULT_MAX_TOKENS + budget)
@@ -53,9 +50,6 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
     temperature = request.sampling_temperature()
     if temperature is not None:
         body["temperature"] = min(temperature, 1.0)
-    stop = extra.get("stop")
-    if stop:
-        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
     tools = _tools(extra.get("tools"))
     if tools:
         body["tools"] = tools
@@ -67,13 +61,7 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
         body["thinking"] = thinking
     elif min(budget, max_tokens - 1) >= MIN_THINKING_BUDGET:
         body["thinking"] = {"type": "enabled", "budget_tokens": min(budget, max_tokens - 1)}
-    headers = [
-        ("Content-Type", "application/json"), ("Accept", "text/event-stream"), ("anthropic-version", VERSION),
-        ("X-Request-Id", request.request_id),
-    ]
-    if api_key:
-        headers.append(("x-api-key", api_key))
-    return "/v1/messages", headers, _encode(body)
+    return body
 
 
 def _conversation(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:

@@ -41,14 +41,9 @@ from typing import Any
 import msgspec
 
 from app.streaming.events import Delta, Event, Finish, Reasoning, ToolCall, Usage
-from app.streaming.lines import LineSplitter
 from app.streaming.request import GenerationRequest, content_text
-from app.streaming.upstreams.handler import StreamHandler, decode_repaired
+from app.streaming.upstreams.handler import LinesStreamHandler
 from app.streaming.upstreams.openai import MAX_CALLS
-
-MAX_LINE = 1_048_576
-# OpenAI request parameters Ollama takes in its options, under the same name.
-_OPTIONS = ("top_p", "top_k", "seed", "stop", "frequency_penalty", "presence_penalty")
 
 
 class _Function(msgspec.Struct):
@@ -149,27 +144,7 @@ def _think(extra: dict[str, Any]) -> Any:
     return None if effort is None else effort != "none"
 
 
-def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
-    extra = request.extra
-    options: dict[str, Any] = {key: extra[key] for key in _OPTIONS if extra.get(key) is not None}
-    # Without num_predict Ollama generates until the model stops, however long: the relay's limit bounds it.
-    limit, temperature = request.token_limit() or request.max_tokens_limit, request.sampling_temperature()
-    if limit is not None:
-        options["num_predict"] = limit
-    if temperature is not None:
-        options["temperature"] = temperature
-    body: dict[str, Any] = {"model": request.model, "messages": _messages(request.messages), "stream": True, "options": options}
-    if (tools := _tools(extra)) is not None:
-        body["tools"] = tools
-    if (think := _think(extra)) is not None:
-        body["think"] = think
-    headers = [("Content-Type", "application/json"), ("Accept", "application/x-ndjson"), ("X-Request-Id", request.request_id)]
-    if api_key:
-        headers.append(("Authorization", f"Bearer {api_key}"))
-    return "/api/chat", headers, _encode(body)
-
-
-def call_id(line: bytes, index: int, name: str, arguments: str) -> str:
+def call_id(line: bytes | str, index: int, name: str, arguments: str) -> str:
     """A stable id for a call Ollama gave none, from the line that carried it."""
     try:
         stamp = _decode_stamp(line)
@@ -179,45 +154,50 @@ def call_id(line: bytes, index: int, name: str, arguments: str) -> str:
     return "call_" + hashlib.blake2b(seed, digest_size=12).hexdigest()
 
 
-class ChatLines(StreamHandler):
-    __slots__ = ("_calls", "_lines")
+class ChatLines(LinesStreamHandler):
+    __slots__ = ("_calls",)
 
-    content_types = (b"application/x-ndjson", b"application/json")
+    path = "/api/chat"
+    passes = ("top_p", "top_k", "seed", "frequency_penalty", "presence_penalty")  # OpenAI's parameters Ollama takes in its options
+    stop = "stop"
+    end_marker = 'its "done" line'
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         super().__init__(emit, flush)
-        self._lines = LineSplitter(MAX_LINE)
         self._calls = 0
 
-    def _feed(self, data: bytes) -> None:
-        lines, too_long = self._lines.split(data)
-        for line in lines:
-            if line.strip():
-                self._on_line(line)
-                if self._ended:
-                    return
-        if too_long:
-            self._end(self._error("upstream_malformed", f"a line of more than {MAX_LINE} bytes from the model server"))
+    @classmethod
+    def body(cls, request: GenerationRequest, parameters: dict[str, Any]) -> Any:
+        extra, options = request.extra, parameters
+        # Without num_predict Ollama generates until the model stops, however long: the relay's limit bounds it.
+        limit, temperature = request.token_limit() or request.max_tokens_limit, request.sampling_temperature()
+        if limit is not None:
+            options["num_predict"] = limit
+        if temperature is not None:
+            options["temperature"] = temperature
+        body: dict[str, Any] = {"model": request.model, "messages": _messages(request.messages), "stream": True, "options": options}
+        if (tools := _tools(extra)) is not None:
+            body["tools"] = tools
+        if (think := _think(extra)) is not None:
+            body["think"] = think
+        return body
 
-    def _on_line(self, line: bytes) -> None:
+    def _on_event(self, line: bytes | str) -> None:
         try:
             parsed = _decode_line(line)
         except msgspec.DecodeError as exc:
-            repaired = decode_repaired(_decode_line, line)
+            repaired = self._repaired(_decode_line, line, "line", exc)
             if repaired is None:
-                self._end(self._malformed("line", exc))
                 return
             parsed = repaired
         if parsed.error is not None:
-            self._end(self._error("upstream_error", parsed.error))
+            self._failed(parsed.error)
             return
         message = parsed.message
         if message is not None:
             if message.thinking:
-                self._tokens = True
                 self._emit(Reasoning(message.thinking))
             if message.content:
-                self._tokens = True
                 self._emit(Delta(message.content))
             if message.tool_calls:
                 self._on_calls(line, message.tool_calls)
@@ -228,8 +208,7 @@ class ChatLines(StreamHandler):
             reason = parsed.done_reason or "stop"
             self._end(Finish("tool_calls" if reason == "stop" and self._calls else reason))
 
-    def _on_calls(self, line: bytes, calls: list[_ToolCall]) -> None:
-        self._tokens = True
+    def _on_calls(self, line: bytes | str, calls: list[_ToolCall]) -> None:
         for call in calls:
             if self._calls >= MAX_CALLS:
                 self._end(self._error("upstream_malformed", f"more than {MAX_CALLS} tool calls in one choice from the model server"))
@@ -239,11 +218,3 @@ class ChatLines(StreamHandler):
             text = arguments if isinstance(arguments, str) else _encode(arguments if arguments is not None else {}).decode()
             index, self._calls = self._calls, self._calls + 1
             self._emit(ToolCall(index, call.id or call_id(line, index, function.name, text), function.name, text))
-
-    def _at_end(self) -> None:
-        line = self._lines.take()
-        if line.strip():  # a last line without its newline
-            self._on_line(line)
-            if self._ended:
-                return
-        self._end(self._incomplete('its "done" line'))

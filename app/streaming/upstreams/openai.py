@@ -35,7 +35,7 @@ import msgspec
 
 from app.streaming.events import MAX_CHOICES, Delta, Event, Finish, Logprobs, Reasoning, Refusal, ToolCall, Usage
 from app.streaming.request import GenerationRequest
-from app.streaming.upstreams.handler import MAX_ERROR_BODY, ErrorBody, SSEStreamHandler, decode_repaired, error_code
+from app.streaming.upstreams.handler import ErrorBody, SSEStreamHandler, decode_repaired
 
 
 class _Function(msgspec.Struct):
@@ -80,22 +80,6 @@ _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 _encode = msgspec.json.Encoder().encode
 # The most tool calls in one choice: what the relay remembers of each (its id, its name) is bounded by it.
 MAX_CALLS = 4096
-
-
-def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
-    body: dict[str, Any] = dict(request.extra)
-    body["model"] = request.model
-    body["messages"] = request.messages
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    body["stream"] = True
-    body["stream_options"] = {"include_usage": True}
-    headers = [("Content-Type", "application/json"), ("Accept", "text/event-stream"), ("X-Request-Id", request.request_id)]
-    if api_key:
-        headers.append(("Authorization", f"Bearer {api_key}"))
-    return "/chat/completions", headers, _encode(body)
 
 
 class Calls:
@@ -148,9 +132,12 @@ class Calls:
 
 
 class ChatStream(SSEStreamHandler):
-    """Response handler: turns the upstream's bytes into events for ``emit``; ``flush`` after each read."""
-
     __slots__ = ("_calls", "_finish_reason", "_reasons")
+
+    path = "/chat/completions"
+    passes = None  # the client's own protocol: every parameter, as sent
+    choices = True
+    end_marker = "[DONE]"
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         super().__init__(emit, flush)
@@ -158,21 +145,17 @@ class ChatStream(SSEStreamHandler):
         self._reasons: dict[int, str | None] | None = None  # with several choices, each one's (None: not finished)
         self._calls: dict[int, Calls] | None = None
 
-    def on_body(self, data: bytes) -> None:
-        # The hot path, written out in full: most chunks are one whole ``data:`` event.
-        if self._ended:
-            return
-        if not self._ok:
-            if len(self._body) < MAX_ERROR_BODY:
-                self._body += data[: MAX_ERROR_BODY - len(self._body)]
-            return
-        single = self._parser.single_data(data)
-        if single is not None:
-            self._on_event(single)
-        else:
-            self._feed_lines(data)
-        if not self._ended:
-            self._flush()
+    @classmethod
+    def body(cls, request: GenerationRequest, parameters: dict[str, Any]) -> Any:
+        parameters["model"] = request.model
+        parameters["messages"] = request.messages
+        if request.max_tokens is not None:
+            parameters["max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            parameters["temperature"] = request.temperature
+        parameters["stream"] = True
+        parameters["stream_options"] = {"include_usage": True}
+        return parameters
 
     def _finished(self) -> Finish | None:
         """The finish, once every choice has its reason."""
@@ -192,9 +175,8 @@ class ChatStream(SSEStreamHandler):
         reasons = tuple(self._reasons.get(index) or "stop" for index in range(max(self._reasons) + 1))
         return Finish(reasons[0], reasons)
 
-    def _at_end(self) -> None:
-        finish = self._finished()
-        self._end(finish if finish is not None else self._incomplete("[DONE]"))
+    def _last(self) -> Finish | None:
+        return self._finished()
 
     def _unexpected(self, body: bytes) -> None:
         self._on_completion(body)
@@ -206,17 +188,12 @@ class ChatStream(SSEStreamHandler):
         try:
             chunk = _decode_chunk(data)
         except msgspec.DecodeError as exc:
-            repaired = decode_repaired(_decode_chunk, data)
+            repaired = self._repaired(_decode_chunk, data, "chunk", exc)
             if repaired is None:
-                self._end(self._malformed("chunk", exc))
                 return
             chunk = repaired
         if chunk.error is not None:
-            error = chunk.error
-            if isinstance(error, str):
-                self._end(self._error("upstream_error", error))
-            else:
-                self._end(self._error(error_code(error), error.message))
+            self._failed(chunk.error)
             return
         for choice in chunk.choices:
             index = choice.index
@@ -230,7 +207,6 @@ class ChatStream(SSEStreamHandler):
                     if self._ended:
                         return
                 elif delta.content:
-                    self._tokens = True
                     self._emit(Delta(delta.content, index))
             if choice.logprobs is not None:
                 self._on_logprobs(choice.logprobs, index)
@@ -243,7 +219,6 @@ class ChatStream(SSEStreamHandler):
 
     def _on_rich(self, delta: _Delta, choice: int) -> None:
         """A delta with more than content, in a message's order: reasoning, content, refusal, calls."""
-        self._tokens = True
         reasoning = delta.reasoning_content if delta.reasoning_content is not None else delta.reasoning
         if reasoning:
             self._emit(Reasoning(reasoning, choice))
@@ -276,7 +251,6 @@ class ChatStream(SSEStreamHandler):
 
     def _on_logprobs(self, logprobs: _Logprobs, choice: int) -> None:
         if logprobs.content is not None or logprobs.refusal is not None:
-            self._tokens = True
             self._emit(Logprobs(logprobs.content, logprobs.refusal, choice))
 
     def _on_choice(self, index: int, reason: str | None) -> None:

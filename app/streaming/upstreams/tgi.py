@@ -34,10 +34,8 @@ import msgspec
 
 from app.streaming.events import Delta, Finish, Usage
 from app.streaming.request import GenerationRequest, prompt_text
-from app.streaming.upstreams.handler import SSEStreamHandler, decode_repaired
+from app.streaming.upstreams.handler import SSEStreamHandler
 
-# OpenAI request parameters TGI understands under the same name.
-_PASSED = ("top_p", "top_k", "seed", "repetition_penalty", "frequency_penalty")
 _FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
 
 
@@ -61,44 +59,39 @@ class _Event(msgspec.Struct):
 
 
 _decode_event = msgspec.json.Decoder(_Event).decode
-_encode = msgspec.json.Encoder().encode
-
-
-def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
-    parameters: dict[str, Any] = {key: request.extra[key] for key in _PASSED if request.extra.get(key) is not None}
-    parameters["details"] = True
-    limit, temperature = request.token_limit(), request.sampling_temperature()
-    if limit is not None:
-        parameters["max_new_tokens"] = limit
-    if temperature:  # TGI wants > 0; 0 means greedy, its default
-        parameters["temperature"] = temperature
-    stop = request.extra.get("stop")
-    if stop:
-        parameters["stop"] = [stop] if isinstance(stop, str) else list(stop)
-    headers = [("Content-Type", "application/json"), ("Accept", "text/event-stream"), ("X-Request-Id", request.request_id)]
-    if api_key:
-        headers.append(("Authorization", f"Bearer {api_key}"))
-    return "/generate_stream", headers, _encode({"inputs": prompt_text(request.messages), "parameters": parameters})
 
 
 class GenerateStream(SSEStreamHandler):
     __slots__ = ()
 
-    def _on_event(self, data: str) -> None:
+    path = "/generate_stream"
+    passes = ("top_p", "top_k", "seed", "repetition_penalty", "frequency_penalty")  # OpenAI's parameters TGI takes under the same name
+    stop = "stop"
+    end_marker = "its last event (the one with details)"
+
+    @classmethod
+    def body(cls, request: GenerationRequest, parameters: dict[str, Any]) -> Any:
+        parameters["details"] = True
+        limit, temperature = request.token_limit(), request.sampling_temperature()
+        if limit is not None:
+            parameters["max_new_tokens"] = limit
+        if temperature:  # TGI wants > 0; 0 means greedy, its default
+            parameters["temperature"] = temperature
+        return {"inputs": prompt_text(request.messages), "parameters": parameters}
+
+    def _on_event(self, data: bytes | str) -> None:
         try:
             event = _decode_event(data)
         except msgspec.DecodeError as exc:
-            repaired = decode_repaired(_decode_event, data)
+            repaired = self._repaired(_decode_event, data, "event", exc)
             if repaired is None:
-                self._end(self._malformed("event", exc))
                 return
             event = repaired
         if event.error is not None:
-            self._end(self._error(event.error_type or "upstream_error", event.error))
+            self._failed(event.error, event.error_type)
             return
         token = event.token
         if token is not None and token.text and not token.special:
-            self._tokens = True
             self._emit(Delta(token.text))
         details = event.details
         if details is not None:
@@ -106,6 +99,3 @@ class GenerateStream(SSEStreamHandler):
             self._end(Finish(_FINISH.get(details.finish_reason, details.finish_reason)))
         elif event.generated_text is not None:  # the last event, from a server not asked for details
             self._end(Finish("stop"))
-
-    def _at_end(self) -> None:
-        self._end(self._incomplete("its last event (the one with details)"))

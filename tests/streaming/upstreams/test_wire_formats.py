@@ -254,11 +254,12 @@ def test_tgi_request_is_a_prompt_with_parameters() -> None:
 
 
 def test_ollama_request_uses_options() -> None:
+    """``stop`` goes as a list: Ollama's ``Options.Stop`` is ``[]string``, and a string is refused ("option "stop" must be of type array")."""
     path, _, body = ADAPTERS["ollama"].build_request(REQUEST, None)
     assert path == "/api/chat"
     assert msgspec.json.decode(body) == {
         "model": "m", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], "stream": True,
-        "options": {"top_p": 0.9, "seed": 7, "stop": "END", "num_predict": 20, "temperature": 1.5},
+        "options": {"top_p": 0.9, "seed": 7, "stop": ["END"], "num_predict": 20, "temperature": 1.5},
     }
 
 
