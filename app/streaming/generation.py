@@ -33,7 +33,7 @@ from app.errors import UpstreamError, UpstreamTimeout
 from app.streaming.events import Delta, Error, Event, Finish, Logprobs, Reasoning, RedactedReasoning, Refusal, ToolCall, Usage
 from app.streaming.request import GenerationRequest
 from app.streaming.routing import Circuit, Route, Target, Timeouts, Upstream
-from app.streaming.upstreams.http1 import Exchange
+from app.streaming.upstreams.transport import Exchange
 
 __all__ = ["Generation", "Route", "Sink", "Timeouts", "Upstream", "upstream_fault"]
 
