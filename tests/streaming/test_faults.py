@@ -28,9 +28,10 @@ FAULT_CODES = {
 
 
 @pytest.fixture(scope="module")
-def faulty() -> Iterator[tuple[MockModel, str]]:
+def faulty(transport: str) -> Iterator[tuple[MockModel, str]]:
+    """Over each transport: the same fault ends the same way."""
     with mock_server(ttft=0.0, interval=0.001, tokens=8) as (model, upstream), \
-            relay_server(upstream, first_token_timeout=0.3, idle_timeout=0.3) as url:
+            relay_server(upstream, first_token_timeout=0.3, idle_timeout=0.3, transport=transport) as url:
         yield model, url
 
 
