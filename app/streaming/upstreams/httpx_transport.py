@@ -1,5 +1,14 @@
 """The second transport: httpx (HTTP/1.1, or HTTP/2 with ``http2 = true``), for what the fast client does not do.
 
+Which HTTP: with ``http2``, HTTP/2 only (chosen by ALPN over TLS, by prior knowledge over
+``http://``), its connections pooled and shared by concurrent streams: HTTP/2's framing
+keeps every stream's bytes apart. Without it, HTTP/1.1 on a new connection per request,
+never pooled: httpx (h11) takes bytes after a response (after a ``204`` or ``304``, or past
+the last chunk in the same read) for the beginning of the next one, so a pooled connection
+could hand one client bytes the server wrote for nobody, or for another
+(tests/streaming/test_hostile_upstream.py shows it). The fast client pools only at a clean
+boundary; it remains the way to reuse HTTP/1.1 connections.
+
 It feeds an adapter's handler exactly as ``http1`` does (``on_response``, ``on_body`` per
 piece read, then ``on_end`` or ``on_lost``) and gives ``Generation`` the same exchange:
 ``status`` and ``close()``. So it is also the reference the fast client is tested against
@@ -19,10 +28,10 @@ go on generating, and the connection's flow-control window would shrink for good
 if httpcore's insides ever change shape, it closes the whole connection instead.
 
 What httpx decides here and the fast client does differently (each asserted by the
-differential test): its response head may be up to 100 KiB with no cap on the number of
-fields (h11's bound; ``http1``: 64 KiB, 100 fields); a byte after a response makes h11 drop
-the connection without a word, as ``http1`` does; a reused connection the server had closed
-is not retried.
+differential test, tests/streaming/test_transports.py): a response head may grow to 100 KiB
+while incomplete, with no cap on the number of fields (h11's bound; ``http1``: 64 KiB and 100
+fields); an interim (1xx) head's ``Content-Length`` is ignored, where ``http1`` refuses the
+response. A reused connection that the server had closed is not retried by httpx.
 """
 
 from __future__ import annotations
@@ -123,6 +132,8 @@ def _translate(exc: httpx.HTTPError, phase: str) -> UpstreamError:
         return UpstreamConnectError(f"the proxy did not open a tunnel: {text}")
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return UpstreamConnectError(f"cannot connect to the model server: {text}")
+    if "_SWITCH_UPGRADE" in text:  # h11's word for a 101 nobody asked for
+        return UpstreamProtocolError("upstream_switched_protocols", "the model server switched protocols (101) instead of answering", phase)
     if "Receive buffer too long" in text or "line too long" in text:  # h11's bound on a head, or on a chunk's framing
         code = "upstream_head_too_large" if phase == "first_token" else "upstream_malformed_http"
         return UpstreamProtocolError(code, f"the model server's response head or framing is too large: {text}", phase)
@@ -147,10 +158,12 @@ class HttpxTransport:
             proxy = origin.proxy
             headers = {"Proxy-Authorization": proxy.authorization} if proxy is not None and proxy.authorization else None
             verify: ssl.SSLContext | bool = origin.tls.context if origin.tls is not None else True
+            # HTTP/2 only, or HTTP/1.1 unpooled: see the module's docstring.
+            idle = MAX_IDLE_PER_ORIGIN if http2 else 0
             client = httpx.AsyncClient(
-                http2=http2, verify=verify, trust_env=False, timeout=None, follow_redirects=False,
+                http1=not http2, http2=http2, verify=verify, trust_env=False, timeout=None, follow_redirects=False,
                 proxy=httpx.Proxy(proxy.url, headers=headers) if proxy is not None else None,
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=MAX_IDLE_PER_ORIGIN, keepalive_expiry=IDLE_EXPIRY),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=idle, keepalive_expiry=IDLE_EXPIRY),
             )
             for name in list(client.headers):  # no User-Agent, Accept or Accept-Encoding of its own: a gzipped stream would be unreadable
                 del client.headers[name]
