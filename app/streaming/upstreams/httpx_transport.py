@@ -19,13 +19,16 @@ TCP connection, a proxy's tunnel and TLS, or a pooled connection), then ``head_t
 there to the response head: the same two phases and errors as ``http1``. httpx's own
 timeouts are off; the relay's phase timers (``Generation``) own the body.
 
-The body is read by a task of the transport's task group (the lifespan's), since httpx
-reads a response by awaiting it; ``close()`` cancels that task, which closes the response
-at once: the connection (HTTP/1.1), or the stream (HTTP/2). httpcore does not reset an
+The request is sent and its body read by a task of the transport's task group (the
+lifespan's), since httpx reads a response by awaiting it; ``close()`` cancels that task,
+which closes the response at once: the connection (HTTP/1.1), or the stream (HTTP/2). httpcore does not reset an
 HTTP/2 stream closed before its end (encode/httpcore#943, closed unfixed): the server would
 go on generating, and the connection's flow-control window would shrink for good. So
 ``_reset`` sends the ``RST_STREAM (CANCEL)`` itself, through the h2 connection httpcore holds;
-if httpcore's insides ever change shape, it closes the whole connection instead.
+if httpcore's insides ever change shape, it closes the whole connection instead. A request
+closed before its head cannot be reached that way (httpcore holds it alone until the head):
+on HTTP/2 it runs on to its head, then is reset; one whose head does not come before its
+deadline is cancelled, and its stream is left to the server.
 
 What httpx decides here and the fast client does differently (each asserted by the
 differential test, tests/streaming/test_transports.py): a response head may grow to 100 KiB
@@ -73,41 +76,89 @@ class _Phase:
 
 
 class HttpxExchange:
-    """One response being read by the transport's task; ``close()`` ends it at once if it has not ended."""
+    """One request, sent and read by a task of the transport's; ``close()`` ends it at once if its body has not ended.
 
-    __slots__ = ("_complete", "_response", "_scope", "status")
+    ``head`` resolves to the response's status once ``on_response`` has been called, or to
+    ``None`` if the request failed first (``take_failure`` says why). After ``close()`` the
+    handler hears nothing more. Closed before its head, an HTTP/2 request is let run until the
+    head arrives (or its deadline passes), and its stream is reset then: cancelled on the way,
+    httpcore would leave it open on the server.
+    """
 
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
+    __slots__ = ("_complete", "_failure", "_handler", "_http2", "_response", "_scope", "head", "status")
+
+    def __init__(self, handler: ResponseHandler, http2: bool) -> None:
+        self._handler: ResponseHandler | None = handler
+        self._http2 = http2
         self._scope = anyio.CancelScope()
+        self._response: httpx.Response | None = None
         self._complete = False
-        self.status = response.status_code
+        self._failure: UpstreamError | None = None
+        self.head: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self.status = 0
 
     def close(self) -> None:
-        self._scope.cancel()
+        self._handler = None
+        if self._response is not None or not self._http2:
+            self._scope.cancel()
 
-    async def pump(self, handler: ResponseHandler) -> None:
-        """Read the body into ``handler``; then ``on_end`` or ``on_lost``, unless ``close()`` came first."""
+    def take_failure(self) -> UpstreamError:
+        failure, self._failure = self._failure, None
+        assert failure is not None
+        return failure
+
+    async def run(self, client: httpx.AsyncClient, request: httpx.Request, phase: _Phase, connect_timeout: float) -> None:
+        try:
+            with self._scope:
+                try:
+                    async with asyncio.timeout(connect_timeout) as phase.deadline:
+                        self._response = await client.send(request, stream=True)
+                except TimeoutError:
+                    self._failure = UpstreamTimeout(phase.name, connect_timeout if phase.name == "connect" else phase.head_timeout)
+                    return
+                except httpx.HTTPError as exc:
+                    self._failure = _translate(exc, "first_token" if phase.name == "first_token" else "connect")
+                    return
+                request.extensions.pop("trace", None)  # httpcore reads it at every step: the body's pieces need not call it
+                try:
+                    await self._read(self._response)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._finish(self._response)
+        finally:
+            if not self.head.done():
+                if self._failure is None:
+                    self._failure = UpstreamConnectError("the relay is shutting down")
+                self.head.set_result(None)
+
+    async def _read(self, response: httpx.Response) -> None:
+        """The head to the handler, then the body; then ``on_end`` or ``on_lost``, unless ``close()`` came first."""
+        if self._handler is None:  # closed before its head: nobody waits for the answer
+            return
+        self._handler.on_response(response.status_code, [(name.lower(), value) for name, value in response.headers.raw])
+        self.status = response.status_code
+        if not self.head.done():
+            self.head.set_result(response.status_code)
         error: UpstreamError | None = None
-        with self._scope:
-            try:
-                async for piece in self._response.aiter_raw():
-                    handler.on_body(piece)
-                self._complete = True
-            except httpx.HTTPError as exc:
-                error = _translate(exc, "stream")
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._finish()
-            if error is None:
-                handler.on_end()
-            else:
-                handler.on_lost(error)
+        try:
+            async for piece in response.aiter_raw():
+                if self._handler is not None:
+                    self._handler.on_body(piece)
+            self._complete = True
+        except httpx.HTTPError as exc:
+            error = _translate(exc, "stream")
+        handler = self._handler
+        if handler is None:
+            return
+        if error is None:
+            handler.on_end()
+        else:
+            handler.on_lost(error)
 
-    async def _finish(self) -> None:
-        if not self._complete and self._response.http_version == "HTTP/2":
-            await _reset(self._response)
-        await self._response.aclose()
+    async def _finish(self, response: httpx.Response) -> None:
+        if not self._complete and response.http_version == "HTTP/2":
+            await _reset(response)
+        await response.aclose()
 
 
 async def _reset(response: httpx.Response) -> None:
@@ -186,21 +237,15 @@ class HttpxTransport:
         client = self._client(origin, http2)
         phase = _Phase(head_timeout)
         request = client.build_request(method, origin.url + path, headers=list(headers), content=body, extensions={"trace": phase.trace})
+        exchange = HttpxExchange(handler, http2)
+        self.tasks.start_soon(exchange.run, client, request, phase, connect_timeout)
         try:
-            async with asyncio.timeout(connect_timeout) as phase.deadline:
-                response = await client.send(request, stream=True)
-        except TimeoutError:
-            raise UpstreamTimeout(phase.name, connect_timeout if phase.name == "connect" else head_timeout) from None
-        except httpx.HTTPError as exc:
-            raise _translate(exc, "first_token" if phase.name == "first_token" else "connect") from None
-        request.extensions.pop("trace", None)  # httpcore reads it at every step: the body's pieces need not call it
-        exchange = HttpxExchange(response)
-        try:
-            handler.on_response(response.status_code, [(name.lower(), value) for name, value in response.headers.raw])
+            status = await asyncio.shield(exchange.head)
         except BaseException:
-            await response.aclose()
+            exchange.close()
             raise
-        self.tasks.start_soon(exchange.pump, handler)
+        if status is None:
+            raise exchange.take_failure()
         return exchange
 
     async def aclose(self) -> None:

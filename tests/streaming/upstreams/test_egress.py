@@ -7,9 +7,12 @@ variables are this process's environment, which the relay reads as it starts.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import functools
 import ssl
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, NamedTuple
 
@@ -151,7 +154,7 @@ def test_a_proxy_urls_userinfo_is_its_authorization_and_never_in_its_url() -> No
 
 
 @pytest.mark.parametrize("url", ["socks5://127.0.0.1:1080", "https://proxy.internal:443"])
-def test_a_proxy_the_relay_cannot_speak_stops_it_from_starting(url: str) -> None:
+async def test_a_proxy_the_relay_cannot_speak_stops_it_from_starting(url: str) -> None:
     settings = relay_settings(None, upstreams=[upstream("https://api.example.com/v1", "http1")])
     with pytest.raises(ValueError, match=r"upstream up: the proxy .* is not an http:// proxy URL"):
         build_upstreams(settings, Transports(Client(), HttpxTransport(anyio.create_task_group())), {}, network={"HTTPS_PROXY": url})
@@ -341,3 +344,52 @@ async def test_http2_through_httpx_streams_and_closes_the_stream_when_the_client
             assert await ask(client, url) == (ANSWER, None), "the connection serves the next stream after a reset one"
     assert versions.seen == ["2", "2", "2"]
     assert 3 <= record["tokens_sent"] < 1000
+
+
+class SlowHead:
+    """An ASGI app that answers a request's head only after ``delay``, then streams until the client resets the stream."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.arrived = threading.Event()
+        self.reset = threading.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        self.arrived.set()
+        await asyncio.sleep(self.delay)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        gone = asyncio.ensure_future(receive())
+        while not gone.done():
+            await send({"type": "http.response.body", "body": b": tick\n\n", "more_body": True})
+            await asyncio.wait([gone], timeout=0.01)
+        if gone.result()["type"] == "http.disconnect":
+            self.reset.set()
+
+
+async def test_an_http2_request_left_before_its_head_has_its_stream_reset_once_the_head_arrives(certs: Certs) -> None:
+    """httpcore, cancelled while it waits for a head, would leave the stream open on the server for good."""
+    app = SlowHead(delay=0.3)
+    with hypercorn_server(app, certfile=certs.server, keyfile=certs.server) as base:
+        origin = Origin(base, tls=TLS(certs.ca, alpn=("h2", "http/1.1")))
+        async with anyio.create_task_group() as tg:
+            transport = HttpxTransport(tg)
+            handler = _Ended()
+            with anyio.move_on_after(10) as waited:
+                async with anyio.create_task_group() as requesting:
+                    requesting.start_soon(functools.partial(
+                        transport.request, origin, "POST", "/", [], b"{}", handler, connect_timeout=5, head_timeout=5, http2=True))
+                    await anyio.to_thread.run_sync(app.arrived.wait, 5)
+                    requesting.cancel_scope.cancel()  # the client left: the relay abandons the request before its head
+                reset = await anyio.to_thread.run_sync(app.reset.wait, 5)
+            await transport.aclose()
+            tg.cancel_scope.cancel()
+    assert not waited.cancelled_caught
+    assert reset, "the server's stream was never reset"
+    assert not handler.ended.is_set(), "an abandoned request's handler heard from it"
