@@ -64,8 +64,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
                 logger.warning("bound to %s, but only requests for %s are answered (others get 400): set RELAY_PUBLIC_URL or RELAY_ALLOWED_HOSTS",
                                settings.host or "every address", ", ".join(settings.trusted_hosts()))
             for upstream in upstreams.values():
-                logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
-                            upstream.origin.base_path, upstream.protocol)
+                proxy = upstream.origin.proxy
+                logger.info("upstream %s: relaying to %s (%s)%s", upstream.name, upstream.origin.url, upstream.protocol,
+                            f" through the proxy at {proxy.url}" if proxy is not None else "")
             runtime = Runtime(settings, upstreams, models, live, client)
             # The memory log, or with RELAY_REDIS_URL the Redis one and its pool (closed after the generations below).
             log, peers = await stack.enter_async_context(event_log(settings))
