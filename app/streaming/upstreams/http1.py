@@ -521,7 +521,7 @@ class Client:
                 context = self._ssl
         connection = _Connection(self, origin)
         proxy = origin.proxy
-        where = f"the model server at {origin.host_header}" if proxy is None else f"the proxy at {proxy.url}"
+        where = f"the model server at {origin.host_header}" + (f" through the proxy at {proxy.url}" if proxy is not None else "")
         try:
             if proxy is None:
                 await loop.create_connection(lambda: connection, origin.host, origin.port, ssl=context)

@@ -21,9 +21,10 @@ timeouts are off; the relay's phase timers (``Generation``) own the body.
 
 The request is sent and its body read by a task of the transport's task group (the
 lifespan's), since httpx reads a response by awaiting it; ``close()`` cancels that task,
-which closes the response at once: the connection (HTTP/1.1), or the stream (HTTP/2). httpcore does not reset an
-HTTP/2 stream closed before its end (encode/httpcore#943, closed unfixed): the server would
-go on generating, and the connection's flow-control window would shrink for good. So
+which closes the response at once: the connection (HTTP/1.1), or the stream (HTTP/2).
+httpcore does not reset an HTTP/2 stream closed before its end (encode/httpcore#943, closed
+unfixed): the server would go on generating, and the connection's flow-control window would
+shrink for good. So
 ``_reset`` sends the ``RST_STREAM (CANCEL)`` itself, through the h2 connection httpcore holds;
 if httpcore's insides ever change shape, it closes the whole connection instead. A request
 closed before its head cannot be reached that way (httpcore holds it alone until the head):
@@ -40,7 +41,7 @@ response. A reused connection that the server had closed is not retried by httpx
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +54,8 @@ from anyio.abc import TaskGroup
 
 from app.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from app.streaming.upstreams.http1 import Origin, ResponseHandler
+
+logger = logging.getLogger("token_relay")
 
 MAX_IDLE_PER_ORIGIN = 256
 IDLE_EXPIRY = 4.0
@@ -167,10 +170,13 @@ async def _reset(response: httpx.Response) -> None:
     connection = getattr(inner, "_connection", None)
     stream_id = response.extensions.get("stream_id")
     if isinstance(connection, httpcore.AsyncHTTP2Connection) and isinstance(stream_id, int):
-        with contextlib.suppress(Exception):  # the stream or the connection already ended: nothing to reset
+        try:
             connection._h2_state.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
             await connection._write_outgoing_data(inner._request)  # type: ignore[union-attr]
-            return
+        except Exception as exc:  # the stream had ended meanwhile, or the connection failed: nothing is left to reset
+            logger.debug("HTTP/2 stream %d not reset: %r", stream_id, exc)
+        return
+    # Not the shape of httpcore this was written for: closing the connection is the one sure way to end the stream.
     network = response.extensions.get("network_stream")
     if network is not None:
         await network.aclose()
@@ -189,8 +195,7 @@ def _translate(exc: httpx.HTTPError, phase: str) -> UpstreamError:
         code = "upstream_head_too_large" if phase == "first_token" else "upstream_malformed_http"
         return UpstreamProtocolError(code, f"the model server's response head or framing is too large: {text}", phase)
     if isinstance(exc, httpx.ReadError | httpx.WriteError) or "peer closed" in text or "disconnected" in text:
-        suffix = "" if phase == "first_token" and not text else f": {text}"
-        return UpstreamProtocolError("upstream_disconnected", "the model server closed the connection" + suffix, phase)
+        return UpstreamProtocolError("upstream_disconnected", f"the model server closed the connection: {text}", phase)
     return UpstreamProtocolError("upstream_malformed_http", f"malformed HTTP from the model server: {text}", phase)
 
 
