@@ -4,8 +4,10 @@ Why not httpx: with 1,000 open streams httpx spends most of its time in its conn
 pool, which it scans on every chunk read (bench/RESULTS.md has the comparison). Here each
 connection is an ``asyncio.Protocol`` whose bytes go through httptools (C) straight into a
 ``ResponseHandler``'s callbacks: no task switch, no queue, no pool work per chunk. Idle
-connections are kept per origin in a LIFO list and reused; a reused connection that turns
-out to be closed before answering is retried once on a new one.
+connections are kept per origin (with the proxy and TLS settings it is reached with: ``Origin``)
+in a LIFO list and reused; a reused connection that turns out to be closed before answering is
+retried once on a new one. Through a proxy, the tunnel (or the absolute-form request line) is
+set up once per connection: nothing of it is in the path of a chunk.
 
 A pooled connection is shared by every client, so it goes back to the pool only at a clean
 message boundary: after a final response whose end the parser saw, with keep-alive, with no
@@ -513,12 +515,9 @@ class Client:
         loop = asyncio.get_running_loop()
         context: ssl.SSLContext | None = None
         if origin.scheme == "https":
-            if origin.tls is not None:
-                context = origin.tls.context
-            else:
-                if self._ssl is None:
-                    self._ssl = ssl.create_default_context()
-                context = self._ssl
+            if origin.tls is None and self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = origin.tls.context if origin.tls is not None else self._ssl
         connection = _Connection(self, origin)
         proxy = origin.proxy
         where = f"the model server at {origin.host_header}" + (f" through the proxy at {proxy.url}" if proxy is not None else "")
