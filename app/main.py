@@ -32,12 +32,13 @@ from app.routes.ops import healthz, metrics, readyz
 from app.routes.router import ASGIRoute, Files, RelayRouter
 from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
-from app.runtime import Runtime, build_upstreams
+from app.runtime import Runtime, Transports, build_upstreams
 from app.settings import WILDCARD_ADDRESSES, Settings
 from app.streaming.logs import event_log
 from app.streaming.respond import LiveRequests
 from app.streaming.resumable import ResumableStreams, StreamLimits
 from app.streaming.upstreams.http1 import Client
+from app.streaming.upstreams.httpx_transport import HttpxTransport
 from app.types import ASGIApp
 
 logger = logging.getLogger("token_relay")
@@ -57,15 +58,22 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
                 models = models or mock.MODELS
             client = Client()
             stack.push_async_callback(client.aclose)
-            upstreams = build_upstreams(settings, client, os.environ if environ is None else environ, mock_url)
+            # The httpx transport reads bodies in tasks of its own group: cancelled, then awaited, then its clients close.
+            reading = anyio.create_task_group()
+            httpx_transport = HttpxTransport(reading)
+            stack.push_async_callback(httpx_transport.aclose)
+            await stack.enter_async_context(reading)
+            stack.callback(reading.cancel_scope.cancel)
+            upstreams = build_upstreams(settings, Transports(client, httpx_transport), os.environ if environ is None else environ, mock_url)
             if not keys:
                 logger.warning("RELAY_API_KEYS is not set: the /v1 routes are open to anyone who can reach %s:%d", settings.host, settings.port)
             if settings.host in WILDCARD_ADDRESSES and settings.allowed_hosts is None and settings.public_url is None:
                 logger.warning("bound to %s, but only requests for %s are answered (others get 400): set RELAY_PUBLIC_URL or RELAY_ALLOWED_HOSTS",
                                settings.host or "every address", ", ".join(settings.trusted_hosts()))
             for upstream in upstreams.values():
-                logger.info("upstream %s: relaying to %s://%s%s (%s)", upstream.name, upstream.origin.scheme, upstream.origin.host_header,
-                            upstream.origin.base_path, upstream.protocol)
+                proxy = upstream.origin.proxy
+                logger.info("upstream %s: relaying to %s (%s)%s", upstream.name, upstream.origin.url, upstream.protocol,
+                            f" through the proxy at {proxy.url}" if proxy is not None else "")
             # The memory log, or with RELAY_REDIS_URL the Redis one and its pool (closed after the generations below).
             log, peers, key_limits = await stack.enter_async_context(event_log(settings))
             runtime = Runtime(settings, upstreams, models, live, client, keys, key_limits)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 import resource
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from app.errors import RequestError
 from app.ops.keys import Keys, key_of
 from app.ops.limits import NO_LIMITS, Admission, Limiter, MemoryLimits, estimate
-from app.settings import Settings
+from app.settings import Settings, UpstreamSettings
 from app.streaming.request import GenerationRequest
 from app.streaming.respond import LiveRequests
 from app.streaming.routing import Circuit, Route, Target, Timeouts, Upstream
-from app.streaming.upstreams.http1 import Client
+from app.streaming.upstreams.egress import TLSContexts, proxy_for
+from app.streaming.upstreams.http1 import Client, Origin
+from app.streaming.upstreams.httpx_transport import HttpxTransport
+from app.streaming.upstreams.transport import Transport
 from app.types import Scope
 
 logger = logging.getLogger("token_relay")
@@ -24,9 +29,25 @@ FILES_PER_STREAM = 2
 FILES_SPARE = 256
 
 
-def build_upstreams(settings: Settings, client: Client, environ: Mapping[str, str], mock_url: str | None = None) -> dict[str, Upstream]:
-    """The configured upstreams by name; with ``mock_url``, the shorthand upstream is the embedded mock there."""
+class Transports(NamedTuple):
+    """The HTTP clients upstreams are reached with (``transport`` in their settings), owned by the lifespan."""
+
+    http1: Client
+    httpx: HttpxTransport
+
+
+def build_upstreams(
+    settings: Settings, transports: Transports, environ: Mapping[str, str], mock_url: str | None = None,
+    network: Mapping[str, str] = os.environ,
+) -> dict[str, Upstream]:
+    """The configured upstreams by name; with ``mock_url``, the shorthand upstream is the embedded mock there.
+
+    ``environ`` holds the keys that ``api_key_env`` names; ``network`` the proxy variables and
+    ``SSL_CERT_FILE`` (app/streaming/upstreams/egress.py). A proxy or TLS file that cannot be used
+    raises ``ValueError`` naming the upstream: the relay does not start.
+    """
     upstreams: dict[str, Upstream] = {}
+    contexts = TLSContexts(network)
     for config in settings.upstream_list():
         timeouts = Timeouts(
             config.connect_timeout or settings.connect_timeout, config.first_token_timeout or settings.first_token_timeout,
@@ -37,14 +58,30 @@ def build_upstreams(settings: Settings, client: Client, environ: Mapping[str, st
         else:
             api_key = None if settings.upstreams else settings.upstream_api_key
         circuit = Circuit(failures=settings.circuit_failures, cooldown=settings.circuit_cooldown, max_concurrency=config.max_concurrency)
-        base_url = mock_url if mock_url is not None and not settings.upstreams else config.base_url
-        upstreams[config.name] = Upstream(config.name, base_url, client, timeouts, api_key, config.protocol, circuit)
+        embedded = mock_url is not None and not settings.upstreams
+        try:
+            origin = Origin(mock_url) if embedded and mock_url is not None else _origin(config, network, contexts)
+        except ValueError as exc:
+            raise ValueError(f"upstream {config.name}: {exc}") from exc
+        client: Transport = transports.httpx.for_http2(config.http2) if config.transport == "httpx" else transports.http1
+        upstreams[config.name] = Upstream(config.name, origin, client, timeouts, api_key, config.protocol, circuit)
     return upstreams
+
+
+def _origin(config: UpstreamSettings, network: Mapping[str, str], contexts: TLSContexts) -> Origin:
+    """Where ``config``'s model server is, and how it is reached: its proxy, if any, and its TLS context (for https)."""
+    where = Origin(config.base_url)
+    proxy = proxy_for(where.scheme, where.host, where.port, network)
+    if where.scheme != "https":
+        return Origin(config.base_url, proxy)
+    # HTTP/2 is chosen by ALPN; the fast client offers HTTP/1.1 alone, so that no server answers it in HTTP/2.
+    alpn = ("h2", "http/1.1") if config.http2 else ("http/1.1",)
+    return Origin(config.base_url, proxy, contexts.get(config.ca_file, config.client_cert, config.client_key, alpn))
 
 
 class Runtime:
     def __init__(
-        self, settings: Settings, upstreams: dict[str, Upstream] | Upstream, models: tuple[str, ...], live: LiveRequests, client: Client,
+        self, settings: Settings, upstreams: dict[str, Upstream] | Upstream, models: tuple[str, ...], live: LiveRequests, client: Transport,
         keys: Keys | None = None, limits: Limiter | None = None,
     ) -> None:
         if isinstance(upstreams, Upstream):

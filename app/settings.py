@@ -26,6 +26,8 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 # The upstream protocols, named here only: the CLI's choices and the adapters (which mypy holds to every name) follow.
 Protocol = Literal["openai", "tgi", "ollama", "anthropic"]
 PROTOCOLS: tuple[Protocol, ...] = typing.get_args(Protocol)
+# The HTTP clients an upstream can be reached with (app/streaming/upstreams/transports.py).
+Transport = Literal["http1", "httpx"]
 _URL = re.compile(r"^https?://[^/\s]+")
 _REDIS_URL = re.compile(r"^(?:rediss?://[^/\s]+(?:/[0-9]*)?(?:\?\S*)?|unix:///\S+)$")
 _PUBLIC_URL = re.compile(r"^https?://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?(?:/[^\s?#]*)?$", re.IGNORECASE)
@@ -46,10 +48,26 @@ class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     first_token_timeout: Seconds | None = None
     idle_timeout: Seconds | None = None
     max_concurrency: Positive | None = None
+    # The HTTP client: the relay's own HTTP/1.1 one (the fast path), or httpx (HTTP/2 with http2 = true).
+    transport: Transport = "http1"
+    http2: bool = False
+    # PEM files: the CAs the upstream is verified against (instead of SSL_CERT_FILE's or the system's),
+    # and a client certificate to present, with its key (unless the certificate's file holds it).
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
 
     def __post_init__(self) -> None:
         if not _URL.match(self.base_url):
             raise ValueError(f"base_url: must be an http:// or https:// URL, not {self.base_url!r}")
+        if self.http2 and self.transport != "httpx":
+            raise ValueError("http2: needs transport = \"httpx\" (the http1 transport speaks HTTP/1.1 only)")
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key: needs client_cert")
+        for name in ("ca_file", "client_cert", "client_key"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{name}: no such file: {path!r}")
 
 
 class KeySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

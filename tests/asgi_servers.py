@@ -42,7 +42,8 @@ def granian_server(app: Any) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def hypercorn_server(app: Any) -> Iterator[str]:
+def hypercorn_server(app: Any, **options: Any) -> Iterator[str]:
+    """hypercorn; ``options`` set its Config's attributes (``certfile`` and ``keyfile`` serve TLS, with HTTP/2 by ALPN)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -50,10 +51,13 @@ def hypercorn_server(app: Any) -> Iterator[str]:
     config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the socket from here
     config.graceful_timeout = 2
     config.loglevel = "WARNING"
+    for name, value in options.items():
+        setattr(config, name, value)
+    scheme = "https" if config.ssl_enabled else "http"
     stopping = asyncio.Event()
     with _on_a_loop_of_its_own(lambda: hypercorn.asyncio.serve(app, config, shutdown_trigger=stopping.wait), stopping.set):
         _wait_until_listening(port)  # hypercorn too, once the lifespan has started
-        yield f"http://127.0.0.1:{port}"
+        yield f"{scheme}://127.0.0.1:{port}"
 
 
 OTHER_SERVERS: dict[str, Callable[[Any], contextlib.AbstractContextManager[str]]] = {"granian": granian_server, "hypercorn": hypercorn_server}

@@ -27,6 +27,9 @@ SERVERS = ("uvicorn", *OTHER_SERVERS)
 under_every_server = pytest.mark.parametrize("asgi_server", SERVERS, indirect=True)
 """Runs a test once per ASGI server: the test, or its relay's fixture, takes ``asgi_server`` (tests/conftest.py)."""
 
+TRANSPORTS = ("http1", "httpx")
+"""The relay's HTTP clients to its upstreams; a relay fixture that takes ``transport`` (tests/streaming/conftest.py) runs over each."""
+
 
 def bound_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -69,19 +72,27 @@ def mock_server(**options: Any) -> Iterator[tuple[MockModel, str]]:
         yield model, url + "/v1"
 
 
-def relay_settings(upstream: str | None, *, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+def relay_settings(upstream: str | None, *, environ: dict[str, str] | None = None, transport: str | None = None, **overrides: Any) -> Settings:
+    """The relay's settings; with ``transport``, the one ``upstream`` (or each of ``upstreams``) is reached with that HTTP client."""
     values: dict[str, Any] = {"upstream": upstream, "access_log": False, "log_level": "warning"}
     values.update(overrides)
+    if transport is not None:
+        if upstream is not None:  # the shorthand has no transport: the same upstream, spelled out
+            values["upstream"] = None
+            values["upstreams"] = [{"name": "default", "base_url": upstream, "protocol": values.pop("protocol", "openai")}]
+        values["upstreams"] = [{"transport": transport} | dict(config) for config in values["upstreams"]]
     return load_settings(values, environ=environ or {})
 
 
 @contextlib.contextmanager
-def relay_server(upstream: str | None, *, server: str = "uvicorn", environ: dict[str, str] | None = None, **overrides: Any) -> Iterator[str]:
+def relay_server(
+    upstream: str | None, *, server: str = "uvicorn", environ: dict[str, str] | None = None, transport: str | None = None, **overrides: Any,
+) -> Iterator[str]:
     """The relay under ``server``, relaying to ``upstream``; yields its base URL (``environ`` is what the settings are checked against).
 
     Under uvicorn it is served as the runner serves it (``RelayConfig``), with the test process's own logging (pytest's capture).
     """
-    settings = relay_settings(upstream, environ=environ, **overrides)
+    settings = relay_settings(upstream, environ=environ, transport=transport, **overrides)
     if server == "uvicorn":
         served = serve_config(RelayConfig(settings, log_config=None, timeout_graceful_shutdown=2))
     else:

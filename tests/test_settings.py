@@ -133,6 +133,17 @@ first_token_timeout = 10
     assert settings.first_token_timeout == 30
 
 
+def test_how_an_upstream_is_reached_is_read_with_it(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA")
+    settings = load_settings(environ={
+        "RELAY_UPSTREAMS": f'[{{"name": "a", "base_url": "https://h/v1", "transport": "httpx", "http2": true, "ca_file": "{ca}"}}]',
+    })
+    upstream = settings.upstreams[0]
+    assert (upstream.transport, upstream.http2, upstream.ca_file, upstream.client_cert) == ("httpx", True, str(ca), None)
+    assert load_settings(environ={}).upstream_list()[0].transport == "http1"
+
+
 def test_upstreams_and_routes_from_the_environment_as_json() -> None:
     settings = load_settings(environ={
         "RELAY_UPSTREAMS": '[{"name": "ollama", "protocol": "ollama", "base_url": "http://127.0.0.1:11434"}]',
@@ -156,6 +167,14 @@ def test_upstreams_and_routes_from_the_environment_as_json() -> None:
      "invalid setting routes (RELAY_ROUTES): 'm' names 'elsewhere', but there is no upstream 'elsewhere'"),
     ({"RELAY_ROUTES": "{m: 1}"}, "invalid setting routes (RELAY_ROUTES): not JSON"),
     ({"RELAY_PROTOCOL": "grpc"}, "invalid setting protocol (RELAY_PROTOCOL): Invalid enum value 'grpc'"),
+    ({"RELAY_UPSTREAMS": '[{"name": "a", "base_url": "https://h", "http2": true}]'},
+     'invalid setting upstreams[0] (RELAY_UPSTREAMS): http2: needs transport = "httpx"'),
+    ({"RELAY_UPSTREAMS": '[{"name": "a", "base_url": "https://h", "transport": "aiohttp"}]'},
+     "invalid setting upstreams[0].transport (RELAY_UPSTREAMS): Invalid enum value 'aiohttp'"),
+    ({"RELAY_UPSTREAMS": '[{"name": "a", "base_url": "https://h", "ca_file": "/no/such/ca.pem"}]'},
+     "invalid setting upstreams[0] (RELAY_UPSTREAMS): ca_file: no such file: '/no/such/ca.pem'"),
+    ({"RELAY_UPSTREAMS": f'[{{"name": "a", "base_url": "https://h", "client_key": "{__file__}"}}]'},
+     "invalid setting upstreams[0] (RELAY_UPSTREAMS): client_key: needs client_cert"),
 ])
 def test_a_bad_upstream_or_route_names_itself(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as raised:

@@ -39,7 +39,7 @@ from app.errors import TotalTimeout, UpstreamError, UpstreamTimeout
 from app.streaming.events import Delta, Error, Event, Finish, Logprobs, Reasoning, RedactedReasoning, Refusal, Terminal, ToolCall, Usage
 from app.streaming.request import GenerationRequest
 from app.streaming.routing import Target
-from app.streaming.upstreams.http1 import Exchange
+from app.streaming.upstreams.transport import Exchange
 
 __all__ = ["Attempt", "Sink"]
 

@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 from app.settings import Protocol
 from app.streaming.upstreams.adapters import ADAPTERS
-from app.streaming.upstreams.http1 import Client, Origin
+from app.streaming.upstreams.http1 import Origin
+from app.streaming.upstreams.transport import Transport
 
 
 class Timeouts:
@@ -100,13 +101,13 @@ class Upstream:
     """A configured model server: where it is, how to talk to it, with which key, and its circuit."""
 
     def __init__(
-        self, name: str, base_url: str, client: Client, timeouts: Timeouts, api_key: str | None = None, protocol: Protocol = "openai",
+        self, name: str, base_url: str | Origin, client: Transport, timeouts: Timeouts, api_key: str | None = None, protocol: Protocol = "openai",
         circuit: Circuit | None = None,
     ) -> None:
         self.name = name
         self.protocol = protocol
         self.adapter = ADAPTERS[protocol]
-        self.origin = Origin(base_url)
+        self.origin = base_url if isinstance(base_url, Origin) else Origin(base_url)
         self.client = client
         self.timeouts = timeouts
         self.api_key = api_key

@@ -7,6 +7,13 @@ import pytest
 from redis.asyncio import ConnectionPool
 
 from app.streaming.log_redis import RedisEventLog
+from tests.servers import TRANSPORTS
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """The HTTP client the relay reaches its upstreams with: a relay fixture that takes it runs its module's tests over each."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -13,17 +13,17 @@ from tests.servers import mock_server, relay_server, under_every_server
 
 
 @pytest.fixture(scope="module")
-def slow(asgi_server: str) -> Iterator[tuple[MockModel, str]]:
-    """A model that takes 30 s to its first token, then a token every 50 ms."""
+def slow(asgi_server: str, transport: str) -> Iterator[tuple[MockModel, str]]:
+    """A model that takes 30 s to its first token, then a token every 50 ms (over each transport)."""
     with mock_server(ttft=30.0, interval=0.05, tokens=1000) as (model, upstream), \
-            relay_server(upstream, server=asgi_server, max_tokens_limit=1000, default_model="mock") as url:
+            relay_server(upstream, server=asgi_server, max_tokens_limit=1000, default_model="mock", transport=transport) as url:
         yield model, url
 
 
 @pytest.fixture(scope="module")
-def steady(asgi_server: str) -> Iterator[tuple[MockModel, str]]:
+def steady(asgi_server: str, transport: str) -> Iterator[tuple[MockModel, str]]:
     with mock_server(ttft=0.0, interval=0.02, tokens=1000) as (model, upstream), \
-            relay_server(upstream, server=asgi_server, max_tokens_limit=1000, default_model="mock") as url:
+            relay_server(upstream, server=asgi_server, max_tokens_limit=1000, default_model="mock", transport=transport) as url:
         yield model, url
 
 

@@ -28,9 +28,10 @@ FAULT_CODES = {
 
 
 @pytest.fixture(scope="module")
-def faulty() -> Iterator[tuple[MockModel, str]]:
+def faulty(transport: str) -> Iterator[tuple[MockModel, str]]:
+    """Over each transport: the same fault ends the same way."""
     with mock_server(ttft=0.0, interval=0.001, tokens=8) as (model, upstream), \
-            relay_server(upstream, first_token_timeout=0.3, idle_timeout=0.3) as url:
+            relay_server(upstream, first_token_timeout=0.3, idle_timeout=0.3, transport=transport) as url:
         yield model, url
 
 
@@ -74,12 +75,12 @@ async def test_total_deadline_ends_a_slow_but_steady_stream(client: httpx.AsyncC
     assert 2 <= len(events) - 1 <= 10
 
 
-async def test_unreachable_upstream_is_a_connect_error(client: httpx.AsyncClient) -> None:
+async def test_unreachable_upstream_is_a_connect_error(client: httpx.AsyncClient, transport: str) -> None:
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    with relay_server(f"http://127.0.0.1:{port}/v1") as url:
+    with relay_server(f"http://127.0.0.1:{port}/v1", transport=transport) as url:
         _, events = await post_stream(client, url + "/v1/generate", {"prompt": "x", "stream": True, "model": "m"})
         response = await client.post(url + "/v1/generate", json={"prompt": "x", "model": "m"})
     error = data(events[-1])
@@ -87,7 +88,7 @@ async def test_unreachable_upstream_is_a_connect_error(client: httpx.AsyncClient
     assert response.status_code == 502
 
 
-async def test_connect_timeout_when_the_upstream_never_accepts(client: httpx.AsyncClient) -> None:
+async def test_connect_timeout_when_the_upstream_never_accepts(client: httpx.AsyncClient, transport: str) -> None:
     # A listener that never accepts, with its backlog filled: further connects hang.
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -100,7 +101,7 @@ async def test_connect_timeout_when_the_upstream_never_accepts(client: httpx.Asy
         filler.connect_ex(("127.0.0.1", port))
         fillers.append(filler)
     try:
-        with relay_server(f"http://127.0.0.1:{port}/v1", connect_timeout=0.3) as url:
+        with relay_server(f"http://127.0.0.1:{port}/v1", connect_timeout=0.3, transport=transport) as url:
             _, events = await post_stream(client, url + "/v1/generate", {"prompt": "x", "stream": True, "model": "m"})
     finally:
         for filler in fillers:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.hostile import LAST_CHUNK, Conn, HostileUpstream, Probe, chunk, chunked_head, chunked_response, probing, sse
-from tests.servers import relay_server
+from tests.servers import TRANSPORTS, relay_server
 from tests.sse import data, post_stream
 
 ALPHA = "alpha: the first client's answer"
@@ -73,11 +73,11 @@ async def generate(http: httpx.AsyncClient, url: str, prompt: str = "x") -> tupl
     return text, data(events[-1])["code"] if terminal[0] == "error" else None
 
 
-async def two_clients(script: Overlap) -> tuple[tuple[str, str | None], tuple[str, str | None], HostileUpstream]:
-    """The first client's request, then the second's once the upstream has written its ``first`` bytes."""
+async def two_clients(script: Overlap, transport: str = "http1") -> tuple[tuple[str, str | None], tuple[str, str | None], HostileUpstream]:
+    """The first client's request, then the second's once the upstream has written its ``first`` bytes, over ``transport``."""
     upstream = HostileUpstream(script)
     answers: dict[str, tuple[str, str | None]] = {}
-    with upstream.serving() as base, relay_server(base, default_model="m", first_token_timeout=5, idle_timeout=5) as url:
+    with upstream.serving() as base, relay_server(base, default_model="m", first_token_timeout=5, idle_timeout=5, transport=transport) as url:
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
 
             async def first() -> None:
@@ -95,21 +95,27 @@ def assert_not_reused(upstream: HostileUpstream) -> None:
     assert len(upstream.conns[0].requests) == 1, "the poisoned connection served another request"
 
 
+# The cases of a poisoned connection run over both transports: httpx, the reference, must not lend one either.
+over_both = pytest.mark.parametrize("transport", TRANSPORTS)
+
+
+@over_both
 @pytest.mark.parametrize("interim", [
     pytest.param(b"HTTP/1.1 100 Continue\r\n\r\n", id="100"),
     pytest.param(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n", id="103"),
 ])
-async def test_an_interim_head_is_skipped_and_the_final_answer_reaches_its_own_client(interim: bytes) -> None:
-    first, second, upstream = await two_clients(Overlap(interim, chunked_response(sse(ALPHA))))
+async def test_an_interim_head_is_skipped_and_the_final_answer_reaches_its_own_client(interim: bytes, transport: str) -> None:
+    first, second, upstream = await two_clients(Overlap(interim, chunked_response(sse(ALPHA))), transport)
     assert second == (BETA, None)
     assert_not_reused(upstream)
     assert first == (ALPHA, None)
 
 
-async def test_switching_protocols_is_one_clean_error_and_no_fatal_transport_error(caplog: pytest.LogCaptureFixture) -> None:
+@over_both
+async def test_switching_protocols_is_one_clean_error_and_no_fatal_transport_error(caplog: pytest.LogCaptureFixture, transport: str) -> None:
     switch = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
     with caplog.at_level(logging.ERROR, logger="asyncio"):
-        first, second, upstream = await two_clients(Overlap(switch, chunked_response(sse(ALPHA))))
+        first, second, upstream = await two_clients(Overlap(switch, chunked_response(sse(ALPHA))), transport)
     fatal = [record.getMessage() for record in caplog.records if record.name == "asyncio" and "Fatal error" in record.getMessage()]
     assert fatal == []
     assert first == ("", "upstream_switched_protocols")
@@ -117,19 +123,21 @@ async def test_switching_protocols_is_one_clean_error_and_no_fatal_transport_err
     assert_not_reused(upstream)
 
 
+@over_both
 @pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
-async def test_a_response_without_a_body_is_not_followed_by_bytes_for_another_client(status: bytes) -> None:
-    first, second, upstream = await two_clients(Overlap(b"HTTP/1.1 %b\r\n\r\n" % status, chunked_response(sse(ALPHA))))
+async def test_a_response_without_a_body_is_not_followed_by_bytes_for_another_client(status: bytes, transport: str) -> None:
+    first, second, upstream = await two_clients(Overlap(b"HTTP/1.1 %b\r\n\r\n" % status, chunked_response(sse(ALPHA))), transport)
     assert second == (BETA, None)
     assert_not_reused(upstream)
     assert first == ("", f"upstream_status_{status[:3].decode()}")
 
 
-async def test_bytes_after_the_last_chunk_in_the_same_write_discard_the_connection() -> None:
+@over_both
+async def test_bytes_after_the_last_chunk_in_the_same_write_discard_the_connection(transport: str) -> None:
     """The stray bytes begin a head; its rest comes once another request could be on the connection."""
     rest = b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(sse(STOLEN)) + LAST_CHUNK
     script = Overlap(chunked_response(sse(ALPHA)) + b"HTTP/1.1 200 OK\r\n", rest)
-    first, second, upstream = await two_clients(script)
+    first, second, upstream = await two_clients(script, transport)
     assert second == (BETA, None)
     assert_not_reused(upstream)
     assert first == (ALPHA, None)

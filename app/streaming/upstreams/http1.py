@@ -4,8 +4,10 @@ Why not httpx: with 1,000 open streams httpx spends most of its time in its conn
 pool, which it scans on every chunk read (bench/RESULTS.md has the comparison). Here each
 connection is an ``asyncio.Protocol`` whose bytes go through httptools (C) straight into a
 ``ResponseHandler``'s callbacks: no task switch, no queue, no pool work per chunk. Idle
-connections are kept per origin in a LIFO list and reused; a reused connection that turns
-out to be closed before answering is retried once on a new one.
+connections are kept per origin (with the proxy and TLS settings it is reached with: ``Origin``)
+in a LIFO list and reused; a reused connection that turns out to be closed before answering is
+retried once on a new one. Through a proxy, the tunnel (or the absolute-form request line) is
+set up once per connection: nothing of it is in the path of a chunk.
 
 A pooled connection is shared by every client, so it goes back to the pool only at a clean
 message boundary: after a final response whose end the parser saw, with keep-alive, with no
@@ -43,6 +45,7 @@ import anyio
 import httptools
 
 from app.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from app.streaming.upstreams.egress import TLS, Proxy
 
 # A response head (its interim heads included) past these ends the exchange: a peer cannot
 # make the relay keep more of it than this.
@@ -66,11 +69,19 @@ class ResponseHandler(Protocol):
 
 
 class Origin:
-    """Scheme, host and port of an upstream, with the path prefix of its base URL."""
+    """Scheme, host and port of an upstream, with the path prefix of its base URL, and how it is reached.
 
-    __slots__ = ("base_path", "host", "host_header", "port", "scheme")
+    ``proxy`` (app/streaming/upstreams/egress.py): an ``https`` origin is reached through a
+    CONNECT tunnel, an ``http`` one by requests in absolute form (``POST http://host/path``),
+    as every HTTP client does with ``HTTP_PROXY``: proxies commonly allow CONNECT to port 443
+    only, and the request is in clear text either way. ``tls``: the context an ``https`` origin
+    is verified with (else the system's). ``key`` is everything that makes two connections
+    differ, so the pool never lends one to an upstream it was not made for.
+    """
 
-    def __init__(self, url: str) -> None:
+    __slots__ = ("base_path", "host", "host_header", "key", "port", "proxy", "proxy_headers", "scheme", "target", "tls")
+
+    def __init__(self, url: str, proxy: Proxy | None = None, tls: TLS | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -81,10 +92,18 @@ class Origin:
         self.base_path = parts.path.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if self.port == default_port else f"{host}:{self.port}"
+        self.proxy = proxy
+        self.tls = tls
+        forwarded = proxy is not None and self.scheme == "http"
+        # What precedes a request's path on its request line, and what follows its Host header: built once.
+        self.target = (f"http://{self.host_header}" if forwarded else "") + self.base_path
+        authorization = proxy.authorization if forwarded and proxy is not None else None
+        self.proxy_headers = f"Proxy-Authorization: {authorization}\r\n" if authorization else ""
+        self.key = (self.scheme, self.host, self.port, proxy.key if proxy else None, tls.key if tls else None)
 
     @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.scheme, self.host, self.port)
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host_header}{self.base_path}"
 
 
 class _Stop(Exception):
@@ -342,6 +361,58 @@ def _head_too_large() -> UpstreamProtocolError:
     return UpstreamProtocolError("upstream_head_too_large", message, "first_token")
 
 
+class _TunnelHead(asyncio.Protocol):
+    """A connection to a proxy until its answer to CONNECT: ``head`` resolves to that head (``b""`` if the proxy hung up)."""
+
+    def __init__(self, request: bytes, head: asyncio.Future[bytes]) -> None:
+        self._request = request
+        self._head = head
+        self._received = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).write(self._request)
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._received += data
+        if b"\r\n\r\n" in self._received or len(self._received) > MAX_HEAD_BYTES:
+            self._transport.pause_reading()  # what follows is the tunnel's: TLS takes the transport
+            if not self._head.done():
+                self._head.set_result(bytes(self._received))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._head.done():
+            self._head.set_result(b"")
+
+
+async def _tunnel(loop: asyncio.AbstractEventLoop, origin: Origin, proxy: Proxy, connection: _Connection, context: ssl.SSLContext) -> None:
+    """Connect ``connection`` to ``origin`` through a CONNECT tunnel at ``proxy``, then TLS inside it (RFC 9110 §9.3.6).
+
+    A proxy that refuses (any status but 2xx), hangs up, or sends more than its head before
+    the TLS handshake fails the connect: ``UpstreamConnectError`` naming the proxy and its answer.
+    """
+    target = f"[{origin.host}]:{origin.port}" if ":" in origin.host else f"{origin.host}:{origin.port}"
+    request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+    if proxy.authorization:
+        request += f"Proxy-Authorization: {proxy.authorization}\r\n"
+    head: asyncio.Future[bytes] = loop.create_future()
+    transport, _ = await loop.create_connection(lambda: _TunnelHead((request + "\r\n").encode("latin-1"), head), proxy.host, proxy.port)
+    try:
+        answer = await head
+        line = answer.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+        status = line.split(" ", 2)[1] if line.count(" ") >= 1 else ""
+        if not answer.endswith(b"\r\n\r\n") or not (status.isdigit() and 200 <= int(status) < 300):
+            said = f"it answered {line!r}" if line else "it closed the connection"
+            raise UpstreamConnectError(f"the proxy at {proxy.url} did not open a tunnel to {target}: {said}")
+        tls = await loop.start_tls(transport, connection, context, server_hostname=origin.host)
+        if tls is None:
+            raise UpstreamConnectError(f"the proxy at {proxy.url} closed the tunnel to {target} during the TLS handshake")
+    except BaseException:
+        transport.abort()
+        raise
+    connection.connection_made(tls)
+
+
 class Exchange:
     """One request in flight; ``close()`` aborts it if the response has not ended.
 
@@ -370,7 +441,7 @@ class Client:
     """Opens exchanges with upstream origins, keeping idle connections for reuse."""
 
     def __init__(self, *, max_idle_per_origin: int = MAX_IDLE_PER_ORIGIN, idle_expiry: float = 4.0) -> None:
-        self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
+        self._idle: dict[tuple[object, ...], deque[_Connection]] = {}
         self._open: set[_Connection] = set()  # idle or not: aclose() closes them all
         self._max_idle = max_idle_per_origin
         self._idle_expiry = idle_expiry
@@ -390,7 +461,7 @@ class Client:
         connect_timeout: float,
         head_timeout: float,
     ) -> Exchange:
-        lines = [f"{method} {origin.base_path}{path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+        lines = [f"{method} {origin.target}{path} HTTP/1.1\r\nHost: {origin.host_header}\r\n{origin.proxy_headers}"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers)
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
         request = "".join(lines).encode("latin-1") + body
@@ -451,15 +522,22 @@ class Client:
         loop = asyncio.get_running_loop()
         context: ssl.SSLContext | None = None
         if origin.scheme == "https":
-            if self._ssl is None:
+            if origin.tls is None and self._ssl is None:
                 self._ssl = ssl.create_default_context()
-            context = self._ssl
+            context = origin.tls.context if origin.tls is not None else self._ssl
         connection = _Connection(self, origin)
+        proxy = origin.proxy
+        where = f"the model server at {origin.host_header}" + (f" through the proxy at {proxy.url}" if proxy is not None else "")
         try:
-            await loop.create_connection(lambda: connection, origin.host, origin.port, ssl=context)
+            if proxy is None:
+                await loop.create_connection(lambda: connection, origin.host, origin.port, ssl=context)
+            elif context is None:  # http through a proxy: requests in absolute form, on a connection to the proxy
+                await loop.create_connection(lambda: connection, proxy.host, proxy.port)
+            else:
+                await _tunnel(loop, origin, proxy, connection, context)
         except OSError as exc:
             connection.discard()  # refused or cancelled, its transport may never report the loss
-            raise UpstreamConnectError(f"cannot connect to the model server at {origin.host_header}: {exc.strerror or exc}") from exc
+            raise UpstreamConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
         except BaseException:
             connection.discard()
             raise

@@ -41,7 +41,8 @@ def mocks() -> Iterator[tuple[str, str, MockModel]]:
 
 
 @pytest.fixture(scope="module", params=PROTOCOLS)
-def relay(request: pytest.FixtureRequest, mocks: tuple[str, str, MockModel]) -> Iterator[Relay]:
+def relay(request: pytest.FixtureRequest, mocks: tuple[str, str, MockModel], transport: str) -> Iterator[Relay]:
+    """Each protocol, over each transport."""
     protocol: str = request.param
     fast, slow_url, slow = mocks
     suffix = "/v1" if protocol == "openai" else ""
@@ -52,7 +53,7 @@ def relay(request: pytest.FixtureRequest, mocks: tuple[str, str, MockModel]) -> 
           for fault in FAULTS),
     ]
     routes = {"mock": ["fast"], "slow": ["slow"], **{f"mock-fault-{fault}": [fault] for fault in FAULTS}}
-    with relay_server(None, upstreams=upstreams, routes=routes, circuit_failures=1000, max_tokens_limit=1000) as url:
+    with relay_server(None, upstreams=upstreams, routes=routes, circuit_failures=1000, max_tokens_limit=1000, transport=transport) as url:
         yield Relay(protocol, url, slow)
 
 
