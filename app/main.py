@@ -23,6 +23,7 @@ from app.middleware import ApiKeyAuth
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
 from app.routes.ops import healthz, readyz
+from app.routes.responses import responses
 from app.routes.router import ASGIRoute, Files, RelayRouter
 from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
@@ -75,6 +76,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     routes = [
         ASGIRoute("/v1/chat/completions", chat_completions, "POST"),
         ASGIRoute("/v1/generate", generate, "POST"),
+        ASGIRoute("/v1/responses", responses, "POST"),
         ASGIRoute("/v1/streams", create_stream, "POST"),
         ASGIRoute("/v1/streams/{stream_id}/events", stream_events, "GET"),
         ASGIRoute("/v1/streams/{stream_id}", cancel_stream, "DELETE"),
