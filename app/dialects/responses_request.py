@@ -42,7 +42,7 @@ class ResponsesRequest(msgspec.Struct, frozen=True):
     """The fields the relay reads; any other is neither passed on nor refused (see the README)."""
 
     model: Annotated[str, msgspec.Meta(min_length=1)]
-    input: str | list[dict[str, Any]]
+    input: str | list[dict[str, Any]] | None = None  # required: checked by ``messages_of``, which names it
     instructions: str | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -127,6 +127,8 @@ def _string(item: dict[str, Any], key: str, path: str) -> str:
 
 def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
     """The chat messages the request's ``instructions`` and ``input`` add up to."""
+    if request.input is None or request.input == []:
+        raise RequestError(422, "invalid_request", "input is required: a string, or a list of at least one item", param="$.input")
     messages: list[dict[str, Any]] = [{"role": "system", "content": request.instructions}] if request.instructions else []
     if isinstance(request.input, str):
         return [*messages, {"role": "user", "content": request.input}]
@@ -158,8 +160,6 @@ def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
                                "(with the AI SDK: providerOptions.openai.store = false)", path)
         else:
             raise _unsupported(f"input item {kind!r} is not supported here (message, function_call, function_call_output, reasoning)", path + ".type")
-    if not messages:
-        raise RequestError(422, "invalid_request", "input must hold at least one item", param="$.input")
     return messages
 
 
