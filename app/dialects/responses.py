@@ -10,7 +10,8 @@ events, ``response.output_item.done``), every event with its ``sequence_number``
 ``response.created`` and ``response.in_progress``; then exactly one of ``response.completed``,
 ``response.incomplete`` (a ``length`` finish: ``max_output_tokens``; ``content_filter``) or
 ``response.failed`` (``error``: the relay's ``type``, ``code``, ``phase`` and ``message``), each
-with the whole response.
+with the whole response (a failed one with ``output: null``: its deltas said it, and the OpenAI SDK
+rebuilds it from them).
 
 A batch of parts that waited for a slow client (``Merged``) is taken in the order of a message
 (reasoning, text, refusal, calls), so item and part boundaries stay right: the texts of one
@@ -217,20 +218,6 @@ class Output:
     def note_text(self, text: str) -> None:
         self._texts.append(text)
 
-    def cut(self) -> None:
-        """The stream failed: the items as far as they got, with no more events; those not done are ``incomplete``."""
-        if self._open is not None:
-            item = self.items[self._open]
-            if item["type"] == "message" and self._part_open:
-                self._settle_part(item)
-            elif item["type"] == "reasoning" and item["summary"]:
-                item["summary"][0]["text"], self._texts = "".join(self._texts), []
-        self._open = None
-        self._calls.clear()
-        for item in self.items:
-            if item["status"] == "in_progress":
-                item["status"] = "incomplete"
-
     def finish(self, status: str) -> None:
         """Every item still open is done, with ``status``."""
         self._close_open(status)
@@ -330,11 +317,13 @@ class ResponseEvents:
         return self._take()
 
     def terminal(self, event: Terminal) -> bytes:
+        # A failure's response leaves the output out (``null``): the deltas have said it all, the SDKs fill it in from
+        # them, and the error stays small, even for a reader already too slow (``slow_consumer``).
+        output = None
         if type(event) is Finish:
             self._output.finish(_status(event))
-        else:
-            self._output.cut()
-        response = dict(self._response, output=self._output.items)
+            output = self._output.items
+        response = dict(self._response, output=output)
         kind = _ending(response, event, self._usage)
         self._event(kind, response=response)
         return self._take()

@@ -141,20 +141,23 @@ async def test_a_length_cut_is_response_incomplete(relay_url: str, client: httpx
 
 
 async def test_a_mid_stream_failure_is_one_response_failed_with_the_relays_code(relay_url: str) -> None:
-    def ask() -> tuple[list[Any], str]:
+    def ask() -> tuple[list[Any], list[Any], str]:
         with sdk(relay_url) as client:
             events = list(client.responses.create(model="mock-fault-error-midstream", input="x", stream=True))
             with client.responses.stream(model="mock-fault-error-midstream", input="x") as stream, \
                     pytest.raises(RuntimeError, match=r"response\.completed") as raised:
+                helped = list(stream)
                 stream.get_final_response()
-            return events, str(raised.value)
+            return events, helped, str(raised.value)
 
-    events, raised = await in_thread(ask)
+    events, helped, raised = await in_thread(ask)
     assert "Didn't receive" in raised, "the helper's final response is not a completed one"
-    assert [event.type for event in events].count("response.failed") == 1 and events[-1].type == "response.failed"
-    error = events[-1].response.error
-    assert (error.code, error.type, error.model_extra["phase"]) == ("mock_fault", "upstream_error", "stream")
-    assert events[-1].response.output[0].status == "incomplete" and events[-1].response.output[0].content[0].text
+    for seen in (events, helped):
+        assert [event.type for event in seen].count("response.failed") == 1 and seen[-1].type == "response.failed"
+        error = seen[-1].response.error
+        assert (error.code, error.type, error.model_extra["phase"]) == ("mock_fault", "upstream_error", "stream")
+    partial = helped[-1].response.output[0]
+    assert partial.type == "message" and partial.content[0].text == "".join(e.delta for e in helped if e.type == "response.output_text.delta")
 
 
 async def test_failures_before_the_head_are_openai_errors(relay_url: str) -> None:
