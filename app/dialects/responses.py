@@ -61,18 +61,38 @@ def response_object(response_id: str, model: str, echo: dict[str, Any]) -> dict[
     }
 
 
-class Output:
-    """The output items of one response as its parts arrive; ``emit`` is told each step, as a stream event's type and fields."""
+def step_body(kind: str, fields: dict[str, Any]) -> bytes:
+    """An event's JSON up to its ``sequence_number``: ``{"type":…,…`` without the closing brace."""
+    return _encode({"type": kind, **fields})[:-1]
 
-    def __init__(self, response_id: str, emit: Any) -> None:
+
+class Output:
+    """The output items of one response as its parts arrive; with ``steps``, each step too, as a stream event's type and fields.
+
+    Each step is encoded at once, as the items it names stand then (``type`` and fields, up to the
+    ``sequence_number`` the encoder appends), and kept for the encoder to take (``take``) rather
+    than handed to a callback of its: an encoder and its output holding each other would be a
+    reference cycle for every request.
+    """
+
+    def __init__(self, response_id: str, *, steps: bool) -> None:
         self.items: list[dict[str, Any]] = []
         self._id = response_id
-        self._emit = emit
+        self._steps: list[tuple[str, bytes]] | None = [] if steps else None
         self._open: int | None = None  # the reasoning or message item taking parts, by output index
         self._texts: list[str] = []  # the open content part's (or summary's) text so far
         self._logprobs: list[msgspec.Raw] = []
         self._calls: dict[int, int] = {}  # call index → output index, while open
         self._part_open = False  # the open message's last content part takes text
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        if self._steps is not None:
+            self._steps.append((kind, step_body(kind, fields)))
+
+    def take(self) -> list[tuple[str, bytes]]:
+        """The steps since the last call."""
+        steps, self._steps = self._steps or [], []
+        return steps
 
     # The open item and its open part.
 
@@ -250,13 +270,9 @@ def _status(terminal: Terminal) -> str:
     return "completed" if type(terminal) is Finish and terminal.reason not in _INCOMPLETE else "incomplete"
 
 
-def _ignore(kind: str, **fields: Any) -> None:
-    pass
-
-
 def whole_response(response: dict[str, Any], result: Collected) -> dict[str, Any]:
     """A ``stream: false`` answer: ``response`` (``response_object``) with the collected output and its end."""
-    output = Output(response["id"].removeprefix("resp_"), _ignore)
+    output = Output(response["id"].removeprefix("resp_"), steps=False)
     output.add(result.message.choices.get(0) or Choice())
     output.finish(_status(result.terminal))
     _ending(response, result.terminal, result.message.usage)
@@ -269,27 +285,23 @@ class ResponseEvents:
 
     def __init__(self, response: dict[str, Any]) -> None:
         self._response = response
-        self._output = Output(response["id"].removeprefix("resp_"), self._event)
-        self._out: list[bytes] = []
+        self._output = Output(response["id"].removeprefix("resp_"), steps=True)
         self._sequence = 0
         self._usage: Usage | None = None
         self._text_prefix = b""  # the open output_text part's delta event up to its text
         self._text_at: tuple[str, int, int] | None = None
 
-    def _event(self, kind: str, **fields: Any) -> None:
-        if not self._sequence and kind != "response.created":
-            self._preamble()
-        body = {"type": kind, **fields, "sequence_number": self._sequence}
+    def _event(self, kind: str, body: bytes) -> bytes:
+        sequence = self._sequence
         self._sequence += 1
-        self._out.append(b"event: " + kind.encode() + b"\ndata: " + _encode(body) + b"\n\n")
-
-    def _preamble(self) -> None:
-        self._event("response.created", response=self._response)
-        self._event("response.in_progress", response=self._response)
+        return b"event: %b\ndata: %b,\"sequence_number\":%d}\n\n" % (kind.encode(), body, sequence)
 
     def _take(self) -> bytes:
-        out, self._out = b"".join(self._out), []
-        return out
+        """The events of the output's steps so far, after ``response.created`` and ``response.in_progress`` if none went yet."""
+        steps = self._output.take()
+        if not self._sequence:
+            steps[:0] = [(kind, step_body(kind, {"response": self._response})) for kind in ("response.created", "response.in_progress")]
+        return b"".join([self._event(kind, body) for kind, body in steps])
 
     def delta(self, text: str) -> bytes:
         at = self._output.text_event()
@@ -325,5 +337,4 @@ class ResponseEvents:
             output = self._output.items
         response = dict(self._response, output=output)
         kind = _ending(response, event, self._usage)
-        self._event(kind, response=response)
-        return self._take()
+        return self._take() + self._event(kind, step_body(kind, {"response": response}))

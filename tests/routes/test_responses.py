@@ -4,6 +4,7 @@ the relay refuses (state, hosted tools) with a 400 before anything reaches a mod
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from tests.responses_sdk import checked, final, output_text, view
 from tests.sdk import replaying_fixtures
 from tests.servers import mock_server, relay_server
 from tests.sse import post_stream
+from tests.streaming.test_garbage import relay_objects, saved_garbage  # noqa: F401 (a fixture)
 
 WEATHER: Any = {"type": "function", "name": "get_weather", "description": "The weather in a city",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -50,7 +52,7 @@ async def test_the_sdk_streams_text_and_gets_the_final_response(relay_url: str) 
             return deltas, stream.get_final_response()
 
     deltas, response = await in_thread(ask)
-    assert deltas == mock_text("hello there", 12)
+    assert "".join(deltas) == "".join(mock_text("hello there", 12)), "a reader that lags gets them merged: all of them"
     assert response.output_text == "".join(deltas) and response.status == "completed"
     assert response.usage is not None and (response.usage.input_tokens, response.usage.output_tokens) == (2, 12)
     assert response.usage.input_tokens_details.cached_tokens == 0 and response.usage.output_tokens_details.reasoning_tokens == 0
@@ -188,7 +190,7 @@ async def test_heartbeats_are_comments_the_sdk_passes_over() -> None:
 
         deltas = await in_thread(ask)
     assert b": ping\n\n" in raw
-    assert deltas == mock_text("x", 3)
+    assert "".join(deltas) == "".join(mock_text("x", 3))
 
 
 async def test_the_request_reaches_the_model_server_as_a_chat(client: httpx.AsyncClient) -> None:
@@ -269,3 +271,16 @@ async def test_bad_requests_name_the_field(body: dict[str, Any], param: str, rel
 async def test_a_length_over_the_relays_limit_is_refused(relay_url: str, client: httpx.AsyncClient) -> None:
     response = await client.post(relay_url + "/v1/responses", json={"model": "mock", "input": "x", "max_output_tokens": 10**9})
     assert (response.status_code, response.json()["error"]["code"]) == (422, "max_tokens_too_large")
+
+
+@pytest.mark.usefixtures("saved_garbage")
+async def test_responses_leave_no_cycles(relay_url: str, client: httpx.AsyncClient) -> None:
+    """Freed by reference counting, streamed and whole (tests/streaming/test_garbage.py says why it matters)."""
+    with anyio.fail_after(10):
+        for _ in range(3):
+            body = {"model": "mock", "input": "x", "tools": [WEATHER]}
+            _, events = await post_stream(client, relay_url + "/v1/responses", body | {"stream": True})
+            assert checked(events)[-1]["type"] == "response.completed"
+            assert (await client.post(relay_url + "/v1/responses", json=body)).json()["status"] == "completed"
+    gc.collect()
+    assert relay_objects(gc.garbage) == []
