@@ -20,7 +20,12 @@ field are concatenated, never across items. Reasoning goes out as the reasoning 
 thinking block's signature, or a redacted block's data, is its ``encrypted_content``. Content
 logprobs go with the text delta they came with (an empty delta when they came alone); a
 refusal's have no place in this API. The closing events repeat the whole text, so the encoder
-keeps the output of a stream until it ends, as the API's final ``response`` carries it.
+keeps the output of a stream until it ends (fragments in lists, joined once at the end), as the
+API's final ``response`` carries it.
+
+The usual events cost about what chat chunks cost: a text delta to the open part, a reasoning
+delta to the open summary, an argument fragment to an open call are each one pre-shaped event
+(``ResponseEvents.delta``, ``Output.lone``), without merging.
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ from typing import Any, assert_never
 import msgspec
 
 from app.streaming.encoders import Collected, error_body
-from app.streaming.events import Error, Finish, Part, Terminal, Usage
+from app.streaming.events import Error, Finish, Part, Reasoning, Terminal, ToolCall, Usage
 from app.streaming.message import Choice, Merged
 
 _encode = msgspec.json.Encoder().encode
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+_SUMMARY_DELTA = "response.reasoning_summary_text.delta"
+_ARGUMENTS_DELTA = "response.function_call_arguments.delta"
 
 
 def response_usage(usage: Usage | None) -> dict[str, Any] | None:
@@ -83,6 +90,7 @@ class Output:
         self._texts: list[str] = []  # the open content part's (or summary's) text so far
         self._logprobs: list[msgspec.Raw] = []
         self._calls: dict[int, int] = {}  # call index → output index, while open
+        self._arguments: dict[int, list[str]] = {}  # an open call's argument fragments, by output index
         self._part_open = False  # the open message's last content part takes text
 
     def _emit(self, kind: str, **fields: Any) -> None:
@@ -220,11 +228,29 @@ class Output:
             item = {"id": f"fc_{self._id}_{index}", "type": "function_call", "status": "in_progress",
                     "call_id": call_id or f"call_{self._id}_{call_index}", "name": name or "", "arguments": ""}
             self.items.append(item)
+            self._arguments[index] = []
             self._emit("response.output_item.added", output_index=index, item=item)
-        item = self.items[index]
         if arguments:
-            item["arguments"] += arguments
-            self._emit("response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=arguments)
+            self._arguments[index].append(arguments)
+            self._emit("response.function_call_arguments.delta", item_id=self.items[index]["id"], output_index=index, delta=arguments)
+
+    def lone(self, part: Part) -> tuple[str, bytes] | None:
+        """A reasoning delta or a call's fragment alone, for an item already open, as one step built cheaply; else ``None``."""
+        if type(part) is Reasoning and part.text and part.signature is None and not part.choice and self._open is not None:
+            item = self.items[self._open]
+            if item["type"] != "reasoning" or not item["summary"]:
+                return None
+            self._texts.append(part.text)
+            return _SUMMARY_DELTA, b'{"type":"%s","item_id":%b,"output_index":%d,"summary_index":0,"delta":%b' % (
+                _SUMMARY_DELTA.encode(), _encode(item["id"]), self._open, _encode(part.text))
+        if type(part) is ToolCall and part.id is None and part.name is None and not part.choice and part.arguments:
+            index = self._calls.get(part.index)
+            if index is None:
+                return None
+            self._arguments[index].append(part.arguments)
+            return _ARGUMENTS_DELTA, b'{"type":"%b","item_id":%b,"output_index":%d,"delta":%b' % (
+                _ARGUMENTS_DELTA.encode(), _encode(self.items[index]["id"]), index, _encode(part.arguments))
+        return None
 
     def text_event(self) -> tuple[str, int, int] | None:
         """The open output_text part's (item id, output index, content index), if a text delta can go straight to it."""
@@ -243,6 +269,7 @@ class Output:
         self._close_open(status)
         for index in sorted(self._calls.values()):
             item = self.items[index]
+            item["arguments"] = "".join(self._arguments.pop(index))
             self._emit("response.function_call_arguments.done", item_id=item["id"], output_index=index, arguments=item["arguments"])
             self._done(index, status)
         self._calls.clear()
@@ -320,6 +347,10 @@ class ResponseEvents:
         return self._text_prefix + _encode(text) + b',"logprobs":[],"sequence_number":%d}\n\n' % sequence
 
     def encode(self, events: list[Part]) -> bytes:
+        if len(events) == 1 and self._sequence:
+            step = self._output.lone(events[0])
+            if step is not None:
+                return self._event(*step)
         merged = Merged.of(events)
         if merged.usage is not None:
             self._usage = merged.usage
