@@ -118,6 +118,13 @@ def _text_of(content: str | list[dict[str, Any]]) -> str:
     return content if isinstance(content, str) else "".join(part["text"] for part in content if part["type"] == "text")
 
 
+def _text_only(content: str | list[dict[str, Any]], path: str, what: str) -> str:
+    """The text of a tool result or an assistant message: their chat messages carry no image."""
+    if not isinstance(content, str) and any(part["type"] != "text" for part in content):
+        raise _unsupported(f"{what} may hold text only: its chat message carries no image", path)
+    return _text_of(content)
+
+
 def _string(item: dict[str, Any], key: str, path: str) -> str:
     value = item.get(key)
     if not isinstance(value, str):
@@ -140,7 +147,7 @@ def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
             if role not in _ROLES:
                 raise RequestError(422, "invalid_request", f"role must be one of {', '.join(_ROLES)}", param=path + ".role")
             content = _content(item.get("content"), path + ".content")
-            messages.append({"role": role, "content": _text_of(content) if role == "assistant" else content})
+            messages.append({"role": role, "content": _text_only(content, path + ".content", "an assistant message") if role == "assistant" else content})
         elif kind == "function_call":
             call = {"id": _string(item, "call_id", path), "type": "function",
                     "function": {"name": _string(item, "name", path), "arguments": _string(item, "arguments", path)}}
@@ -151,7 +158,7 @@ def messages_of(request: ResponsesRequest) -> list[dict[str, Any]]:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
             output = item.get("output")
-            text = output if isinstance(output, str) else _text_of(_content(output, path + ".output"))
+            text = output if isinstance(output, str) else _text_only(_content(output, path + ".output"), path + ".output", "a function_call_output")
             messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", path), "content": text})
         elif kind == "reasoning":
             continue  # chat messages cannot carry it back, and a model server needs none of it

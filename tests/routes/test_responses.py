@@ -239,6 +239,8 @@ REFUSED = [
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "$.input[0].content[0].type", "input_file"),
     ({"input": [{"type": "computer_call_output"}]}, "$.input[0].type", "computer_call_output"),
     ({"text": {"format": {"type": "grammar"}}}, "$.text.format.type", "grammar"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image", "image_url": "https://x/y.png"}]}]},
+     "$.input[0].output", "text only"),
 ]
 
 
