@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from app.dialects.responses_request import ResponsesRequest
 from app.schemas import ChatRequest, GenerateRequest
 from app.streaming.events import Usage
 
@@ -318,6 +319,38 @@ READY = Operation(
 METRICS = Operation(
     "Prometheus metrics (text format): no key needed; keep it private at the proxy or with RELAY_METRICS=false",
     {200: Answer("The metrics", text=True), 404: Answer("Metrics are off (RELAY_METRICS=false)", ErrorAnswer)},
+)
+class ResponsesEvent(msgspec.Struct, frozen=True):
+    """An event of a streamed response: its ``type`` is its event's name (the Responses API's events, README)."""
+
+    type: str
+    sequence_number: int
+
+
+class ResponseAnswer(msgspec.Struct, frozen=True):
+    """A response object (the Responses API's), with its ``output`` items and ``usage``."""
+
+    id: str
+    object: Literal["response"]
+    model: str
+    status: str
+    output: list[dict[str, Any]]
+    usage: dict[str, Any] | None
+
+
+# The Responses API's event names, each with its ``type`` and ``sequence_number`` (and the fields of its kind).
+RESPONSES_EVENTS: dict[str, Any] = {name: ResponsesEvent for name in (
+    "response.created", "response.in_progress", "response.output_item.added", "response.output_item.done",
+    "response.content_part.added", "response.content_part.done", "response.output_text.delta", "response.output_text.done",
+    "response.refusal.delta", "response.refusal.done", "response.function_call_arguments.delta", "response.function_call_arguments.done",
+    "response.reasoning_summary_part.added", "response.reasoning_summary_part.done", "response.reasoning_summary_text.delta",
+    "response.reasoning_summary_text.done", "response.completed", "response.incomplete", "response.failed",
+)}
+RESPONSES = Operation(
+    "OpenAI Responses (stateless): streamed as typed SSE events with `stream: true`, else one response object",
+    {200: Answer("The response, or its events ending with one of response.completed, response.incomplete, response.failed",
+                 ResponseAnswer, RESPONSES_EVENTS), **_GENERATION_FAILURES},
+    request=ResponsesRequest, parameters=(_REQUEST_ID,),
 )
 CHAT_PAGE = Operation("The chat page", {200: Answer("The page", html=True)})
 OPENAPI = Operation("This document", {200: Answer("The OpenAPI 3.1 document", dict[str, Any])})

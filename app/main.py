@@ -29,6 +29,7 @@ from app.routes.completions import chat_completions
 from app.routes.generate import generate
 from app.routes.openapi import contract_routes
 from app.routes.ops import healthz, metrics, readyz
+from app.routes.responses import responses
 from app.routes.router import ASGIRoute, Files, RelayRouter
 from app.routes.streams import cancel_stream, create_stream, stream_events
 from app.routes.ui import STATIC_DIR, chat_page
@@ -103,6 +104,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     routes = [
         ASGIRoute("/v1/chat/completions", chat_completions, "POST", contract.CHAT),
         ASGIRoute("/v1/generate", generate, "POST", contract.GENERATE),
+        ASGIRoute("/v1/responses", responses, "POST", contract.RESPONSES),
         ASGIRoute("/v1/streams", create_stream, "POST", contract.CREATE_STREAM),
         ASGIRoute("/v1/streams/{stream_id}/events", stream_events, "GET", contract.STREAM_EVENTS),
         ASGIRoute("/v1/streams/{stream_id}", cancel_stream, "DELETE", contract.CANCEL_STREAM),

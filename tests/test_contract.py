@@ -132,3 +132,20 @@ def _refs(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for item in value:
             yield from _refs(item)
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_a_response_and_its_events_are_the_contract_s(client: httpx.AsyncClient, model: str) -> None:
+    body = {"model": model, "input": "hello", "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]}
+    whole = await client.post("/v1/responses", json=body)
+    assert whole.status_code == 200, whole.text
+    conforms(whole.json(), contract.ResponseAnswer)
+    response, events = await post_stream(client, "/v1/responses", body | {"stream": True})
+    assert response.status_code == 200
+    numbers = []
+    for event in events:
+        item = conforms(data(event), contract.RESPONSES_EVENTS[event.event])
+        assert item.type == event.event
+        numbers.append(item.sequence_number)
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    assert events[-1].event in ("response.completed", "response.incomplete")
