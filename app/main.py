@@ -22,6 +22,7 @@ from app.hosts import AllowedHosts
 from app.middleware import ApiKeyAuth
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
+from app.routes.messages import messages, send_anthropic_error
 from app.routes.ops import healthz, readyz
 from app.routes.router import ASGIRoute, Files, RelayRouter
 from app.routes.streams import cancel_stream, create_stream, stream_events
@@ -75,6 +76,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     routes = [
         ASGIRoute("/v1/chat/completions", chat_completions, "POST"),
         ASGIRoute("/v1/generate", generate, "POST"),
+        ASGIRoute("/v1/messages", messages, "POST"),
         ASGIRoute("/v1/streams", create_stream, "POST"),
         ASGIRoute("/v1/streams/{stream_id}/events", stream_events, "GET"),
         ASGIRoute("/v1/streams/{stream_id}", cancel_stream, "DELETE"),
@@ -85,7 +87,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     ]
     # One stack, outermost first: hosts, CORS, keys, the router. Every route is behind all of it, and none
     # of it wraps ``send`` (but CORS, for a cross-origin request): each event of a stream is one call into the server.
-    app: ASGIApp = ApiKeyAuth(RelayRouter(routes, lifespan), settings.api_keys)
+    app: ASGIApp = ApiKeyAuth(RelayRouter(routes, lifespan), settings.api_keys, {"/v1/messages": send_anthropic_error})
     app = with_cors(app, settings.cors_origins)
     hosts = settings.trusted_hosts()
     return app if "*" in hosts else AllowedHosts(app, hosts)
@@ -99,7 +101,7 @@ def with_cors(app: ASGIApp, origins: tuple[str, ...]) -> ASGIApp:
         app,
         allow_origins=origins,
         allow_methods=["GET", "POST", "DELETE"],
-        allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "last-event-id"],
+        allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "last-event-id", "anthropic-version", "anthropic-beta"],
         # Credentials (cookies, HTTP auth) only for origins named one by one, never for "*".
         allow_credentials="*" not in origins,
         expose_headers=["x-request-id", "retry-after"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from app.errors import RequestError
 from app.routes.http import header, send_error
@@ -45,21 +45,28 @@ class ApiKeys:
         return self._ids[matched - 1] if matched else None
 
 
+Refusal = Callable[[Send, RequestError], Awaitable[None]]
+
+
 class ApiKeyAuth:
     """Requires ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` on every ``/v1`` route.
 
     Except reading and cancelling a resumable stream (``GET``/``DELETE`` under ``/v1/streams/``):
     a browser's ``EventSource`` cannot send headers, so those routes also take the signed token
     of their URL, and check the key themselves (``ApiKeys.identify``).
+
+    The refusal is in the relay's (OpenAI's) error shape, or in the dialect of its path where
+    ``refusals`` names one (``/v1/messages``: Anthropic's), so that the client's SDK reads it.
     """
 
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], refusals: Mapping[str, Refusal] | None = None) -> None:
         self.app = app
         self.keys = ApiKeys(keys)
+        self.refusals = dict(refusals or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.keys and scope["type"] == "http" and scope["path"].startswith("/v1/") and not _own_auth(scope) and self.keys.identify(scope) is None:
-            await send_error(send, RequestError(
+            await self.refusals.get(scope["path"], send_error)(send, RequestError(
                 401, "invalid_api_key", "a valid API key is required: send Authorization: Bearer KEY or X-API-Key: KEY",
                 headers={"WWW-Authenticate": "Bearer"},
             ))

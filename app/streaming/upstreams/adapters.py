@@ -3,7 +3,8 @@
 An adapter is two things: ``build_request(request, api_key)`` gives the path (after the
 upstream's base URL), headers and body of a streaming request, and ``handler(emit, flush)``
 makes the ``ResponseHandler`` that turns the response's bytes into normalised events.
-``choices`` says whether its protocol can answer ``n > 1`` choices at once.
+``choices`` says whether its protocol can answer ``n > 1`` choices at once, ``images`` whether
+it takes images in a message (an ``image_url`` part; the Anthropic dialect's ``image`` blocks).
 """
 
 from __future__ import annotations
@@ -26,18 +27,19 @@ class Adapter(NamedTuple):
     build_request: BuildRequest
     handler: MakeHandler
     choices: bool = False
+    images: bool = False
 
 
 def _adapter(protocol: Protocol) -> Adapter:
     match protocol:
         case "openai":
-            return Adapter(protocol, openai.build_request, openai.ChatStream, choices=True)
+            return Adapter(protocol, openai.build_request, openai.ChatStream, choices=True, images=True)
         case "tgi":
             return Adapter(protocol, tgi.build_request, tgi.GenerateStream)
         case "ollama":
             return Adapter(protocol, ollama.build_request, ollama.ChatLines)
         case "anthropic":
-            return Adapter(protocol, anthropic.build_request, anthropic.MessageStream)
+            return Adapter(protocol, anthropic.build_request, anthropic.MessageStream, images=True)
         case _:
             assert_never(protocol)
 

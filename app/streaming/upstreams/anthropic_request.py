@@ -19,6 +19,9 @@
 - ``max_tokens``, which Anthropic requires, is the client's length, else 4096 (plus the thinking
   budget), or the relay's limit, if lower; ``temperature`` is capped at 1, Anthropic's maximum;
   ``stop`` becomes ``stop_sequences``; ``top_p`` and ``top_k`` pass through.
+
+A request that came in Anthropic's own dialect (``GenerationRequest.anthropic``) is sent as the
+client wrote it instead, with the route's model, its length and ``stream: true``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,21 @@ _decode = msgspec.json.decode
 
 
 def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
+    headers = [
+        ("Content-Type", "application/json"), ("Accept", "text/event-stream"), ("anthropic-version", VERSION),
+        ("X-Request-Id", request.request_id),
+    ]
+    if api_key:
+        headers.append(("x-api-key", api_key))
+    return "/v1/messages", headers, _encode(_native(request) if request.anthropic is not None else _translated(request))
+
+
+def _native(request: GenerationRequest) -> dict[str, Any]:
+    """The Messages request a client sent (already validated), for the model its route names, streamed."""
+    return {**(request.anthropic or {}), "model": request.model, "max_tokens": request.token_limit(), "stream": True}
+
+
+def _translated(request: GenerationRequest) -> dict[str, Any]:
     extra = request.extra
     system, messages = _conversation(request.messages)
     body: dict[str, Any] = {key: extra[key] for key in _PASSED if extra.get(key) is not None}
@@ -67,13 +85,7 @@ def build_request(request: GenerationRequest, api_key: str | None) -> tuple[str,
         body["thinking"] = thinking
     elif min(budget, max_tokens - 1) >= MIN_THINKING_BUDGET:
         body["thinking"] = {"type": "enabled", "budget_tokens": min(budget, max_tokens - 1)}
-    headers = [
-        ("Content-Type", "application/json"), ("Accept", "text/event-stream"), ("anthropic-version", VERSION),
-        ("X-Request-Id", request.request_id),
-    ]
-    if api_key:
-        headers.append(("x-api-key", api_key))
-    return "/v1/messages", headers, _encode(body)
+    return body
 
 
 def _conversation(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
