@@ -116,6 +116,7 @@ class MessagesRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metadata: Metadata | None = None
     stream: bool = False
     service_tier: str | None = None  # accepted; the relay has no tiers
+    cache_control: dict[str, Any] | None = None  # a prompt-caching hint: an Anthropic upstream gets it, others need none
 
     def has_images(self) -> bool:
         return any(

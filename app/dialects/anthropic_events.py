@@ -25,7 +25,7 @@ from typing import Any, assert_never
 
 import msgspec
 
-from app.dialects.anthropic import error_envelope
+from app.dialects.anthropic import ERROR_TYPES, error_envelope
 from app.streaming.encoders import Collected
 from app.streaming.events import Delta, Error, Finish, Logprobs, Part, Reasoning, RedactedReasoning, Refusal, Terminal, ToolCall, Usage
 from app.streaming.message import Choice
@@ -69,10 +69,18 @@ def stop_reason(finish: Finish) -> str:
 
 def stream_error(error: Error) -> bytes:
     """The stream's one terminal ``error`` event: Anthropic's shape, with the relay's ``code`` and ``phase``."""
-    type_ = "overloaded_error" if error.code in ("shutting_down", "upstream_unavailable") else "api_error"
+    return sse(b"error", _encode(error_envelope(error_type(error), error.message, code=error.code, phase=error.phase)))
+
+
+def error_type(error: Error) -> str:
+    """The Messages API's type for a failure: an Anthropic upstream's own (``overloaded_error``…), else by its cause."""
+    if error.code in ERROR_TYPES.values():
+        return error.code
+    if error.status is not None and error.status in ERROR_TYPES:
+        return ERROR_TYPES[error.status]
     if error.type == "timeout":
-        type_ = "timeout_error"
-    return sse(b"error", _encode(error_envelope(type_, error.message, code=error.code, phase=error.phase)))
+        return "timeout_error"
+    return "overloaded_error" if error.code in ("shutting_down", "upstream_unavailable") else "api_error"
 
 
 class _JsonEnd:
