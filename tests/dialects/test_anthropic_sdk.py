@@ -104,7 +104,7 @@ def test_an_error_in_the_middle_of_a_stream_raises_the_sdks_error(served: Served
 def test_an_agent_loop_sends_thinking_and_tool_results_back_and_gets_the_answer(served: Served) -> None:
     with served.client() as client:
         first = client.messages.create(model="mock-reasoning", max_tokens=500, messages=QUESTION, tools=TOOLS)
-        assert [block.type for block in first.content][0] == "thinking" and first.stop_reason == "tool_use"
+        assert first.content[0].type == "thinking" and first.stop_reason == "tool_use"
         results = {"get_weather": "18C and sunny", "get_time": "noon"}
         answers = [{"type": "tool_result", "tool_use_id": block.id, "content": results[block.name]}
                    for block in first.content if block.type == "tool_use"]
