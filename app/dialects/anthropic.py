@@ -6,7 +6,8 @@ and becomes a ``GenerationRequest`` in OpenAI's terms, which any upstream protoc
 - ``system`` (a string or text blocks) is a system message; ``messages`` keep their order:
   a user message's ``tool_result`` blocks become ``tool`` messages (their text; OpenAI has no
   ``is_error``), its text and ``image`` blocks its content (an image as an ``image_url`` part:
-  base64 as a data URL, or the URL); an assistant message's text is its content, its ``tool_use``
+  base64 as a data URL, or the URL; a tool result's images join that content, since a tool
+  message holds text only); an assistant message's text is its content, its ``tool_use``
   blocks its ``tool_calls`` (``input`` JSON-encoded as ``arguments``). Its ``thinking`` and
   ``redacted_thinking`` blocks are for an Anthropic upstream only (below): others take no
   reasoning back;
@@ -163,7 +164,10 @@ def generation_request(rid: str, request: MessagesRequest, raw: dict[str, Any], 
 
 
 def _user(message: MessageParam, number: int) -> list[dict[str, Any]]:
-    """Tool results first, as tool messages (they answer the calls just before), then the user's own content."""
+    """Tool results first, as tool messages (they answer the calls just before), then the user's own content.
+
+    A tool message holds text only: the images of a tool result go with the user content after it.
+    """
     if isinstance(message.content, str):
         return [{"role": "user", "content": message.content}]
     out: list[dict[str, Any]] = []
@@ -172,11 +176,14 @@ def _user(message: MessageParam, number: int) -> list[dict[str, Any]]:
         path = f"$.messages[{number}].content[{place}]"
         match block:
             case ToolResultBlock():
-                out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": _result_text(block, path)})
+                inner = [block.content] if isinstance(block.content, str) else block.content
+                text = "".join(part if isinstance(part, str) else part.text for part in inner if not isinstance(part, ImageBlock))
+                out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
+                parts.extend(_image_part(part, f"{path}.content[{index}]") for index, part in enumerate(inner) if isinstance(part, ImageBlock))
             case TextBlock():
                 parts.append({"type": "text", "text": block.text})
             case ImageBlock():
-                parts.append({"type": "image_url", "image_url": {"url": _image_url(block.source, path)}})
+                parts.append(_image_part(block, path))
             case _:
                 raise RequestError(400, "invalid_request", f"a user message cannot hold a {block.__struct_config__.tag} block", param=path)
     if parts:
@@ -185,12 +192,8 @@ def _user(message: MessageParam, number: int) -> list[dict[str, Any]]:
     return out
 
 
-def _result_text(block: ToolResultBlock, path: str) -> str:
-    if isinstance(block.content, str):
-        return block.content
-    if any(type(part) is ImageBlock for part in block.content):
-        raise RequestError(400, "invalid_request", "an image in a tool_result can only go to an Anthropic model server", param=path + ".content")
-    return "".join(part.text for part in block.content if type(part) is TextBlock)
+def _image_part(block: ImageBlock, path: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": _image_url(block.source, path)}}
 
 
 def _image_url(source: ImageSource, path: str) -> str:

@@ -32,13 +32,13 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     try:
         request, raw = decode_request(await read_body(scope, receive, settings.max_body_bytes))
         route = _admit(runtime, request)
+        generation = generation_request(rid, request, raw, settings.max_tokens_limit)
     except ClientGone:
         return None
     except RequestError as exc:
         await send_anthropic_error(send, exc)
         return None
     message_id = "msg_" + rid
-    generation = generation_request(rid, request, raw, settings.max_tokens_limit)
     if request.stream:
         return relay_stream(
             receive, send, route, generation, MessageEvents(message_id, request.model), settings, runtime.live,

@@ -74,6 +74,15 @@ def test_an_openai_upstream_gets_the_translation() -> None:
     assert sent["messages"][1]["content"][1]["type"] == "image_url" and "thinking" not in sent and sent["max_tokens"] == 300
 
 
+def test_a_tool_results_images_join_the_user_content_after_it() -> None:
+    result = {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "a chart"}, IMAGE]}
+    request = translated(CONVERSATION | {"messages": [{"role": "user", "content": [result, {"type": "text", "text": "explain"}]}]})
+    assert request.messages[1:] == [
+        {"role": "tool", "tool_call_id": "t", "content": "a chart"},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}, {"type": "text", "text": "explain"}]},
+    ]
+
+
 @pytest.mark.parametrize(("choice", "expected"), [
     ({"type": "auto"}, {"tool_choice": "auto"}), ({"type": "none"}, {"tool_choice": "none"}),
     ({"type": "tool", "name": "zoom"}, {"tool_choice": {"type": "function", "function": {"name": "zoom"}}}),
@@ -103,8 +112,8 @@ def test_thinking_is_a_reasoning_effort_for_other_upstreams(thinking: dict[str, 
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "data": "x"}}]}]}, "$.messages[0].content[0].source"),
     ({"tools": [{"name": "web_search", "type": "web_search_20250305"}]}, "$.tools[0].type"),
     ({"tool_choice": {"type": "tool"}}, "$.tool_choice.name"),
-    ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [IMAGE]}]}]},
-     "$.messages[0].content[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {"type": "url"}}]}]}]},
+     "$.messages[0].content[0].content[0].source"),
 ])
 def test_a_bad_field_is_refused_with_its_path(change: dict[str, Any], param: str) -> None:
     body = {key: value for key, value in (CONVERSATION | change).items() if value is not None}

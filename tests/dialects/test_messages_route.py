@@ -55,6 +55,15 @@ async def test_refusals_take_the_shape_of_the_paths_dialect(client: httpx.AsyncC
     assert large.status_code == 413 and large.json()["error"]["type"] == "request_too_large"
 
 
+async def test_a_request_the_translation_refuses_is_a_400_in_anthropics_shape(client: httpx.AsyncClient) -> None:
+    with mock_server() as (model, upstream), relay_server(upstream) as url:
+        response = await client.post(url + "/v1/messages", json=ASK | {"tools": [{"name": "web_search", "type": "web_search_20250305"}]})
+        assert model.requests == 0
+    assert response.status_code == 400
+    assert response.json()["error"] | {"message": ""} == {"type": "invalid_request_error", "message": "", "code": "invalid_request",
+                                                          "param": "$.tools[0].type"}
+
+
 @pytest.mark.parametrize(("fault", "error"), [("http-500", anthropic.InternalServerError), ("http-429", anthropic.RateLimitError)])
 def test_an_upstream_failure_before_anything_is_an_anthropic_status(fault: str, error: type[anthropic.APIStatusError]) -> None:
     with mock_server() as (_, upstream), relay_server(upstream) as url, anthropic.Anthropic(base_url=url, api_key="k", max_retries=0) as sdk:
