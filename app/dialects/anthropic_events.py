@@ -64,6 +64,8 @@ def usage_body(usage: Usage | None) -> dict[str, Any]:
 
 
 def stop_reason(finish: Finish) -> str:
+    if finish.stop_sequence is not None:
+        return "stop_sequence"
     return STOP_REASONS.get(finish.reason, finish.reason)
 
 
@@ -186,7 +188,7 @@ class MessageEvents:
             case Finish():
                 out = bytearray(self._begin(None))
                 self._close_all(out)
-                delta = {"type": "message_delta", "delta": {"stop_reason": stop_reason(event), "stop_sequence": None},
+                delta = {"type": "message_delta", "delta": {"stop_reason": stop_reason(event), "stop_sequence": event.stop_sequence},
                          "usage": usage_body(self._usage)}
                 out += sse(b"message_delta", _encode(delta)) + sse(b"message_stop", b'{"type":"message_stop"}')
                 return bytes(out)
@@ -324,5 +326,5 @@ def whole_message(message_id: str, model: str, result: Collected) -> dict[str, A
     choice = result.message.choices.get(0) or Choice()
     return {
         "id": message_id, "type": "message", "role": "assistant", "model": model, "content": _content(choice),
-        "stop_reason": stop_reason(finish), "stop_sequence": None, "usage": usage_body(result.message.usage),
+        "stop_reason": stop_reason(finish), "stop_sequence": finish.stop_sequence, "usage": usage_body(result.message.usage),
     }

@@ -22,7 +22,8 @@ blocks, one after the other, each opened by ``content_block_start`` and closed b
   ``partial_json`` → its argument fragments. ``index`` is the relay's count of the message's
   tool_use blocks (0, 1, 2…), not the block's index. A call that got no input at all (no
   fragment, or only ``""``) gets ``"{}"`` when its block stops, so that its arguments are JSON;
-- ``stop_reason`` → ``Finish``: ``end_turn``, ``stop_sequence``: ``stop``; ``tool_use``:
+- ``stop_reason`` → ``Finish``: ``end_turn``, ``stop_sequence``: ``stop`` (with the sequence, as
+  ``Finish.stop_sequence``); ``tool_use``:
   ``tool_calls``; ``max_tokens`` (even in the middle of a call) and
   ``model_context_window_exceeded``: ``length``; ``refusal``: ``content_filter``; any other as it is;
 - usage → ``Usage``: ``prompt_tokens`` is ``input_tokens`` plus the cached input read and
@@ -83,6 +84,7 @@ class _Delta(msgspec.Struct):
     signature: str | None = None
     partial_json: str | None = None
     stop_reason: str | None = None
+    stop_sequence: str | None = None
 
 
 class _Event(msgspec.Struct):
@@ -100,11 +102,12 @@ _encode = msgspec.json.Encoder().encode
 
 
 class MessageStream(SSEStreamHandler):
-    __slots__ = ("_bare", "_calls", "_created", "_input", "_last", "_output", "_read", "_stop_reason")
+    __slots__ = ("_bare", "_calls", "_created", "_input", "_last", "_output", "_read", "_stop_reason", "_stop_sequence")
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         super().__init__(emit, flush)
         self._stop_reason: str | None = None
+        self._stop_sequence: str | None = None
         self._input: int | None = None
         self._output: int | None = None
         self._read: int | None = None
@@ -141,6 +144,7 @@ class MessageStream(SSEStreamHandler):
         elif kind == "message_delta":
             if event.delta is not None and event.delta.stop_reason is not None:
                 self._stop_reason = event.delta.stop_reason
+                self._stop_sequence = event.delta.stop_sequence
             if event.usage is not None:
                 self._count(event.usage)
         elif kind == "message_stop":
@@ -216,7 +220,7 @@ class MessageStream(SSEStreamHandler):
     def _finish(self) -> None:
         self._emit(self._usage())
         reason = self._stop_reason or "end_turn"
-        self._end(Finish(_FINISH.get(reason, reason)))
+        self._end(Finish(_FINISH.get(reason, reason), stop_sequence=self._stop_sequence if reason == "stop_sequence" else None))
 
     def _at_end(self) -> None:
         if self._stop_reason is not None:
