@@ -141,8 +141,11 @@ class MessageEvents:
         self._calls: dict[int, _Call] = {}
         self._json = _JsonEnd()  # of the open call's arguments
         self._usage: Usage | None = None
+        self._text_delta = b""  # the open text block's delta, up to its text
 
     def delta(self, text: str) -> bytes:
+        if self._open == TEXT and not self._buffer:  # the usual event: one JSON string between constant bytes
+            return self._text_delta + _encode(text) + b"}}\n\n"
         out = bytearray(self._begin(None))
         self._to(TEXT, out)
         self._buffer.append(text)
@@ -237,6 +240,7 @@ class MessageEvents:
 
     def _open_block(self, key: int, out: bytearray) -> None:
         if key == TEXT:
+            self._text_delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":' % self._next
             out += self._start({"type": "text", "text": ""})
         elif key == THINKING:
             out += self._start({"type": "thinking", "thinking": "", "signature": ""})
