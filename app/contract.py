@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from app.dialects.anthropic import MessagesRequest
 from app.dialects.responses_request import ResponsesRequest
 from app.schemas import ChatRequest, GenerateRequest
 from app.streaming.events import Usage
@@ -351,6 +352,52 @@ RESPONSES = Operation(
     {200: Answer("The response, or its events ending with one of response.completed, response.incomplete, response.failed",
                  ResponseAnswer, RESPONSES_EVENTS), **_GENERATION_FAILURES},
     request=ResponsesRequest, parameters=(_REQUEST_ID,),
+)
+class AnthropicErrorDetail(msgspec.Struct, frozen=True):
+    type: str
+    message: str
+    code: str | None = None
+    param: str | None = None
+    phase: str | None = None
+
+
+class AnthropicError(msgspec.Struct, frozen=True):
+    """The Messages API's error (``/v1/messages``), with the relay's ``code`` (and ``param``, ``phase``) beside its own."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+class MessageAnswer(msgspec.Struct, frozen=True):
+    """A whole message (the Messages API's), with its content blocks and usage."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[dict[str, Any]]
+    stop_reason: str | None
+    stop_sequence: str | None
+    usage: dict[str, Any]
+
+
+class MessagesEvent(msgspec.Struct, frozen=True):
+    """An event of a streamed message: its ``type`` is its event's name (the Messages API's events, README)."""
+
+    type: str
+
+
+MESSAGES_EVENTS: dict[str, Any] = {name: MessagesEvent for name in (
+    "message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop", "ping",
+)} | {"error": AnthropicError}
+MESSAGES = Operation(
+    "Anthropic Messages: streamed as the Messages API's SSE events with `stream: true`, else one message; errors in its shape",
+    {200: Answer("The message, or its events ending with message_stop or one error", MessageAnswer, MESSAGES_EVENTS),
+     **{status: Answer(_REFUSALS.get(status, description), AnthropicError) for status, description in (
+         (400, ""), (401, ""), (403, ""), (404, ""), (413, ""), (429, ""), (500, "The model server failed before the answer began"),
+         (504, ""), (529, "The relay is shutting down, or the model server is overloaded"))},
+     405: Answer(_REFUSALS[405], ErrorAnswer)},
+    request=MessagesRequest, parameters=(_REQUEST_ID,),
 )
 CHAT_PAGE = Operation("The chat page", {200: Answer("The page", html=True)})
 OPENAPI = Operation("This document", {200: Answer("The OpenAPI 3.1 document", dict[str, Any])})

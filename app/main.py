@@ -27,6 +27,7 @@ from app.ops.record import Operations
 from app.ops.requestlog import RequestLog
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
+from app.routes.messages import messages, send_anthropic_error
 from app.routes.openapi import contract_routes
 from app.routes.ops import healthz, metrics, readyz
 from app.routes.responses import responses
@@ -104,6 +105,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     routes = [
         ASGIRoute("/v1/chat/completions", chat_completions, "POST", contract.CHAT),
         ASGIRoute("/v1/generate", generate, "POST", contract.GENERATE),
+        ASGIRoute("/v1/messages", messages, "POST", contract.MESSAGES),
         ASGIRoute("/v1/responses", responses, "POST", contract.RESPONSES),
         ASGIRoute("/v1/streams", create_stream, "POST", contract.CREATE_STREAM),
         ASGIRoute("/v1/streams/{stream_id}/events", stream_events, "GET", contract.STREAM_EVENTS),
@@ -117,7 +119,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     static = Mount("/static", Files(StaticFiles(directory=STATIC_DIR)), name="static")
     # One stack, outermost first: hosts, CORS, keys, the router. Every route is behind all of it, and none
     # of it wraps ``send`` (but CORS, for a cross-origin request): each event of a stream is one call into the server.
-    app: ASGIApp = ApiKeyAuth(RelayRouter([*routes, static], lifespan), keys)
+    app: ASGIApp = ApiKeyAuth(RelayRouter([*routes, static], lifespan), keys, {"/v1/messages": send_anthropic_error})
     app = with_cors(app, settings.cors_origins)
     hosts = settings.trusted_hosts()
     return app if "*" in hosts else AllowedHosts(app, hosts)
@@ -131,7 +133,7 @@ def with_cors(app: ASGIApp, origins: tuple[str, ...]) -> ASGIApp:
         app,
         allow_origins=origins,
         allow_methods=["GET", "POST", "DELETE"],
-        allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "last-event-id"],
+        allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "last-event-id", "anthropic-version", "anthropic-beta"],
         # Credentials (cookies, HTTP auth) only for origins named one by one, never for "*".
         allow_credentials="*" not in origins,
         expose_headers=["x-request-id", "retry-after"],

@@ -149,3 +149,21 @@ async def test_a_response_and_its_events_are_the_contract_s(client: httpx.AsyncC
         numbers.append(item.sequence_number)
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
     assert events[-1].event in ("response.completed", "response.incomplete")
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_a_message_and_its_events_are_the_contract_s(client: httpx.AsyncClient, model: str) -> None:
+    body = {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "hello"}],
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]}
+    whole = await client.post("/v1/messages", json=body)
+    assert whole.status_code == 200, whole.text
+    conforms(whole.json(), contract.MessageAnswer)
+    response, events = await post_stream(client, "/v1/messages", body | {"stream": True})
+    assert response.status_code == 200
+    for event in events:
+        item = conforms(data(event), contract.MESSAGES_EVENTS[event.event])
+        assert item.type == event.event
+    assert events[-1].event == "message_stop"
+    refused = await client.post("/v1/messages", json={"model": model, "messages": []})
+    assert refused.status_code == 400
+    conforms(refused.json(), contract.AnthropicError)

@@ -1,1 +1,1 @@
-"""Client dialects, one module per client API: each decodes its requests and encodes normalised events, and nothing else."""
+"""Client dialects: each decodes one client API into a ``GenerationRequest`` and encodes normalised events back into it."""

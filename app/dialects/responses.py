@@ -38,6 +38,7 @@ import msgspec
 from app.streaming.encoders import Collected, error_body
 from app.streaming.events import Error, Finish, Part, Reasoning, Terminal, ToolCall, Usage
 from app.streaming.message import Choice, Merged
+from app.streaming.sse import HEARTBEAT
 
 _encode = msgspec.json.Encoder().encode
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -309,6 +310,8 @@ def whole_response(response: dict[str, Any], result: Collected) -> dict[str, Any
 
 class ResponseEvents:
     """The Responses API's stream: ``event: <type>`` and ``data: {type, …, sequence_number}`` for each step (a ``StreamEncoder``)."""
+
+    heartbeat = HEARTBEAT  # an SSE comment: both SDKs skip it
 
     def __init__(self, response: dict[str, Any]) -> None:
         self._response = response

@@ -117,6 +117,9 @@ def invalid(exc: msgspec.ValidationError) -> RequestError:
     unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
     if unknown:
         param = f"{param or '$'}.{unknown.group(1)}"
+    missing = re.match(r"Object missing required field `([^`]+)`", message)
+    if missing:
+        param = f"{param or '$'}.{missing.group(1)}"
     return RequestError(422, "invalid_request", message, param=param)
 
 

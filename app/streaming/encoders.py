@@ -21,12 +21,16 @@ import msgspec
 
 from app.streaming.events import Error, Finish, Part, Reasoning, Terminal, ToolCall, Usage
 from app.streaming.message import Call, Choice, Merged
+from app.streaming.sse import HEARTBEAT
 
 _encode = msgspec.json.Encoder().encode
 DONE = b"data: [DONE]\n\n"
 
 
 class StreamEncoder(Protocol):
+    # What a stream sends when nothing else was sent for a heartbeat interval (an SSE comment, or a dialect's own event).
+    heartbeat: bytes
+
     def delta(self, text: str) -> bytes:
         """One content delta of choice 0 alone: the usual case, when the client keeps up."""
 
@@ -78,6 +82,8 @@ class OpenAIChunks:
     Each choice opens with a chunk carrying ``"role": "assistant"`` (and ``"content": ""`` when
     its answer begins with text), choices in index order, as the OpenAI SDKs expect them.
     """
+
+    heartbeat = HEARTBEAT
 
     def __init__(self, completion_id: str, model: str, include_usage: bool, created: int | None = None) -> None:
         self._head = (
@@ -190,6 +196,8 @@ def native_done(event: Finish, usage: Usage | None) -> bytes:
 
 class NativeEvents:
     """``token`` (and ``reasoning``, ``tool_call``… see ``native_parts``) events, then one ``done`` or ``error``; every event has an ``id``."""
+
+    heartbeat = HEARTBEAT
 
     def __init__(self) -> None:
         self._id = 0

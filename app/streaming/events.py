@@ -31,7 +31,8 @@ across fields, choices or calls, and never a reasoning text across a signature.
 
 ``Finish.reason`` is choice 0's finish reason (``stop``, ``length``, ``tool_calls``,
 ``content_filter``…, as the upstream said it: a call cut off by ``length`` stays ``length``);
-with several choices, ``reasons`` holds each one's by index. ``Error`` is the abnormal end.
+with several choices, ``reasons`` holds each one's by index; ``stop_sequence`` the stop sequence
+that ended it, when the upstream says which (Anthropic's). ``Error`` is the abnormal end.
 
 Every consumer matches every kind, ending with ``case _: assert_never(event)``, so that a kind
 added here and forgotten somewhere fails mypy rather than being read as the end of a stream.
@@ -129,6 +130,7 @@ class Finish(msgspec.Struct, frozen=True):
 
     reason: str = "stop"
     reasons: tuple[str, ...] = ()  # with several choices, each one's reason by index (``reasons[0] == reason``)
+    stop_sequence: str | None = None  # the stop sequence that ended it, when the upstream says which (Anthropic's)
 
     def reason_of(self, choice: int) -> str:
         return self.reasons[choice] if choice < len(self.reasons) else self.reason

@@ -56,7 +56,6 @@ from app.streaming.events import (
     Usage,
 )
 from app.streaming.message import Merged, size
-from app.streaming.sse import HEARTBEAT
 from app.types import Message, Receive, Send
 
 
@@ -264,7 +263,7 @@ class DirectStream:
                     return
                 elif self._pending or self._beat:
                     self._busy = True
-                    body = self._take() + (HEARTBEAT if self._beat else b"")
+                    body = self._take() + (self._encoder.heartbeat if self._beat else b"")
                     self._beat = False
                     self._last_write = self._loop.time()
                     await self._send({"type": "http.response.body", "body": body, "more_body": True})
@@ -308,7 +307,7 @@ class DirectStream:
         now = self._loop.time()
         if now >= due and self._terminal is None:
             if self._can_send_inline():
-                self._send_inline(HEARTBEAT, more=True)
+                self._send_inline(self._encoder.heartbeat, more=True)
             else:
                 self._beat = True
                 self._wake()

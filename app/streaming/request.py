@@ -22,6 +22,9 @@ class GenerationRequest(msgspec.Struct, frozen=True):
     extra: dict[str, Any] = {}
     # The relay's limit: what a protocol that must bound a generation asks for when the client gave no length.
     max_tokens_limit: int | None = None
+    # The Messages API body as a client sent it (the Anthropic dialect, app/dialects/anthropic.py): an Anthropic
+    # upstream is sent it as it is (but for model, max_tokens and stream), thinking signatures and all; others read ``messages``.
+    anthropic: dict[str, Any] | None = None
 
     def token_limit(self) -> int | None:
         """The client's token limit: ``max_tokens``, else the smallest length it gave under any name in ``extra``."""

@@ -4,7 +4,8 @@ Each protocol is one class on the shared base (app/streaming/upstreams/handler.p
 ``build_request(request, api_key)`` gives the path (after the upstream's base URL), headers
 and body of a streaming request, and the class itself, called as ``handler(emit, flush)``,
 makes the ``ResponseHandler`` that turns the response's bytes into normalised events.
-``choices`` says whether its protocol can answer ``n > 1`` choices at once.
+``choices`` says whether its protocol can answer ``n > 1`` choices at once, ``images`` whether
+it takes images in a message.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Adapter(NamedTuple):
     build_request: BuildRequest
     handler: MakeHandler
     choices: bool = False
+    images: bool = False
 
 
 def _protocol(protocol: Protocol) -> type[StreamHandler]:
@@ -46,7 +48,7 @@ def _protocol(protocol: Protocol) -> type[StreamHandler]:
 
 def _adapter(protocol: Protocol) -> Adapter:
     handler = _protocol(protocol)
-    return Adapter(protocol, handler.build_request, handler, handler.choices)
+    return Adapter(protocol, handler.build_request, handler, handler.choices, handler.images)
 
 
 ADAPTERS = {protocol: _adapter(protocol) for protocol in PROTOCOLS}

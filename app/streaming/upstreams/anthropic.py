@@ -22,7 +22,8 @@ blocks, one after the other, each opened by ``content_block_start`` and closed b
   ``partial_json`` → its argument fragments. ``index`` is the relay's count of the message's
   tool_use blocks (0, 1, 2…), not the block's index. A call that got no input at all (no
   fragment, or only ``""``) gets ``"{}"`` when its block stops, so that its arguments are JSON;
-- ``stop_reason`` → ``Finish``: ``end_turn``, ``stop_sequence``: ``stop``; ``tool_use``:
+- ``stop_reason`` → ``Finish``: ``end_turn``, ``stop_sequence``: ``stop`` (with the sequence, as
+  ``Finish.stop_sequence``); ``tool_use``:
   ``tool_calls``; ``max_tokens`` (even in the middle of a call) and
   ``model_context_window_exceeded``: ``length``; ``refusal``: ``content_filter``; any other as it is;
 - usage → ``Usage``: ``prompt_tokens`` is ``input_tokens`` plus the cached input read and
@@ -86,6 +87,7 @@ class _Delta(msgspec.Struct):
     signature: str | None = None
     partial_json: str | None = None
     stop_reason: str | None = None
+    stop_sequence: str | None = None
 
 
 class _Event(msgspec.Struct):
@@ -103,7 +105,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 class MessageStream(SSEStreamHandler):
-    __slots__ = ("_bare", "_calls", "_created", "_input", "_latest", "_output", "_read", "_stop_reason")
+    __slots__ = ("_bare", "_calls", "_created", "_input", "_latest", "_output", "_read", "_stop_reason", "_stop_sequence")
 
     path = "/v1/messages"
     auth = ("x-api-key", "")
@@ -111,10 +113,12 @@ class MessageStream(SSEStreamHandler):
     passes = ("top_p", "top_k")
     stop = "stop_sequences"
     end_marker = "message_stop"
+    images = True
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         super().__init__(emit, flush)
         self._stop_reason: str | None = None
+        self._stop_sequence: str | None = None
         self._input: int | None = None
         self._output: int | None = None
         self._read: int | None = None
@@ -154,6 +158,7 @@ class MessageStream(SSEStreamHandler):
         elif kind == "message_delta":
             if event.delta is not None and event.delta.stop_reason is not None:
                 self._stop_reason = event.delta.stop_reason
+                self._stop_sequence = event.delta.stop_sequence
             if event.usage is not None:
                 self._count(event.usage)
         elif kind == "message_stop":
@@ -221,7 +226,7 @@ class MessageStream(SSEStreamHandler):
         """The usage (emitted), and the finish."""
         self._emit(self._usage())
         reason = self._stop_reason or "end_turn"
-        return Finish(_FINISH.get(reason, reason))
+        return Finish(_FINISH.get(reason, reason), stop_sequence=self._stop_sequence if reason == "stop_sequence" else None)
 
     def _last(self) -> Finish | None:
         return self._finished() if self._stop_reason is not None else None

@@ -19,6 +19,9 @@
 - ``max_tokens``, which Anthropic requires, is the client's length, else 4096 (plus the thinking
   budget), or the relay's limit, if lower; ``temperature`` is capped at 1, Anthropic's maximum;
   ``stop`` becomes ``stop_sequences``; ``top_p`` and ``top_k`` pass through.
+
+A request that came in Anthropic's own dialect (``GenerationRequest.anthropic``) is sent as the
+client wrote it instead, with the route's model, its length and ``stream: true``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ _decode = msgspec.json.decode
 
 
 def request_body(request: GenerationRequest, parameters: dict[str, Any]) -> dict[str, Any]:
-    """The Messages request for ``request``, with the client's ``parameters`` Anthropic takes (``top_p``, ``top_k``, ``stop_sequences``)."""
+    """The Messages request for ``request``: a Messages client's own body as it sent it (``request.anthropic``), else the
+    chat request translated, with the client's ``parameters`` Anthropic takes (``top_p``, ``top_k``, ``stop_sequences``)."""
+    if request.anthropic is not None:
+        return _native(request)
     extra, body = request.extra, parameters
     system, messages = _conversation(request.messages)
     effort = extra.get("reasoning_effort")
@@ -62,6 +68,11 @@ def request_body(request: GenerationRequest, parameters: dict[str, Any]) -> dict
     elif min(budget, max_tokens - 1) >= MIN_THINKING_BUDGET:
         body["thinking"] = {"type": "enabled", "budget_tokens": min(budget, max_tokens - 1)}
     return body
+
+
+def _native(request: GenerationRequest) -> dict[str, Any]:
+    """The Messages request a client sent (already validated), for the model its route names, streamed."""
+    return {**(request.anthropic or {}), "model": request.model, "max_tokens": request.token_limit(), "stream": True}
 
 
 def _conversation(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:

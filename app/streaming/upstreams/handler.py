@@ -168,6 +168,8 @@ class StreamHandler:
     stop: ClassVar[str | None] = None
     # Whether the protocol can answer ``n > 1`` choices at once.
     choices: ClassVar[bool] = False
+    # Whether it takes images in a message (an ``image_url`` part; the Anthropic dialect's ``image`` blocks).
+    images: ClassVar[bool] = False
     # The content types of a good streaming response (prefixes); the first is the one asked for.
     content_types: ClassVar[tuple[bytes, ...]] = (b"text/event-stream",)
     # What a body that ends too soon ended before, for its error's message.

@@ -137,6 +137,7 @@ class ChatStream(SSEStreamHandler):
     path = "/chat/completions"
     passes = None  # the client's own protocol: every parameter, as sent
     choices = True
+    images = True
     end_marker = "[DONE]"
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
