@@ -5,9 +5,11 @@ with no task per stream, so one core reads well over 50k events/s (bench/loadtes
 
 How a stream ends (``outcome``), decided by the first of these to happen:
 
-    ok             a terminal event: native ``event: done``, or ``data: [DONE]``
-    error          an in-band error: native ``event: error``, or a data object with an
-                   ``"error"`` member (OpenAI's error chunk); a ``[DONE]`` after it changes nothing
+    ok             a terminal event: native ``event: done``, ``data: [DONE]``, Anthropic's
+                   ``message_stop``, the Responses API's ``response.completed`` or ``response.incomplete``
+    error          an in-band error: ``event: error`` (native, Anthropic, Responses), the Responses
+                   API's ``response.failed``, or a data object with an ``"error"`` member (OpenAI's
+                   error chunk); a ``[DONE]`` after it changes nothing
     malformed      a data line that is not the JSON object the API promises, an SSE line or event past the
                    parser's bounds, or HTTP that does not parse
     no_terminal    the body ended, or the connection broke, before any terminal event
@@ -62,6 +64,19 @@ class _Choice(msgspec.Struct):
 
 class _Usage(msgspec.Struct):
     completion_tokens: int | None = None
+    output_tokens: int | None = None  # Anthropic's and the Responses API's name
+
+    @property
+    def generated(self) -> int | None:
+        return self.completion_tokens if self.completion_tokens is not None else self.output_tokens
+
+
+class _BlockDelta(msgspec.Struct):
+    text: str | None = None  # a text_delta's (other kinds of block delta carry no content text)
+
+
+class _Response(msgspec.Struct):
+    usage: _Usage | None = None
 
 
 class _Data(msgspec.Struct):
@@ -71,6 +86,9 @@ class _Data(msgspec.Struct):
     error: Any = None
     usage: _Usage | None = None
     text: str | None = None
+    # Anthropic's content_block_delta (``delta.text``) and the Responses API's output_text.delta (``delta``, a string)
+    delta: _BlockDelta | str | None = None
+    response: _Response | None = None  # the Responses API's final events
 
 
 _decode = msgspec.json.Decoder(_Data).decode
@@ -193,8 +211,16 @@ class Stream(asyncio.Protocol):
             elif event.event == "done":
                 self._usage(event.data)
                 self._decide(OK, "")
-            elif event.event == "error":
+            elif event.event == "error" or event.event == "response.failed":
                 self._decide(ERROR, event.data)
+            elif event.event == "content_block_delta" or event.event == "response.output_text.delta":
+                self._delta(event, now)
+            elif event.event == "message_delta" or event.event == "response.completed" or event.event == "response.incomplete":
+                self._usage(event.data)
+                if event.event != "message_delta":
+                    self._decide(OK, "")
+            elif event.event == "message_stop":
+                self._decide(OK, "")
             if self.terminal:
                 return
 
@@ -247,13 +273,25 @@ class Stream(asyncio.Protocol):
             return
         self._content(text or "", now)
 
+    def _delta(self, event: SSEEvent, now: float) -> None:
+        """Anthropic's ``content_block_delta`` or the Responses API's ``response.output_text.delta``: content when it is text."""
+        try:
+            delta = _decode(event.data).delta
+        except msgspec.DecodeError:
+            self._decide(MALFORMED, event.data)
+            return
+        text = delta if isinstance(delta, str) else delta.text if delta is not None else None
+        if text:
+            self._content(text, now)
+
     def _usage(self, data: str) -> None:
         try:
-            usage = _decode(data).usage
+            decoded = _decode(data)
         except msgspec.DecodeError:
             return  # a done event need not carry usage
-        if usage is not None and usage.completion_tokens is not None:
-            self.usage_tokens = usage.completion_tokens
+        usage = decoded.usage if decoded.usage is not None else decoded.response.usage if decoded.response is not None else None
+        if usage is not None and usage.generated is not None:
+            self.usage_tokens = usage.generated
 
     def _content(self, text: str, now: float) -> None:
         if self.outcome:

@@ -5,6 +5,8 @@ The API is told by the path, and decides the default body:
     …/generate           native: {"model", "prompt", "max_tokens", "stream": true}
     …/chat/completions   OpenAI chat: {"model", "messages", "stream": true, "stream_options": {"include_usage": true}}
     …/completions        OpenAI legacy completions: {"model", "prompt", "stream": true, …}
+    …/messages           Anthropic Messages: {"model", "max_tokens", "messages", "stream": true}
+    …/responses          OpenAI Responses: {"model", "input", "max_output_tokens", "stream": true}
     anything else        an EventSource URL: GET, no body
 
 ``--body`` replaces the default body (the method then defaults to POST), ``--method`` and
@@ -22,7 +24,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 USER_AGENT = "token-relay-loadtest/0.1"
-APIS = ("native", "openai-chat", "openai-completions", "eventsource")
+APIS = ("native", "openai-chat", "openai-completions", "anthropic-messages", "openai-responses", "eventsource")
 
 
 class TargetError(ValueError):
@@ -63,6 +65,10 @@ def api_of(path: str) -> str:
         return "openai-chat"
     if path.endswith("/completions"):
         return "openai-completions"
+    if path.endswith("/messages"):
+        return "anthropic-messages"
+    if path.endswith("/responses"):
+        return "openai-responses"
     return "eventsource"
 
 
@@ -75,6 +81,10 @@ def default_body(api: str, *, model: str, prompt: str, max_tokens: int) -> bytes
                 "stream_options": {"include_usage": True}}
     elif api == "openai-completions":
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+    elif api == "anthropic-messages":
+        body = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": prompt}], "stream": True}
+    elif api == "openai-responses":
+        body = {"model": model, "input": prompt, "max_output_tokens": max_tokens, "stream": True}
     else:
         return b""
     return json.dumps(body, separators=(",", ":")).encode()

@@ -139,3 +139,20 @@ async def test_a_resumable_streams_event_past_an_upstream_line_bound_is_read_who
         assert [event.event for event in events] == ["token", "logprobs", "done"] and len(events[1].data) > 2_700_000
         runner = await load(created["events_url"], streams=1)
     assert outcomes(runner) == {OK}, runner.details
+
+
+async def test_anthropic_messages_streams_are_read_as_their_api_ends_them(mock: tuple[MockModel, str]) -> None:
+    """The mock speaks Anthropic's Messages API at /v1/messages: text deltas are content, message_stop the end, ``error`` a failure."""
+    url = mock[1] + "/messages"
+    whole = await load(url, max_tokens=10)
+    assert outcomes(whole) == {OK}
+    assert whole.content_events == 3 * 10
+    assert whole.tokens == 3 * 10  # message_delta's usage.output_tokens
+    failed = await load(url, model="mock-fault-error-midstream")
+    assert outcomes(failed) == {ERROR}
+    assert "overloaded_error" in failed.details[0]["detail"]
+    cut = await load(url, model="mock-fault-no-done")
+    assert outcomes(cut) == {NO_TERMINAL}
+    thinking = await load(url, model="mock-reasoning", max_tokens=10)  # of 10 tokens, the thinking's are not content
+    assert outcomes(thinking) == {OK}
+    assert 0 < thinking.content_events < 3 * 10
