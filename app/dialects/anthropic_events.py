@@ -130,6 +130,7 @@ class MessageEvents:
     """The stream encoder (``StreamEncoder``) of the Messages API: see the module's docstring."""
 
     heartbeat = PING
+    full = False  # what it holds (a call's fragments until its block opens) is bounded by the request's max_tokens
 
     def __init__(self, message_id: str, model: str) -> None:
         self._id = message_id

@@ -37,7 +37,7 @@ import msgspec
 
 from app.streaming.encoders import Collected, error_body
 from app.streaming.events import Error, Finish, Part, Reasoning, Terminal, ToolCall, Usage
-from app.streaming.message import Choice, Merged
+from app.streaming.message import Choice, Merged, size
 from app.streaming.sse import HEARTBEAT
 
 _encode = msgspec.json.Encoder().encode
@@ -308,12 +308,18 @@ def whole_response(response: dict[str, Any], result: Collected) -> dict[str, Any
     return response
 
 
+TOO_LARGE = Error("relay_error", "response_too_large", "the answer passed what the relay keeps of it to repeat at its end", "stream")
+
+
 class ResponseEvents:
     """The Responses API's stream: ``event: <type>`` and ``data: {type, …, sequence_number}`` for each step (a ``StreamEncoder``)."""
 
     heartbeat = HEARTBEAT  # an SSE comment: both SDKs skip it
 
-    def __init__(self, response: dict[str, Any]) -> None:
+    def __init__(self, response: dict[str, Any], limit: int) -> None:
+        """``limit``: the characters of output it may keep (the final events repeat them); past it, ``full``."""
+        self.full = False
+        self._room = limit
         self._response = response
         self._output = Output(response["id"].removeprefix("resp_"), steps=True)
         self._sequence = 0
@@ -333,7 +339,19 @@ class ResponseEvents:
             steps[:0] = [(kind, step_body(kind, {"response": self._response})) for kind in ("response.created", "response.in_progress")]
         return b"".join([self._event(kind, body) for kind, body in steps])
 
+    def _keep(self, size: int) -> bool:
+        """Whether ``size`` more characters fit; when not, the output is let go and the encoder is ``full``."""
+        self._room -= size
+        if self._room >= 0:
+            return True
+        if not self.full:
+            self.full = True
+            self._output = Output(self._response["id"].removeprefix("resp_"), steps=True)
+        return False
+
     def delta(self, text: str) -> bytes:
+        if not self._keep(len(text)):
+            return b""
         at = self._output.text_event()
         if at is None:
             self._output.text(text, [])
@@ -350,6 +368,8 @@ class ResponseEvents:
         return self._text_prefix + _encode(text) + b',"logprobs":[],"sequence_number":%d}\n\n' % sequence
 
     def encode(self, events: list[Part]) -> bytes:
+        if not self._keep(sum(map(size, events))):
+            return b""
         if len(events) == 1 and self._sequence:
             step = self._output.lone(events[0])
             if step is not None:
@@ -365,6 +385,8 @@ class ResponseEvents:
     def terminal(self, event: Terminal) -> bytes:
         # A failure's response leaves the output out (``null``): the deltas have said it all, the SDKs fill it in from
         # them, and the error stays small, even for a reader already too slow (``slow_consumer``).
+        if self.full:  # whatever ended it, the answer was not all kept: it cannot be repeated whole
+            event = TOO_LARGE
         output = None
         if type(event) is Finish:
             self._output.finish(_status(event))

@@ -78,7 +78,7 @@ async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRec
     if request.stream:
         record.status = 200  # unless the upstream refuses it before the head (``_refuse``)
         return relay_stream(
-            receive, send, route, generation, ResponseEvents(response), settings, runtime.live,
+            receive, send, route, generation, ResponseEvents(response, settings.max_collected_bytes), settings, runtime.live,
             head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
             refuse=functools.partial(_refuse, send, headers, record), record=record,
         )

@@ -30,6 +30,9 @@ DONE = b"data: [DONE]\n\n"
 class StreamEncoder(Protocol):
     # What a stream sends when nothing else was sent for a heartbeat interval (an SSE comment, or a dialect's own event).
     heartbeat: bytes
+    # Whether the encoder holds all it may (a dialect that repeats the answer at its end keeps it): the stream
+    # then ends with ``response_too_large`` (app/streaming/relay.py), and the encoder takes nothing more.
+    full: bool
 
     def delta(self, text: str) -> bytes:
         """One content delta of choice 0 alone: the usual case, when the client keeps up."""
@@ -84,6 +87,7 @@ class OpenAIChunks:
     """
 
     heartbeat = HEARTBEAT
+    full = False  # it keeps nothing of the answer
 
     def __init__(self, completion_id: str, model: str, include_usage: bool, created: int | None = None) -> None:
         self._head = (
@@ -198,6 +202,7 @@ class NativeEvents:
     """``token`` (and ``reasoning``, ``tool_call``… see ``native_parts``) events, then one ``done`` or ``error``; every event has an ``id``."""
 
     heartbeat = HEARTBEAT
+    full = False
 
     def __init__(self) -> None:
         self._id = 0

@@ -209,8 +209,18 @@ class DirectStream:
         if len(events) == 1:
             event = events[0]
             if type(event) is Delta and not event.choice:
-                return self._encoder.delta(event.text)
-        return self._encoder.encode(events)
+                body = self._encoder.delta(event.text)
+            else:
+                body = self._encoder.encode(events)
+        else:
+            body = self._encoder.encode(events)
+        if self._encoder.full:  # after this body, whoever is sending it: the terminal event follows it
+            self._loop.call_soon(self._overflowed)
+        return body
+
+    def _overflowed(self) -> None:
+        if self._terminal is None:  # the encoder says how it ends (its terminal, given any error)
+            self._end_early(Error("relay_error", "response_too_large", "the encoder is full", "stream"))
 
     def _end_early(self, error: Error) -> None:
         self._terminal = error

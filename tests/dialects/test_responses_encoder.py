@@ -51,7 +51,7 @@ EXPECTED = [
 
 
 def streamed(batches: list[list[Part]], terminal: Terminal) -> list[dict[str, Any]]:
-    encoder = ResponseEvents(response_object("resp_r1", "m", {}))
+    encoder = ResponseEvents(response_object("resp_r1", "m", {}), limit=1 << 20)
     out = b""
     for batch in batches:
         lone = batch[0] if len(batch) == 1 else None

@@ -57,3 +57,20 @@ async def test_a_reader_that_stops_is_ended_with_one_response_failed_and_the_ups
     assert record["tokens_sent"] < ENDLESS
     bodies = checked_bytes(bytes(response.body), sdk=False)
     assert bodies[-1]["type"] == "response.failed" and final(bodies)["error"]["code"] == "slow_consumer"
+
+
+async def test_an_answer_longer_than_the_relay_keeps_ends_with_one_response_failed_and_the_upstream_closed() -> None:
+    """The final events repeat the answer, so the stream keeps it, up to RELAY_MAX_COLLECTED_BYTES: past it, response_too_large."""
+    with mock_server(ttft=0.0, interval=0.0005, tokens=ENDLESS) as (model, upstream), \
+            relay_server(upstream, max_collected_bytes=5_000, max_tokens_limit=ENDLESS) as url:
+        with anyio.fail_after(30):
+            async with httpx.AsyncClient(timeout=30) as client:
+                body = {"model": "mock", "input": "long", "stream": True, "max_output_tokens": ENDLESS}
+                _, events = await post_stream(client, url + "/v1/responses", body, headers={"x-request-id": "too-long"}, seconds=30)
+            record = await anyio.to_thread.run_sync(model.wait_for_disconnect, "too-long", 20)
+    assert record["tokens_sent"] < ENDLESS
+    bodies = checked(events, sdk=False)
+    assert [body["type"] for body in bodies].count("response.failed") == 1
+    assert bodies[-1]["type"] == "response.failed" and final(bodies)["error"]["code"] == "response_too_large"
+    streamed = "".join(body["delta"] for body in bodies if body["type"] == "response.output_text.delta")
+    assert 0 < len(streamed) <= 5_000
