@@ -45,6 +45,7 @@ import sys
 import time
 import urllib.request
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import uvloop
 
@@ -52,7 +53,7 @@ from app.loadtest.cli import raise_fd_limit
 from app.loadtest.histogram import Histogram
 from app.loadtest.runner import LoadConfig, Runner
 from app.loadtest.stream import CLOSED, OK, Stream
-from app.loadtest.target import build_target
+from app.loadtest.target import api_of, build_target
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = '{"model":"mock","messages":[{"role":"user","content":"Tell me a story about token relays."}],"stream":true,"max_tokens":%d}'
@@ -112,7 +113,12 @@ class LoadGen(Runner):
             targets = [build_target(url) for url in create_streams(args.url[0], args.streams, args.max_tokens)]
         else:
             body = BODY % args.max_tokens
-            targets = [build_target(url, body=(body[:-1] + TOOLS if args.tools else body).encode()) for url in args.url]
+            # Chat completions gets the body above (with tools, if asked); another API (Messages, Responses) its own default.
+            targets = [
+                build_target(url, body=(body[:-1] + TOOLS if args.tools else body).encode()) if api_of(urlsplit(url).path) == "openai-chat"
+                else build_target(url, max_tokens=args.max_tokens, prompt="Tell me a story about token relays.")
+                for url in args.url
+            ]
         config = LoadConfig(
             streams=1 if args.sequential else args.streams, requests=args.requests or args.streams, ramp=0.0 if args.sequential else args.ramp,
             connect_timeout=args.connect_timeout, head_timeout=0, first_timeout=0, idle_timeout=0,

@@ -235,7 +235,9 @@ def loadgen(urls: list[str], *, timeout: float, pids: dict[str, int] | None = No
             argv += [flag, ",".join(str(v) for v in value)]
         elif value is not None and value is not False:
             argv += [flag, str(value)]
-    subprocess.run(argv, cwd=ROOT, check=True, timeout=timeout + 30, preexec_fn=raise_fd_limit)
+    # The load tester (app/loadtest) of this tree, not whichever one the venv was installed from.
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    subprocess.run(argv, cwd=ROOT, env=env, check=True, timeout=timeout + 30, preexec_fn=raise_fd_limit)
     result: dict[str, Any] = json.loads(out.read_text())
     out.unlink()
     return result

@@ -39,6 +39,9 @@ Scenarios:
 - ``burst``: 1,000 keep-alive clients ramped up over 2 s, 3 requests each of 100 tokens at
   50 tokens/s; ``burst-100`` the same with 100 clients: events/s, TTFT, gaps, CPU per request
   and per event, upstream reconnects; the relay with its access log off and on (bench/burst.py).
+- ``dialects``: the steady scenario once per client API for each Token Relay target (chat
+  completions, Anthropic's Messages, OpenAI's Responses) on the same model server: server CPU
+  per content event of each, and its ratio to chat completions'; see bench/dialects.py.
 - ``tool-calls``: the steady scenario twice for each Token Relay target, once streaming text and
   once streaming two parallel tool calls' argument fragments (one chunk per token, the same
   pace and counts), side by side: server CPU per SSE event of either shape; see bench/toolcalls.py.
@@ -100,14 +103,17 @@ ALL_TARGETS = ("direct", "token-relay", "token-relay" + ACCESS_LOG, "nginx", "us
 # tcp-proxy (the floor) is cheap in ttft and always added there; elsewhere name it in --targets
 # (and --steady-targets): it costs another 2 minutes.
 DEFAULT_TARGETS = ("direct", "token-relay", "nginx", "usual-httpx", "usual-httpx2", "usual-aiohttp", "litellm")
-ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft", "burst", "burst-100", "throughput", "held", "resumable", "tool-calls")
+ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft", "burst", "burst-100", "throughput", "held", "resumable", "tool-calls", "dialects")
 
 
-def steady(target: str, cfg: argparse.Namespace, **load: Any) -> dict[str, Any]:
+def steady(target: str, cfg: argparse.Namespace, path: str | None = None, **load: Any) -> dict[str, Any]:
+    """``path``: another of a relay's streaming endpoints than chat completions (bench/dialects.py)."""
     mock, mock_base = start_mock(cfg.steady_mock, ttft=0.0, interval=cfg.interval)
     server: Proc | None = None
     with running(mock):
         server, url = start_target(target, mock_base)
+        if path is not None:
+            url = url.replace("/v1/chat/completions", path)
         with running(server):
             warm_up(url)
             start = cfg.ramp + cfg.settle
@@ -161,6 +167,7 @@ def steady(target: str, cfg: argparse.Namespace, **load: Any) -> dict[str, Any]:
         "window_opened": w.get("opened"),
         "ends": r["ends"],
         "connect_errors": r["connect_errors"],
+        "failure": (r.get("failures") or [None])[0],  # the first, with its detail: what went wrong, when something did
     }
 
 
@@ -662,6 +669,13 @@ def run(cfg: argparse.Namespace, targets: list[str], scenarios: list[str], argv:
         title = f"tool-calls: {cfg.streams} streams x {1 / cfg.interval:.0f} chunks/s of text, then of tool-call fragments"
         section(title + f", {cfg.window:.0f} s window, median of {cfg.runs}", tool_calls_table(runs, relays))
         lap("tool-calls")
+    if "dialects" in scenarios:
+        from dialects import dialects_table, run_dialects
+
+        results["dialects"] = runs = [run_dialects(relays, cfg, steady) for _ in range(cfg.runs)]
+        title = f"dialects: {cfg.streams} streams x {1 / cfg.interval:.0f} chunks/s through chat completions, Messages and Responses"
+        section(title + f", {cfg.window:.0f} s window, median of {cfg.runs}", dialects_table(runs, relays))
+        lap("dialects")
     if cfg.profile and relays:
         cfg.profile_target = "token-relay" if "token-relay" in relays else relays[-1]
         results["profile_run"] = steady(cfg.profile_target, cfg)
