@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from app.ops.keys import key_of
 from app.ops.record import Operations, RequestRecord
-from app.types import Scope
+from app.routes.http import request_id
+from app.types import Receive, Scope, Send
 
 
 def begin(scope: Scope, dialect: str, request_id: str, *, resumable: bool = False) -> RequestRecord:
@@ -30,3 +32,26 @@ def model_of(raw: dict[str, Any]) -> str | None:
     """The model a decoded request body names, if it names one."""
     model = raw.get("model")
     return model if isinstance(model, str) else None
+
+
+Answer = Callable[[Scope, Receive, Send, RequestRecord], Awaitable[Coroutine[Any, Any, None] | None]]
+
+
+def endpoint(dialect: str, answer: Answer) -> Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]:
+    """The endpoint of a generation route: its record begins, ``answer`` refuses the request, answers it whole, or returns its stream.
+
+    The stream runs outside ``answer``'s frame: a stream can last minutes, and that frame holds
+    the request body, which the upstream has had since the first second. The record ends in every case.
+    """
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        record = begin(scope, dialect, request_id(scope))
+        try:
+            stream = await answer(scope, receive, send, record)
+            if stream is not None:
+                await stream
+        finally:
+            end(scope, record)
+
+    serve.__name__ = serve.__qualname__ = dialect
+    return serve

@@ -16,7 +16,6 @@ from app.routes.http import (
     decode_object,
     json_body,
     read_body,
-    request_id,
     send_error,
     send_json,
     send_upstream_failure,
@@ -35,16 +34,6 @@ from app.types import Receive, Scope, Send
 _RELAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
 
 
-async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
-    record = seam.begin(scope, "openai_chat", request_id(scope))
-    try:
-        stream = await _answer(scope, receive, send, record)
-        if stream is not None:
-            # Run the stream outside the frame that decoded the request: a stream can last minutes,
-            # and that frame holds the request body, which the upstream has had since the first second.
-            await stream
-    finally:
-        seam.end(scope, record)
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> Coroutine[Any, Any, None] | None:
@@ -113,3 +102,6 @@ def generation_request(rid: str, model: str, raw: dict[str, Any], max_tokens_lim
     messages = raw.pop("messages")
     extra = {key: value for key, value in raw.items() if key not in _RELAY_FIELDS}
     return GenerationRequest(rid, model, messages, extra=extra, max_tokens_limit=max_tokens_limit)
+
+
+chat_completions = seam.endpoint("openai_chat", _answer)

@@ -15,7 +15,6 @@ from app.routes.http import (
     decode,
     json_body,
     read_body,
-    request_id,
     send_error,
     send_json,
     send_upstream_failure,
@@ -33,16 +32,6 @@ from app.types import Receive, Scope, Send
 DEFAULT_MAX_TOKENS = 512
 
 
-async def generate(scope: Scope, receive: Receive, send: Send) -> None:
-    record = seam.begin(scope, "native", request_id(scope))
-    try:
-        stream = await _answer(scope, receive, send, record)
-        if stream is not None:
-            # Run the stream outside the frame that decoded the request: a stream can last minutes,
-            # and that frame holds the prompt, which the upstream has had since the first second.
-            await stream
-    finally:
-        seam.end(scope, record)
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> Coroutine[Any, Any, None] | None:
@@ -95,3 +84,6 @@ def admit_generate(runtime: Runtime, rid: str, body: GenerateRequest) -> tuple[R
         raise RequestError(422, "invalid_request", "model is required: this relay has no default model", param="$.model")
     request = GenerationRequest(rid, model, [{"role": "user", "content": body.prompt}], max_tokens=max_tokens, temperature=body.temperature)
     return runtime.upstream_for(model), request
+
+
+generate = seam.endpoint("native", _answer)

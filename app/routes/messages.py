@@ -11,22 +11,12 @@ from app.dialects.anthropic_events import MessageEvents, whole_message
 from app.errors import RequestError
 from app.ops import seam
 from app.ops.record import RequestRecord
-from app.routes.http import SSE_HEADERS, ClientGone, json_body, read_body, request_id, send_json, upstream_failure_status
+from app.routes.http import SSE_HEADERS, ClientGone, json_body, read_body, send_json, upstream_failure_status
 from app.runtime import Runtime
 from app.streaming.events import Error
 from app.streaming.generation import Route
 from app.streaming.respond import relay_collected, relay_stream
 from app.types import Receive, Scope, Send
-
-
-async def messages(scope: Scope, receive: Receive, send: Send) -> None:
-    record = seam.begin(scope, "anthropic_messages", request_id(scope))
-    try:
-        stream = await _answer(scope, receive, send, record)
-        if stream is not None:
-            await stream  # outside the frame that holds the request body (as in app/routes/completions.py)
-    finally:
-        seam.end(scope, record)
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> Coroutine[Any, Any, None] | None:
@@ -100,3 +90,6 @@ async def _send_failure(send: Send, headers: list[tuple[bytes, bytes]], error: E
     message = detail.message if detail is not None else error.message
     body = error_envelope(type_, message, code=error.code, phase=error.phase, param=detail.param if detail is not None else None)
     await send_json(send, status, json_body(body), headers)
+
+
+messages = seam.endpoint("anthropic_messages", _answer)

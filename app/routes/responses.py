@@ -18,7 +18,6 @@ from app.routes.http import (
     decode_object,
     json_body,
     read_body,
-    request_id,
     send_error,
     send_json,
     send_upstream_failure,
@@ -28,16 +27,6 @@ from app.runtime import Runtime
 from app.streaming.events import Error
 from app.streaming.respond import relay_collected, relay_stream
 from app.types import Receive, Scope, Send
-
-
-async def responses(scope: Scope, receive: Receive, send: Send) -> None:
-    record = seam.begin(scope, "openai_responses", request_id(scope))
-    try:
-        stream = await _answer(scope, receive, send, record)
-        if stream is not None:
-            await stream  # outside the frame that holds the request body, as chat completions does
-    finally:
-        seam.end(scope, record)
 
 
 def _echo(request: ResponsesRequest) -> dict[str, Any]:
@@ -96,3 +85,6 @@ async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRec
 async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], record: RequestRecord, error: Error) -> None:
     record.status = upstream_failure_status(error)
     await send_upstream_failure(send, error, headers, openai=True)
+
+
+responses = seam.endpoint("openai_responses", _answer)
