@@ -22,6 +22,7 @@ from app.hosts import AllowedHosts
 from app.middleware import ApiKeyAuth
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
+from app.routes.models import list_models, retrieve_model
 from app.routes.ops import healthz, readyz
 from app.routes.router import ASGIRoute, Files, RelayRouter
 from app.routes.streams import cancel_stream, create_stream, stream_events
@@ -75,6 +76,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     routes = [
         ASGIRoute("/v1/chat/completions", chat_completions, "POST"),
         ASGIRoute("/v1/generate", generate, "POST"),
+        ASGIRoute("/v1/models", list_models, "GET"),
+        ASGIRoute("/v1/models/{model:path}", retrieve_model, "GET"),
         ASGIRoute("/v1/streams", create_stream, "POST"),
         ASGIRoute("/v1/streams/{stream_id}/events", stream_events, "GET"),
         ASGIRoute("/v1/streams/{stream_id}", cancel_stream, "DELETE"),

@@ -6,6 +6,8 @@ import functools
 from collections.abc import Coroutine
 from typing import Any
 
+import msgspec
+
 from app.errors import RequestError
 from app.routes.http import (
     SSE_HEADERS,
@@ -45,7 +47,7 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
     rid = request_id(scope)
     headers = [(b"x-request-id", rid.encode())]
     try:
-        body = decode(await read_body(scope, receive, settings.max_body_bytes), generate_decoder)
+        body = await with_default_model(runtime, decode(await read_body(scope, receive, settings.max_body_bytes), generate_decoder))
         upstream, request = admit_generate(runtime, rid, body)
     except ClientGone:
         return None
@@ -70,6 +72,13 @@ async def _answer(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, 
 
 async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], error: Error) -> None:
     await send_upstream_failure(send, error, headers, openai=False)
+
+
+async def with_default_model(runtime: Runtime, body: GenerateRequest) -> GenerateRequest:
+    """``body``, naming the relay's default model (the upstream's first, if none is configured) when it names none."""
+    if body.model is not None:
+        return body
+    return msgspec.structs.replace(body, model=await runtime.catalog.default_model())
 
 
 def admit_generate(runtime: Runtime, rid: str, body: GenerateRequest) -> tuple[Route, GenerationRequest]:

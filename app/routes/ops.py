@@ -25,7 +25,7 @@ async def readyz(scope: Scope, receive: Receive, send: Send) -> None:
     ready = runtime is not None and not runtime.client.closed and any(upstream.circuit.state != "open" for upstream in upstreams)
     body: dict[str, object] = {"status": "ready" if ready else "not_ready"}
     if runtime is not None:
-        body["in_flight"] = str(len(runtime.live))
+        body["in_flight"] = len(runtime.live)
         body["upstreams"] = {upstream.name: upstream.status() for upstream in upstreams}
     if streams is not None and streams.peers is not None:
         body["redis"] = "up" if await streams.peers.ping() else "down"
