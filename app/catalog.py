@@ -118,15 +118,16 @@ async def get_bounded(upstream: Upstream, path: str, headers: list[tuple[str, st
 def list_request(upstream: Upstream) -> tuple[str, list[tuple[str, str]]]:
     """The path and headers that ask ``upstream``'s protocol for its models."""
     key = upstream.api_key
+    bearer = [("Authorization", f"Bearer {key}")] if key else []
     match upstream.protocol:
         case "openai":
-            return "/models", [("Authorization", f"Bearer {key}")] if key else []
+            return "/models", bearer
         case "anthropic":
             return f"/models?limit={MAX_MODELS}", [("anthropic-version", ANTHROPIC_VERSION), *([("x-api-key", key)] if key else [])]
         case "ollama":
-            return "/api/tags", [("Authorization", f"Bearer {key}")] if key else []
+            return "/api/tags", bearer
         case "tgi":
-            return "/info", [("Authorization", f"Bearer {key}")] if key else []
+            return "/info", bearer
         case _:
             assert_never(upstream.protocol)
 

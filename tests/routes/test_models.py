@@ -24,9 +24,12 @@ class ListingUpstream:
         self.status = status
         self.body = body
         self.asked = 0
+        self.heard: list[tuple[str, dict[str, str]]] = []  # each question's path and headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.asked += 1
+        self.heard.append((scope["path"] + ("?" + scope["query_string"].decode() if scope["query_string"] else ""),
+                           {name.decode(): value.decode() for name, value in scope["headers"]}))
         if self.body is None:
             await anyio.sleep_forever()
         assert self.body is not None
@@ -96,6 +99,19 @@ async def test_the_upstreams_list_is_kept_for_a_while_and_passes_its_fields_on()
     assert first["data"][0] == {"id": "served-a", "created": 1700000000, "owned_by": "lab", "object": "model"}
     assert first["data"][1]["owned_by"] == "default"
     assert one == first["data"][0]
+
+
+@pytest.mark.parametrize(("protocol", "path", "sent"), [
+    ("openai", "/v1/models", {"authorization": "Bearer sk-up"}),
+    ("anthropic", "/v1/models?limit=1000", {"x-api-key": "sk-up", "anthropic-version": "2023-06-01"}),
+])
+async def test_the_upstreams_list_is_asked_with_its_key_as_its_protocol_sends_it(protocol: str, path: str, sent: dict[str, str]) -> None:
+    upstream = ListingUpstream()
+    with upstream.serving() as base, relay_server(base, protocol=protocol, upstream_api_key="sk-up") as url:
+        listed = await _get(url + "/v1/models")
+    assert [entry["id"] for entry in listed.json()["data"]] == ["served-a", "served-b"]
+    [(asked, headers)] = upstream.heard
+    assert asked == path and sent.items() <= headers.items()
 
 
 @pytest.mark.parametrize(("upstream", "reason"), [
