@@ -158,3 +158,9 @@ async def test_readyz_counts_requests_in_flight_as_an_int(mock: tuple[MockModel,
     with relay_server(mock[1], default_model="mock") as url:
         ready = (await _get(url + "/readyz")).json()
     assert ready["in_flight"] == 0 and type(ready["in_flight"]) is int
+
+
+async def test_an_unknown_v1_path_names_the_model_endpoints(mock: tuple[MockModel, str]) -> None:
+    with relay_server(mock[1], default_model="mock") as url:
+        error = (await _get(url + "/v1/model")).json()["error"]
+    assert "GET /v1/models," in error["message"] and "GET /v1/models/{model}," in error["message"]
