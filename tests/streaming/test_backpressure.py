@@ -69,7 +69,7 @@ async def test_a_reader_that_never_comes_back_is_dropped_after_the_grace_period(
             async with httpx.AsyncClient(timeout=5) as client:
                 # The relay's in-flight count drops to zero once the stuck writer is cancelled; it lives
                 # in another server, with nothing to await but its /readyz answer.
-                while (await client.get(url + "/readyz")).json()["in_flight"] != "0":  # noqa: ASYNC110
+                while (await client.get(url + "/readyz")).json()["in_flight"] != 0:  # noqa: ASYNC110
                     await anyio.sleep(0.05)
             await stream.aclose()
 
