@@ -74,6 +74,9 @@ async def test_routes_and_relay_models_are_listed_with_the_default_first(mock: t
     with relay_server(mock[1], models=("small", "large"), default_model="large", routes={"org/fast": ("default:mock",)}) as url:
         listed = (await _get(url + "/v1/models")).json()
         slashed = await _get(url + "/v1/models/org/fast")
+        with anyio.fail_after(15):
+            retrieved = await anyio.to_thread.run_sync(_sdk_retrieve, url + "/v1", "org/fast")
+    assert retrieved.id == "org/fast"
     assert listed["object"] == "list"
     assert [entry["id"] for entry in listed["data"]] == ["large", "org/fast", "small"]
     assert slashed.status_code == 200 and slashed.json()["id"] == "org/fast"
