@@ -9,10 +9,11 @@ cannot be added without saying what it answers.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -296,10 +297,25 @@ GENERATE = Operation(
      **_GENERATION_FAILURES},
     request=GenerateRequest, parameters=(_REQUEST_ID,),
 )
+def _model_optional(kind: Any, name: str) -> Any:
+    """``kind`` with its ``model`` optional (the relay's default model is used without one), for the document only."""
+    fields: list[Any] = []
+    for field in msgspec.structs.fields(kind):
+        if field.name == "model":
+            fields.append(("model", Annotated[str, msgspec.Meta(min_length=1)] | None, None))
+        elif field.required:
+            fields.append((field.name, field.type))
+        else:
+            default = field.default if field.default is not msgspec.NODEFAULT else msgspec.field(default_factory=field.default_factory)
+            fields.append((field.name, field.type, default))
+    fields.sort(key=lambda spec: len(spec) == 3)  # the required ones first, as a Struct declares them
+    return msgspec.defstruct(name, fields, frozen=True)
+
+
 CREATE_STREAM = Operation(
     "Start a resumable stream (a chat or a native request); its events are read, from any process, at `events_url`",
     {201: Answer("The stream's URLs", StreamCreated), **_GENERATION_FAILURES},
-    request=ChatRequest | GenerateRequest, parameters=(_REQUEST_ID,),
+    request=_model_optional(ChatRequest, "StreamChatRequest") | GenerateRequest, parameters=(_REQUEST_ID,),
 )
 STREAM_EVENTS = Operation(
     "Read a resumable stream (`EventSource`): every event has an id; `Last-Event-ID` resumes after it",
@@ -399,6 +415,30 @@ MESSAGES = Operation(
      405: Answer(_REFUSALS[405], ErrorAnswer)},
     request=MessagesRequest, parameters=(_REQUEST_ID,),
 )
+class ModelEntry(Body, frozen=True):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(Body, frozen=True):
+    object: Literal["list"]
+    data: list[ModelEntry]
+
+
+_MODEL_ID = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}, "description": "a model id (it may hold `/`)"}
+MODELS = Operation(
+    "The model names clients may use (OpenAI's list shape): the configured ones, else the upstreams' own lists",
+    {200: Answer("The list", ModelList), 401: Answer(_REFUSALS[401], ErrorAnswer),
+     502: Answer("No upstream's own list could be read (the message says why)", ErrorAnswer)},
+)
+MODEL = Operation(
+    "One model of the list",
+    {200: Answer("The model", ModelEntry), 401: Answer(_REFUSALS[401], ErrorAnswer), 404: Answer("Not in the list", ErrorAnswer),
+     502: Answer("No upstream's own list could be read (the message says why)", ErrorAnswer)},
+    parameters=(_MODEL_ID,),
+)
 CHAT_PAGE = Operation("The chat page", {200: Answer("The page", html=True)})
 OPENAPI = Operation("This document", {200: Answer("The OpenAPI 3.1 document", dict[str, Any])})
 DOCS = Operation("This document, rendered", {200: Answer("The page", html=True)})
@@ -426,7 +466,8 @@ def document(operations: list[tuple[str, str, Operation]], *, version: str) -> d
 
     paths: dict[str, dict[str, Any]] = {}
     for path, method, operation in operations:
-        paths.setdefault(path, {})[method.lower()] = _operation(operation, schema_of, keyed=path.startswith("/v1/"))
+        # A route's parameter convertor (``{model:path}``) is the router's business: OpenAPI names the parameter only.
+        paths.setdefault(_CONVERTOR.sub(r"{\1}", path), {})[method.lower()] = _operation(operation, schema_of, keyed=path.startswith("/v1/"))
     return {
         "openapi": "3.1.0",
         "info": {"title": "Token Relay", "version": version,
@@ -437,6 +478,9 @@ def document(operations: list[tuple[str, str, Operation]], *, version: str) -> d
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}, "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
         },
     }
+
+
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
 
 
 def _alternatives(kind: Any) -> tuple[Any, ...]:

@@ -28,6 +28,7 @@ from app.ops.requestlog import RequestLog
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
 from app.routes.messages import messages, send_anthropic_error
+from app.routes.models import list_models, retrieve_model
 from app.routes.openapi import contract_routes
 from app.routes.ops import healthz, metrics, readyz
 from app.routes.responses import responses
@@ -107,6 +108,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         ASGIRoute("/v1/generate", generate, "POST", contract.GENERATE),
         ASGIRoute("/v1/messages", messages, "POST", contract.MESSAGES),
         ASGIRoute("/v1/responses", responses, "POST", contract.RESPONSES),
+        ASGIRoute("/v1/models", list_models, "GET", contract.MODELS),
+        ASGIRoute("/v1/models/{model:path}", retrieve_model, "GET", contract.MODEL),
         ASGIRoute("/v1/streams", create_stream, "POST", contract.CREATE_STREAM),
         ASGIRoute("/v1/streams/{stream_id}/events", stream_events, "GET", contract.STREAM_EVENTS),
         ASGIRoute("/v1/streams/{stream_id}", cancel_stream, "DELETE", contract.CANCEL_STREAM),

@@ -8,6 +8,7 @@ import resource
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
+from app.catalog import ModelCatalog
 from app.errors import RequestError
 from app.ops.keys import Keys, key_of
 from app.ops.limits import NO_LIMITS, Admission, Limiter, MemoryLimits, estimate
@@ -95,6 +96,8 @@ class Runtime:
         self.default_route = Route(tuple(Target(upstream) for upstream in upstreams.values()))
         self.models = frozenset(models)
         self.default_model = settings.default_model or (models[0] if models else next(iter(settings.routes), None))
+        # The names clients may use: the configured ones, else the upstreams' own lists.
+        self.catalog = ModelCatalog((*settings.routes, *models), self.default_model, upstreams.values())
         self.live = live
         self.client = client
 

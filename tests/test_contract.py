@@ -110,7 +110,7 @@ async def test_the_served_document_lists_every_route_and_resolves(client: httpx.
     assert document["openapi"] == "3.1.0"
     operations = {(path, method) for path, methods in document["paths"].items() for method in methods}
     router = _router(create_app(load_settings({"access_log": False}, environ={})))
-    assert operations == {(route.path, route.method.lower()) for route in router.routes if isinstance(route, ASGIRoute)}
+    assert operations == {(route.path.replace(":path}", "}"), route.method.lower()) for route in router.routes if isinstance(route, ASGIRoute)}
     schemas = document["components"]["schemas"]
     for ref in _refs(document):
         assert ref.removeprefix("#/components/schemas/") in schemas, ref

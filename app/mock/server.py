@@ -104,6 +104,10 @@ class MockModel:
             await _json(send, 200, stats)
         elif path.endswith("/models") and method == "GET":
             await _json(send, 200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "mock"} for m in MODELS]})
+        elif path.endswith("/api/tags") and method == "GET":  # Ollama's list
+            await _json(send, 200, {"models": [{"name": m, "model": m} for m in MODELS]})
+        elif path.endswith("/info") and method == "GET":  # TGI's one model
+            await _json(send, 200, {"model_id": MODELS[0], "max_total_tokens": 4096})
         else:
             await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error", "code": "not_found"}})
 

@@ -6,6 +6,8 @@ import functools
 from collections.abc import Coroutine
 from typing import Any
 
+import msgspec
+
 from app.errors import RequestError
 from app.ops import seam
 from app.ops.record import RequestRecord
@@ -41,7 +43,7 @@ async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRec
     rid = record.request_id
     headers = [(b"x-request-id", rid.encode())]
     try:
-        body = decode(await read_body(scope, receive, settings.max_body_bytes), generate_decoder)
+        body = await with_default_model(runtime, decode(await read_body(scope, receive, settings.max_body_bytes), generate_decoder))
         record.model = body.model
         upstream, request = admit_generate(runtime, rid, body)
         record.model = request.model
@@ -74,6 +76,13 @@ async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRec
 async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], record: RequestRecord, error: Error) -> None:
     record.status = upstream_failure_status(error)
     await send_upstream_failure(send, error, headers, openai=False)
+
+
+async def with_default_model(runtime: Runtime, body: GenerateRequest) -> GenerateRequest:
+    """``body``, naming the relay's default model (the upstream's first, if none is configured) when it names none."""
+    if body.model is not None:
+        return body
+    return msgspec.structs.replace(body, model=await runtime.catalog.default_model())
 
 
 def admit_generate(runtime: Runtime, rid: str, body: GenerateRequest) -> tuple[Route, GenerationRequest]:

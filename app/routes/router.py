@@ -19,6 +19,7 @@ is Starlette's.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ from app.contract import Operation
 from app.errors import RequestError
 from app.routes.http import send_error
 from app.types import ASGIApp, Receive, Scope, Send
+
+_CONVERTOR = re.compile(r":\w+}")  # ``{model:path}`` is told as ``{model}``
 
 
 class ASGIRoute(Route):
@@ -84,7 +87,7 @@ class RelayRouter(Router):
         if len(self._exact) + len(self._parametrised) != len(relay):
             raise ValueError("one relay route per path")
         self.served = ", ".join(
-            f"{method} {route.path}"
+            f"{method} {_CONVERTOR.sub('}', route.path)}"
             for route in routes if isinstance(route, Route) and route.path.startswith("/v1/")
             for method in sorted(route.methods or ()) if method != "HEAD"
         )

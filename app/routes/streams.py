@@ -32,7 +32,7 @@ from app.ops import seam
 from app.ops.keys import key_of
 from app.ops.record import RequestRecord
 from app.routes.completions import admit_chat, generation_request
-from app.routes.generate import admit_generate
+from app.routes.generate import admit_generate, with_default_model
 from app.routes.http import SSE_HEADERS, ClientGone, convert, decode_object, header, json_body, read_body, request_id, send_error, send_json
 from app.runtime import Runtime
 from app.schemas import GenerateRequest
@@ -79,12 +79,14 @@ async def _start(scope: Scope, receive: Receive, send: Send, runtime: Runtime, s
     rid = record.request_id
     try:
         raw = decode_object(await read_body(scope, receive, settings.max_body_bytes))
-        record.model = seam.model_of(raw)
-        if "messages" in raw:  # a chat body, as for /v1/chat/completions
+        if "messages" in raw:  # a chat body, as for /v1/chat/completions, but the model may be left to the relay
+            if "model" not in raw:
+                raw["model"] = await runtime.catalog.default_model()
+            record.model = seam.model_of(raw)
             chat, upstream = admit_chat(runtime, raw, choices=False)
             request = generation_request(rid, chat.model, raw, settings.max_tokens_limit)
         else:
-            upstream, request = admit_generate(runtime, rid, convert(raw, GenerateRequest))
+            upstream, request = admit_generate(runtime, rid, await with_default_model(runtime, convert(raw, GenerateRequest)))
         if streams.running >= settings.max_streams:
             raise RequestError(
                 429, "too_many_streams", "the relay is at its limit of resumable streams; retry shortly", headers={"Retry-After": "2"},

@@ -1,11 +1,16 @@
-// The chat page: POST /v1/streams, then read the stream with EventSource, which reconnects by
-// itself and sends Last-Event-ID, so the relay replays what the page missed. No dependencies.
+// The chat page: each turn POSTs the conversation so far to /v1/streams, then reads the stream
+// with EventSource, which reconnects by itself and sends Last-Event-ID, so the relay replays
+// what the page missed. No dependencies, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const form = $("ask"), usage = $("usage"), stateView = $("state");
-const sendButton = $("send"), stopButton = $("stop"), apiKey = $("api-key");
-let current = null; // {source, cancelUrl}
+const form = $("ask"), usage = $("usage"), stateView = $("state"), prompt = $("prompt");
+const sendButton = $("send"), stopButton = $("stop"), newChatButton = $("new-chat"), apiKey = $("api-key");
+const modelPicker = $("model"), modelsNote = $("models-note");
+let current = null; // {source, cancelUrl, message}: the turn being streamed
+// The messages sent with the next turn: the turns that ended well, each a user message and the
+// assistant's answer. A turn that failed or was stopped is shown, but left out of them.
+let messages = [];
 
 // The tool the "Offer a tool" option sends: enough for a model (or the mock) to show a call.
 const WEATHER_TOOL = {
@@ -22,7 +27,38 @@ const WEATHER_TOOL = {
 };
 
 apiKey.value = sessionStorage.getItem("token-relay-api-key") || "";
-apiKey.addEventListener("change", () => sessionStorage.setItem("token-relay-api-key", apiKey.value));
+apiKey.addEventListener("change", () => {
+  sessionStorage.setItem("token-relay-api-key", apiKey.value);
+  loadModels();
+});
+
+function authHeaders() {
+  return apiKey.value ? { authorization: `Bearer ${apiKey.value}` } : {};
+}
+
+// The picker lists GET /v1/models, the relay's default (its first entry) chosen; when the list
+// cannot be had, the only choice is the relay's default and the note says why.
+async function loadModels() {
+  const chosen = modelPicker.value;
+  let ids, failure;
+  try {
+    const response = await fetch("/v1/models", { headers: authHeaders() });
+    const listed = await response.json();
+    if (response.ok) ids = listed.data.map((entry) => entry.id);
+    else failure = listed.error ? listed.error.message : `HTTP ${response.status}`;
+  } catch (err) {
+    failure = `the relay cannot be reached (${err.message})`;
+  }
+  modelPicker.textContent = "";
+  for (const id of ids && ids.length ? ids : [""]) {
+    const option = modelPicker.appendChild(document.createElement("option"));
+    option.value = id;
+    option.textContent = id || "the relay's default";
+  }
+  if (ids && ids.includes(chosen)) modelPicker.value = chosen;
+  modelsNote.textContent = failure ? `(no model list: ${failure})` : "";
+  modelPicker.dataset.loaded = failure ? "failed" : "listed";
+}
 
 // What the stream has said so far, as the reader sees it: reasoning (collapsed), the text, a
 // refusal, the tool calls. Parts only ever append (a replay after a reconnect starts after the
@@ -68,6 +104,10 @@ const answer = (() => {
   }
 
   return {
+    // What of the answer the next turn sends back: its text, else its refusal.
+    said() {
+      return contentText.data || refusalText.data;
+    },
     reset() {
       reasoning.hidden = true;
       reasoning.open = false;
@@ -150,10 +190,51 @@ function setState(state, message) {
   const busy = state === "connecting" || state === "streaming" || state === "reconnecting";
   sendButton.disabled = busy;
   stopButton.disabled = !busy;
+  newChatButton.disabled = busy;
 }
 
+// The turn shown below the conversation moves into it, as it was, once the next one starts.
+const turns = (() => {
+  const list = $("conversation"), turn = $("turn"), question = $("question");
+
+  function archive() {
+    if (question.hidden) return;
+    const item = list.appendChild(document.createElement("li"));
+    item.className = turn.className ? `turn ${turn.className}` : "turn";
+    item.append(...turn.cloneNode(true).childNodes);
+    item.querySelectorAll("[id]").forEach((element) => element.removeAttribute("id"));
+  }
+
+  return {
+    start(text) {
+      archive();
+      turn.className = "";
+      question.hidden = false;
+      question.textContent = text;
+      answer.reset();
+      usage.textContent = "";
+    },
+    // A turn that failed or was stopped: marked, and its message back in the box to try again.
+    leftOut(text) {
+      turn.className = "left-out";
+      if (!prompt.value) prompt.value = text;
+    },
+    clear() {
+      list.textContent = "";
+      turn.className = "";
+      question.hidden = true;
+      answer.reset();
+      usage.textContent = "";
+    },
+  };
+})();
+
 function finish(state, message) {
-  if (current) current.source.close();
+  if (current) {
+    current.source.close();
+    if (state === "done") messages.push(current.message, { role: "assistant", content: answer.said() });
+    else turns.leftOut(current.message.content);
+  }
   answer.settle();
   current = null;
   setState(state, message);
@@ -161,30 +242,35 @@ function finish(state, message) {
 
 async function ask(event) {
   event.preventDefault();
-  answer.reset();
-  usage.textContent = "";
+  const text = prompt.value;
+  if (!text.trim() || current) return;
+  const message = { role: "user", content: text };
+  turns.start(text);
   setState("connecting");
-  const model = $("model").value.trim();
-  const prompt = $("prompt").value;
-  // Tools need the chat body (as for /v1/chat/completions), which names its model.
-  const withTools = $("tools").checked;
-  if (withTools && !model) return finish("error", "offering a tool needs a model name (Options, Model)");
-  const body = withTools ? { model, messages: [{ role: "user", content: prompt }], tools: [WEATHER_TOOL] } : { prompt };
+  // Turns whose answer had no text (only tool calls the page cannot run) send nothing back for it.
+  const sent = [...messages.filter((m) => m.content), message];
+  const body = { messages: sent };
+  const model = modelPicker.value;
+  if (model) body.model = model;
+  if ($("tools").checked) body.tools = [WEATHER_TOOL];
   const maxTokens = parseInt($("max-tokens").value, 10);
   if (maxTokens > 0) body.max_tokens = maxTokens;
-  if (model) body.model = model;
-  const headers = { "content-type": "application/json" };
-  if (apiKey.value) headers.authorization = `Bearer ${apiKey.value}`;
+  const headers = { "content-type": "application/json", ...authHeaders() };
   let created;
+  const failed = (why) => {
+    turns.leftOut(text);
+    setState("error", why);
+  };
   try {
     const response = await fetch("/v1/streams", { method: "POST", headers, body: JSON.stringify(body) });
     created = await response.json();
-    if (!response.ok) return finish("error", created.error ? created.error.message : `HTTP ${response.status}`);
+    if (!response.ok) return failed(created.error ? created.error.message : `HTTP ${response.status}`);
   } catch (err) {
-    return finish("error", `the relay cannot be reached (${err.message})`);
+    return failed(`the relay cannot be reached (${err.message})`);
   }
+  prompt.value = "";
   const source = new EventSource(created.events_url);
-  current = { source, cancelUrl: created.cancel_url };
+  current = { source, cancelUrl: created.cancel_url, message };
   source.addEventListener("open", () => setState("streaming"));
   source.addEventListener("reasoning", (e) => answer.reasoning(JSON.parse(e.data)));
   source.addEventListener("redacted_reasoning", () => answer.redactedReasoning());
@@ -219,7 +305,22 @@ async function stop() {
   }
 }
 
+// Enter sends; Shift+Enter (or Enter while an input method composes) stays in the box as a new line.
+prompt.addEventListener("keydown", (event) => {
+  if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
+  event.preventDefault();
+  if (!sendButton.disabled) form.requestSubmit();
+});
+
+function newChat() {
+  messages = [];
+  turns.clear();
+  setState("idle");
+}
+
 form.addEventListener("submit", ask);
 stopButton.addEventListener("click", stop);
+newChatButton.addEventListener("click", newChat);
 answer.reset();
 setState("idle");
+loadModels();

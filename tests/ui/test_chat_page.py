@@ -38,8 +38,11 @@ def slow_mock() -> Iterator[tuple[MockModel, str]]:
         yield served
 
 
+PAGE_MODELS = ("mock", "mock-fault-error-midstream", "mock-fault-reset", "mock-reasoning", "mock-refusal")
+
+
 def _page_relay(mock: tuple[MockModel, str]) -> contextlib.AbstractContextManager[str]:
-    return relay_server(mock[1], models=("mock", "mock-fault-error-midstream", "mock-reasoning", "mock-refusal"), stream_secret=SECRET, stream_retry_ms=300)
+    return relay_server(mock[1], models=PAGE_MODELS, stream_secret=SECRET, stream_retry_ms=300)
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +85,14 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 
 
 async def _ask(page: Page, prompt: str, max_tokens: int, model: str = "", tools: bool = False) -> None:
+    """Type ``prompt`` and send it with these options; ``model`` empty leaves the picker's choice (the relay's default)."""
+    await page.wait_for_selector("#model[data-loaded]", state="attached", timeout=WAIT_MS)
     await page.fill("#prompt", prompt)
-    await page.click("#ask summary")
+    await page.evaluate("document.querySelector('#ask details').open = true")
     await page.fill("#max-tokens", str(max_tokens))
-    await page.fill("#model", model)
-    if tools:
-        await page.check("#tools")
+    if model:
+        await page.select_option("#model", model)
+    await page.set_checked("#tools", tools)
     await page.click("#send")
 
 
@@ -252,11 +257,138 @@ async def test_tool_calls_are_shown_with_their_names_and_pretty_printed_complete
     assert "finish reason: tool_calls" in (await page.text_content("#usage") or "")
 
 
-async def test_tools_without_a_model_name_say_what_is_missing(page_url: str, page: Page) -> None:
+async def test_the_model_picker_lists_the_relays_models_and_sends_the_one_chosen(page_url: str, page: Page) -> None:
+    bodies = _record_bodies(page)
     await page.goto(page_url + "/")
-    await _ask(page, "weather", 5, tools=True)
+    await _ask(page, "pick one", 5)
+    await _wait_for_state(page, "done")
+    options = await page.eval_on_selector_all("#model option", "options => options.map(option => option.value)")
+    assert options == list(PAGE_MODELS)
+    assert await page.input_value("#model") == "mock"  # the relay's default, first in its list
+    await _ask(page, "pick another", 5, model="mock-reasoning")
+    await _wait_for_state(page, "done")
+    assert [body["model"] for body in bodies] == ["mock", "mock-reasoning"]
+
+
+async def test_without_a_model_list_the_picker_says_why_and_a_key_fills_it(paced_mock: tuple[MockModel, str], page: Page) -> None:
+    bodies = _record_bodies(page)
+    with relay_server(paced_mock[1], models=("mock",), stream_secret=SECRET, api_keys=("browser-key",)) as url:
+        await page.goto(url + "/")
+        await page.wait_for_selector("#model[data-loaded='failed']", state="attached", timeout=WAIT_MS)
+        assert "a valid API key is required" in (await page.text_content("#models-note") or "")
+        await page.evaluate("document.querySelector('#ask details').open = true")
+        assert await page.eval_on_selector_all("#model option", "options => options.map(option => option.value)") == [""]
+        await page.fill("#max-tokens", "5")
+        await page.fill("#api-key", "browser-key")
+        await page.fill("#prompt", "default model")  # leaving the key's field: the list is asked again, with the key
+        await page.wait_for_selector("#model[data-loaded='listed']", state="attached", timeout=WAIT_MS)
+        assert await page.text_content("#models-note") == ""
+        await page.click("#send")
+        await _wait_for_state(page, "done")
+    assert bodies[0]["model"] == "mock"
+    assert await page.text_content("#answer") == "".join(mock_text("default model", 5))
+
+
+async def test_the_favicon_is_the_relays_own_file(page_url: str, page: Page) -> None:
+    await page.goto(page_url + "/")
+    href = await page.eval_on_selector("link[rel=icon]", "link => link.href")
+    assert urlsplit(href).netloc == urlsplit(page_url).netloc
+    with anyio.fail_after(10):
+        async with httpx.AsyncClient() as client:
+            icon = await client.get(href)
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+
+
+async def _turn(page: Page, prompt: str, state: str = "done") -> None:
+    """Type ``prompt`` (its line breaks with Shift+Enter), send it with Enter, and wait until the turn ends in ``state``."""
+    await page.click("#prompt")
+    await page.fill("#prompt", "")
+    for number, line in enumerate(prompt.split("\n")):
+        if number:
+            await page.press("#prompt", "Shift+Enter")
+        await page.type("#prompt", line)
+    await page.press("#prompt", "Enter")
+    await _wait_for_state(page, state)
+
+
+async def _shown_turns(page: Page) -> list[dict[str, Any]]:
+    """The turns of the conversation as the page shows them, the current one last."""
+    turns: list[dict[str, Any]] = await page.evaluate("""() => [...document.querySelectorAll("#conversation > li"), document.getElementById("turn")]
+        .map(turn => ({question: turn.querySelector(".question").textContent, answer: turn.querySelector(".answer").textContent,
+                       left_out: turn.classList.contains("left-out")}))""")
+    return turns
+
+
+def _user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+async def test_a_conversation_goes_to_the_model_whole_turn_after_turn(paced_mock: tuple[MockModel, str], page_url: str, page: Page) -> None:
+    bodies = _record_bodies(page)
+    await page.goto(page_url + "/")
+    await _ask(page, "first question", 6)
+    await _wait_for_state(page, "done")
+    first = "".join(mock_text("first question", 6))
+    await _turn(page, "second\nin two lines")
+    assert bodies[1]["messages"] == [_user("first question"), _assistant(first), _user("second\nin two lines")]
+    second = (await _direct(paced_mock[1], bodies[1]))["content"]
+    await _turn(page, "third")
+    assert bodies[2]["messages"] == [*bodies[1]["messages"], _assistant(second), _user("third")]
+    third = (await _direct(paced_mock[1], bodies[2]))["content"]
+    assert await _shown_turns(page) == [
+        {"question": "first question", "answer": first, "left_out": False},
+        {"question": "second\nin two lines", "answer": second, "left_out": False},
+        {"question": "third", "answer": third, "left_out": False},
+    ]
+    assert await page.input_value("#prompt") == ""
+    await page.click("#new-chat")
+    await _turn(page, "afresh")
+    assert bodies[3]["messages"] == [_user("afresh")]
+    assert len(await _shown_turns(page)) == 1
+
+
+async def test_a_turn_the_model_server_cuts_off_shows_the_error_and_the_next_turn_goes_on(paced_mock: tuple[MockModel, str], page_url: str, page: Page) -> None:
+    bodies = _record_bodies(page)
+    await page.goto(page_url + "/")
+    await _ask(page, "before the cut", 5)
+    await _wait_for_state(page, "done")
+    first = "".join(mock_text("before the cut", 5))
+    await _ask(page, "cut me off", 40, model="mock-fault-reset")
     await _wait_for_state(page, "error")
-    assert "a model name" in (await page.text_content("#state") or "")
+    assert "the model server closed the connection" in (await page.text_content("#state") or "")
+    assert await page.input_value("#prompt") == "cut me off"  # back in the box, to send again
+    await page.select_option("#model", "mock")
+    await _turn(page, "after the cut")
+    # The turn that failed is shown, marked, and left out of what the model is sent.
+    assert bodies[2]["messages"] == [_user("before the cut"), _assistant(first), _user("after the cut")]
+    shown = await _shown_turns(page)
+    assert [(turn["question"], turn["left_out"]) for turn in shown] == [("before the cut", False), ("cut me off", True), ("after the cut", False)]
+    assert shown[2]["answer"] == (await _direct(paced_mock[1], bodies[2]))["content"]
+
+
+async def test_a_connection_dropped_in_a_later_turn_loses_nothing_and_the_conversation_goes_on(
+    paced_mock: tuple[MockModel, str], page_url: str, page: Page,
+) -> None:
+    bodies = _record_bodies(page)
+    proxy = DroppingProxy(urlsplit(page_url).port or 80)
+    with proxy.serving() as proxied:
+        await page.goto(proxied + "/")
+        await _ask(page, "turn one", 5)
+        await _wait_for_state(page, "done")
+        await _ask(page, "turn two, dropped", 60)
+        await page.wait_for_function("document.getElementById('answer').textContent.length > 20", timeout=WAIT_MS)
+        proxy.drop()
+        await _wait_for_state(page, "reconnecting")
+        await _wait_for_state(page, "done")
+        second = (await _direct(paced_mock[1], bodies[1]))["content"]
+        assert await page.text_content("#answer") == second
+        await _turn(page, "turn three")
+    assert bodies[2]["messages"][-3:] == [_user("turn two, dropped"), _assistant(second), _user("turn three")]
+    assert [turn["left_out"] for turn in await _shown_turns(page)] == [False, False, False]
 
 
 async def test_a_refusal_is_shown_as_a_refusal(paced_mock: tuple[MockModel, str], page_url: str, page: Page) -> None:
