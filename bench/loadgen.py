@@ -336,7 +336,7 @@ def create_streams(url: str, count: int, max_tokens: int) -> list[str]:
 
 
 def _pid(text: str) -> tuple[str, int]:
-    name, _, pid = text.partition("=")
+    name, _, pid = text.rpartition("=")  # a target may have = in its name (token-relay+RELAY_METRICS=false)
     return name, int(pid)
 
 
