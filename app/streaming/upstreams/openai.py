@@ -126,6 +126,13 @@ class Calls:
                 self._names[relay] = name
         return relay, call_id or None, name or None
 
+    def follow(self, index: int | None) -> int | None:
+        """The relay's index of a fragment with no id nor name (``place``'s usual case), if it goes on a call already placed."""
+        relay = self._by_index.get(index) if index is not None else self._last
+        if relay is not None:
+            self._last = relay
+        return relay
+
     def _new(self) -> int:
         self._count += 1
         return self._count - 1
@@ -234,6 +241,17 @@ class ChatStream(SSEStreamHandler):
                 return
 
     def _on_call(self, call: _ToolCall, choice: int) -> None:
+        function = call.function
+        # The usual fragment, an argument text on a call already placed: what every other fragment of a call is.
+        if call.id is None and function is not None and function.name is None and type(arguments := function.arguments) is str \
+                and self._calls is not None and (calls := self._calls.get(choice)) is not None \
+                and (index := calls.follow(call.index)) is not None:
+            if arguments:
+                self._emit(ToolCall(index, None, None, arguments, choice))
+            return
+        self._on_new_call(call, choice)
+
+    def _on_new_call(self, call: _ToolCall, choice: int) -> None:
         if self._calls is None:
             self._calls = {}
         calls = self._calls.get(choice)
