@@ -79,6 +79,14 @@ def _choice_delta(choice: Choice) -> dict[str, Any]:
     return delta
 
 
+def _fragment(index: int) -> bytes:
+    """A chunk's bytes up to an argument fragment's text, for call ``index`` of choice 0."""
+    return b'{"index":0,"delta":{"tool_calls":[{"index":%d,"function":{"arguments":' % index
+
+
+_FRAGMENT = tuple(_fragment(index) for index in range(16))
+
+
 class OpenAIChunks:
     """``chat.completion.chunk`` events, ``[DONE]`` last; an error is an ``{"error": …}`` chunk.
 
@@ -136,13 +144,13 @@ class OpenAIChunks:
 
     def _alone(self, part: Part) -> bytes | None:
         """A reasoning delta or an argument fragment of choice 0 alone, as cheaply as a content delta; else ``None``."""
+        if type(part) is ToolCall and part.id is None and part.name is None and not part.choice:
+            index = part.index
+            opening = _FRAGMENT[index] if index < len(_FRAGMENT) else _fragment(index)
+            return self._head + opening + _encode(part.arguments) + b'}}]},"logprobs":null,"finish_reason":null}]}\n\n'
         if type(part) is Reasoning and part.text and part.signature is None and not part.choice:
-            delta = b'{"reasoning_content":' + _encode(part.text) + b"}"
-        elif type(part) is ToolCall and part.id is None and part.name is None and not part.choice:
-            delta = b'{"tool_calls":[{"index":%d,"function":{"arguments":%b}}]}' % (part.index, _encode(part.arguments))
-        else:
-            return None
-        return self._head + b'{"index":0,"delta":' + delta + b',"logprobs":null,"finish_reason":null}]}\n\n'
+            return self._head + b'{"index":0,"delta":{"reasoning_content":' + _encode(part.text) + b'},"logprobs":null,"finish_reason":null}]}\n\n'
+        return None
 
     def terminal(self, event: Terminal) -> bytes:
         match event:
