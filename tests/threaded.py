@@ -22,6 +22,11 @@ def server_in_thread(loop: asyncio.AbstractEventLoop, handle: Handler, stop: Cal
         started.set()
         with contextlib.suppress(asyncio.CancelledError):  # close() ends serve_forever so
             await server.serve_forever()
+        # The connections' handlers end with the server: none is left pending when the loop closes.
+        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
