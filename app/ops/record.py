@@ -24,7 +24,10 @@ from app.ops.limits import NO_LIMITS
 from app.streaming.events import Error, Finish, Terminal, Usage
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from app.streaming.generation import Generation
+    from app.streaming.relay import DirectStream
 
 logger = logging.getLogger("token_relay")
 
@@ -90,8 +93,10 @@ class RequestRecord:
         "_end",
         "_ended",
         "_first_event",
+        "_generation",
         "_operations",
         "_started",
+        "_stream",
         "admission",
         "code",
         "dialect",
@@ -135,6 +140,8 @@ class RequestRecord:
         self._started = time.perf_counter()
         self._first_event: float | None = None
         self._ended = False
+        self._generation: Generation | None = None  # a direct stream's, from ``watch`` to ``take``
+        self._stream: DirectStream | None = None
 
     def _own_end(self) -> _End:
         if self._end is _NOT_YET:
@@ -185,8 +192,21 @@ class RequestRecord:
         if terminal is None and generation.terminal is None:
             self.disconnect_seconds = time.perf_counter() - seen
 
+    def watch(self, generation: Generation, stream: DirectStream) -> Callable[[], None]:
+        """The stream's ``on_abort``: ``close`` with its terminal. A method of the record, not a partial made per stream.
+
+        The record holds the two (and they it) until ``take`` lets go of them.
+        """
+        self._generation, self._stream = generation, stream
+        return self._aborted
+
+    def _aborted(self) -> None:
+        if self._generation is not None and self._stream is not None:
+            self.close(self._generation, self._stream.terminal)
+
     def take(self, generation: Generation, terminal: Terminal | None = None) -> None:
         """Read what the generation did. Its terminal event, else the sink's (``terminal``), sets the outcome; neither: the client left."""
+        self._generation = self._stream = None
         end = self._own_end()
         end.upstream = generation.upstream_name
         end.attempts = generation.attempts
