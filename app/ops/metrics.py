@@ -160,10 +160,9 @@ class State:
 
     def values(self) -> Iterator[tuple[str, str, dict[str, str], float]]:
         """``(name, help, labels, value)`` for each gauge sample."""
-        live = list(self._operations.live)
-        direct = [record for record in live if not record.resumable]
-        yield "relay_active_streams", "Requests in flight (direct streams and whole answers).", {}, len(direct)
-        yield "relay_waiting_first_token_streams", "Requests in flight still waiting for their first event.", {}, sum(record.waiting for record in live)
+        operations = self._operations
+        yield "relay_active_streams", "Requests in flight (direct streams and whole answers).", {}, operations.direct
+        yield "relay_waiting_first_token_streams", "Requests in flight still waiting for their first event.", {}, operations.waiting
         running, readers = self._streams()
         yield "relay_resumable_streams", "Resumable streams being generated.", {}, running
         yield "relay_resumable_stream_readers", "Readers following resumable streams.", {}, readers

@@ -18,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 from app.ops.limits import NO_LIMITS
 from app.streaming.events import Error, Finish, Terminal, Usage
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from app.streaming.generation import Generation
+    from app.streaming.relay import DirectStream
 
 logger = logging.getLogger("token_relay")
 
@@ -33,52 +36,21 @@ Outcome = Literal["done", "error", "cancelled", "client_left"]
 _CANCELLED = frozenset({"cancelled", "no_readers"})
 
 
-class RequestRecord:
-    """What one request did, in the terms of the log line and the metrics (their names, docs in README.md)."""
+_T = TypeVar("_T")
+
+
+class _End:
+    """What a record learns at the end (and the two timings taken once on the way): made then, not held while the request waits."""
 
     __slots__ = (
-        "_ended",
-        "_first_event",
-        "_loop",
-        "_started",
-        "admission",
-        "attempts",
-        "code",
-        "completion_tokens",
-        "counted",
-        "dialect",
-        "disconnect_seconds",
-        "duration",
-        "estimated",
-        "generated",
-        "key",
-        "model",
-        "outcome",
-        "partial",
-        "phase",
-        "prompt_tokens",
-        "relay_latency",
-        "request_id",
-        "resumable",
-        "status",
-        "ttft",
-        "upstream",
-        "usage",
+        "attempts", "completion_tokens", "counted", "disconnect_seconds", "duration", "estimated", "generated", "partial", "phase",
+        "prompt_tokens", "relay_latency", "upstream", "usage",
     )
 
-    def __init__(self, request_id: str, dialect: str, key: str | None = None, *, resumable: bool = False) -> None:
-        self.request_id = request_id
-        self.dialect = dialect
-        self.key = key  # the key's name (a label derived from the key while keys have no names): never the key itself
-        self.resumable = resumable
-        self.model: str | None = None
-        self.admission = NO_LIMITS  # its hold on its key's limits, ended with its usage (``app.ops.limits.Debits``)
+    def __init__(self) -> None:
         self.upstream: str | None = None
         self.attempts = 0
-        self.outcome: Outcome = "error"
-        self.code: str | None = None
         self.phase: str | None = None
-        self.status: int | None = None
         self.usage: Usage | None = None  # the upstream's own figures, when it sent them
         self.counted = 0  # generated parts relayed
         self.generated = False  # a generation ran (its counts are known, if only as an estimate)
@@ -86,15 +58,105 @@ class RequestRecord:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
         self.partial = False
-        self.ttft: float | None = None
         self.relay_latency: float | None = None
         self.disconnect_seconds: float | None = None
         self.duration = 0.0
-        self._loop = asyncio.get_running_loop()
+
+
+_NOT_YET = _End()  # every record's end until it has one of its own: read, never written
+
+
+class _Late(Generic[_T]):
+    """A field of the record's ``_End``, read and written as the record's own (reads run once per request, at its end)."""
+
+    __slots__ = ("_name",)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, record: RequestRecord, owner: type | None = None) -> _T:
+        value: _T = getattr(record._end, self._name)
+        return value
+
+    def __set__(self, record: RequestRecord, value: _T) -> None:
+        setattr(record._own_end(), self._name, value)
+
+
+class RequestRecord:
+    """What one request did, in the terms of the log line and the metrics (their names, docs in README.md).
+
+    While the request waits it holds only what the route gave it and its times: what is known
+    at the end lives in an ``_End`` made then (the fields below, read as the record's own).
+    """
+
+    __slots__ = (
+        "_end",
+        "_ended",
+        "_first_event",
+        "_generation",
+        "_operations",
+        "_started",
+        "_stream",
+        "admission",
+        "code",
+        "dialect",
+        "key",
+        "model",
+        "outcome",
+        "request_id",
+        "resumable",
+        "status",
+    )
+
+    upstream: _Late[str | None] = _Late()
+    attempts: _Late[int] = _Late()
+    phase: _Late[str | None] = _Late()
+    usage: _Late[Usage | None] = _Late()
+    counted: _Late[int] = _Late()
+    generated: _Late[bool] = _Late()
+    estimated: _Late[bool] = _Late()
+    prompt_tokens: _Late[int | None] = _Late()
+    completion_tokens: _Late[int | None] = _Late()
+    partial: _Late[bool] = _Late()
+    relay_latency: _Late[float | None] = _Late()
+    disconnect_seconds: _Late[float | None] = _Late()
+    duration: _Late[float] = _Late()
+
+    def __init__(
+        self, request_id: str, dialect: str, key: str | None = None, *, resumable: bool = False, operations: Operations | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.dialect = dialect
+        self.key = key  # the key's name (a label derived from the key while keys have no names): never the key itself
+        self.resumable = resumable
+        self.model: str | None = None
+        self.admission = NO_LIMITS  # its hold on its key's limits, ended with its usage (``app.ops.limits.Debits``)
+        self.outcome: Outcome = "error"
+        self.code: str | None = None
+        self.status: int | None = None
+        self._operations = operations  # whose gauges count it while it is in flight
+        self._end = _NOT_YET
         # Times from perf_counter: uvloop's loop.time() moves in whole milliseconds, coarser than the relay's own latency.
         self._started = time.perf_counter()
         self._first_event: float | None = None
         self._ended = False
+        self._generation: Generation | None = None  # a direct stream's, from ``watch`` to ``take``
+        self._stream: DirectStream | None = None
+
+    def _own_end(self) -> _End:
+        if self._end is _NOT_YET:
+            self._end = _End()
+        return self._end
+
+    @property
+    def ttft(self) -> float | None:
+        """Seconds from the start to the first event."""
+        first = self._first_event
+        return None if first is None else first - self._started
+
+    @ttft.setter
+    def ttft(self, seconds: float) -> None:
+        self._first_event = self._started + seconds
 
     @property
     def waiting(self) -> bool:
@@ -107,9 +169,9 @@ class RequestRecord:
 
     def first_event(self) -> None:
         """The first event of the generation reached its sink (called once, in the upstream's callback)."""
-        now = time.perf_counter()
-        self._first_event = now
-        self.ttft = now - self._started
+        if self._first_event is None and not self._ended and self._operations is not None:
+            self._operations.waiting -= 1
+        self._first_event = time.perf_counter()
 
     def first_streamed(self) -> None:
         """``first_event``, for a direct stream: the relay's own latency is measured on it.
@@ -118,7 +180,7 @@ class RequestRecord:
         written to a client that keeps up: one measure per stream, none per event.
         """
         self.first_event()
-        self._loop.call_soon(self._written, time.perf_counter())
+        asyncio.get_running_loop().call_soon(self._written, time.perf_counter())
 
     def _written(self, since: float) -> None:
         self.relay_latency = time.perf_counter() - since
@@ -130,14 +192,28 @@ class RequestRecord:
         if terminal is None and generation.terminal is None:
             self.disconnect_seconds = time.perf_counter() - seen
 
+    def watch(self, generation: Generation, stream: DirectStream) -> Callable[[], None]:
+        """The stream's ``on_abort``: ``close`` with its terminal. A method of the record, not a partial made per stream.
+
+        The record holds the two (and they it) until ``take`` lets go of them.
+        """
+        self._generation, self._stream = generation, stream
+        return self._aborted
+
+    def _aborted(self) -> None:
+        if self._generation is not None and self._stream is not None:
+            self.close(self._generation, self._stream.terminal)
+
     def take(self, generation: Generation, terminal: Terminal | None = None) -> None:
         """Read what the generation did. Its terminal event, else the sink's (``terminal``), sets the outcome; neither: the client left."""
-        self.upstream = generation.upstream_name
-        self.attempts = generation.attempts
-        self.usage = generation.usage
-        self.counted = generation.tokens
-        self.generated = True
-        self.phase = generation.phase
+        self._generation = self._stream = None
+        end = self._own_end()
+        end.upstream = generation.upstream_name
+        end.attempts = generation.attempts
+        end.usage = generation.usage
+        end.counted = generation.tokens
+        end.generated = True
+        end.phase = generation.phase
         self._terminal(generation.terminal or terminal)
 
     def _terminal(self, terminal: Terminal | None) -> None:
@@ -155,6 +231,8 @@ class RequestRecord:
         """Close the record (only the first call counts): the duration, and the usage as it will be reported."""
         if self._ended:
             return False
+        if self._operations is not None:
+            self._operations.left(self)
         self._ended = True
         self.duration = time.perf_counter() - self._started
         self.partial = self.outcome != "done" and (self.counted > 0 or self.usage is not None)
@@ -184,20 +262,28 @@ class Observer(Protocol):
 
 
 class Operations:
-    """The observers, and the records in flight (for the gauges read at scrape time)."""
+    """The observers, and the counts of the records in flight (for the gauges read at scrape time).
+
+    Counts, not the records: the gauges need no more, and a set would hold an entry per request.
+    """
 
     def __init__(self, observers: list[Observer] | None = None) -> None:
         self.observers: list[Observer] = list(observers or ())
-        self.live: set[RequestRecord] = set()
+        self.direct = 0  # records in flight that are not resumable streams
+        self.waiting = 0  # records in flight still waiting for their first event
 
     def begin(self, request_id: str, dialect: str, key: str | None = None, *, resumable: bool = False) -> RequestRecord:
-        record = RequestRecord(request_id, dialect, key, resumable=resumable)
-        self.live.add(record)
-        return record
+        self.direct += not resumable
+        self.waiting += 1
+        return RequestRecord(request_id, dialect, key, resumable=resumable, operations=self)
+
+    def left(self, record: RequestRecord) -> None:
+        """``record`` ends (called once, by ``RequestRecord.end``): it is no longer in flight."""
+        self.direct -= not record.resumable
+        self.waiting -= record.waiting
 
     def end(self, record: RequestRecord) -> None:
         """The request is over, whichever way: each observer hears of it once (later calls do nothing)."""
-        self.live.discard(record)
         if not record.end():
             return
         for observer in self.observers:

@@ -113,7 +113,8 @@ async def relay_stream(
             generation = Generation(upstream, request, stream)
             del request  # the generation drops it once sent
             generation.on_first_event = record.first_streamed
-            stream.on_abort = functools.partial(_abort, record, generation, stream)
+            # The stream ends early: the client left (the time to close the upstream is measured), or fell too far behind.
+            stream.on_abort = record.watch(generation, stream)
             with live.track(generation):
                 stream.start_heartbeats()
                 # The generation connects and waits for the upstream's head on a task of its own,
@@ -131,11 +132,6 @@ async def relay_stream(
     except TimeoutError:
         if not cut.expired():
             raise
-
-
-def _abort(record: RequestRecord, generation: Generation, stream: DirectStream) -> None:
-    """The stream ends early: the client left (then the time to close the upstream is measured), or fell too far behind."""
-    record.close(generation, stream.terminal)
 
 
 async def relay_collected(

@@ -61,9 +61,25 @@ async def test_each_observer_hears_of_each_end_once_whatever_another_does(caplog
     seen = _Seen()
     operations = Operations([_Broken(), seen])
     record = operations.begin("r", "native")
-    assert operations.live == {record}
+    assert (operations.direct, operations.waiting) == (1, 1)
     with caplog.at_level(logging.ERROR, logger="token_relay"):
         operations.end(record)
         operations.end(record)
-    assert seen.records == [record] and not operations.live
+    assert seen.records == [record] and (operations.direct, operations.waiting) == (0, 0)
     assert [r.message for r in caplog.records] == ["request r: observer _Broken failed"]
+
+
+async def test_the_gauges_count_each_record_in_flight_once_whatever_order_its_events_come_in() -> None:
+    operations = Operations()
+    waiting, streaming, resumable = operations.begin("a", "native"), operations.begin("b", "native"), operations.begin("c", "native", resumable=True)
+    streaming.first_event()
+    streaming.first_event()  # a second call changes no count
+    assert (operations.direct, operations.waiting) == (2, 2)
+    operations.end(waiting)
+    operations.end(streaming)
+    operations.end(waiting)
+    assert (operations.direct, operations.waiting) == (0, 1)
+    resumable.end()  # ended without the operations: still counted out once
+    operations.end(resumable)
+    resumable.first_event()  # after its end: no longer waiting, nothing to count
+    assert (operations.direct, operations.waiting) == (0, 0)

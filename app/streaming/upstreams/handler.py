@@ -133,21 +133,24 @@ def stop_sequences(stop: Any) -> list[str]:
     return [sequence for sequence in stop if isinstance(sequence, str) and sequence] if isinstance(stop, list) else []
 
 
-class _FirstEvent:
+class _FirstEvent(weakref.ref["StreamHandler"]):
     """A handler's ``_emit`` until its first event: it hands the handler the sink's own emit, then passes the event on.
 
-    It holds the handler weakly: a handler dropped before its first event (its client left, its
-    request failed) is freed by reference counting, with no cycle for the collector.
+    It is a weak reference to the handler (one object, as ``weakref.KeyedRef`` is, not a
+    stand-in and its reference): a handler dropped before its first event (its client left,
+    its request failed) is freed by reference counting, with no cycle for the collector.
     """
 
-    __slots__ = ("_emit", "_handler")
+    __slots__ = ("_emit",)
 
-    def __init__(self, handler: StreamHandler, emit: Callable[[Event], None]) -> None:
-        self._handler = weakref.ref(handler)
+    def __new__(cls, handler: StreamHandler, emit: Callable[[Event], None]) -> _FirstEvent:
+        return super().__new__(cls, handler)
+
+    def __init__(self, handler: StreamHandler, emit: Callable[[Event], None]) -> None:  # not ref's: ``emit`` is no callback
         self._emit = emit
 
-    def __call__(self, event: Event) -> None:
-        handler = self._handler()
+    def __call__(self, event: Event) -> None:  # type: ignore[override]
+        handler = weakref.ref.__call__(self)
         if handler is not None:
             handler._emit = self._emit
         self._emit(event)
