@@ -7,7 +7,9 @@ from typing import Any
 
 from app.ops.keys import key_of
 from app.ops.record import Operations, RequestRecord
-from app.routes.http import request_id
+from app.routes.http import json_body, request_id, send_json, send_upstream_failure, upstream_failure_status
+from app.streaming.encoders import Collected
+from app.streaming.events import Error
 from app.types import Receive, Scope, Send
 
 
@@ -55,3 +57,20 @@ def endpoint(dialect: str, answer: Answer) -> Callable[[Scope, Receive, Send], C
 
     serve.__name__ = serve.__qualname__ = dialect
     return serve
+
+
+async def send_failure(record: RequestRecord, send: Send, headers: list[tuple[bytes, bytes]], error: Error, *, openai: bool) -> None:
+    """A generation that failed before anything was sent, answered in OpenAI's shape or the native one; the record learns the status."""
+    record.status = upstream_failure_status(error)
+    await send_upstream_failure(send, error, headers, openai=openai)
+
+
+async def send_whole(
+    record: RequestRecord, send: Send, headers: list[tuple[bytes, bytes]], result: Collected, answer: Callable[[Collected], Any], *, openai: bool,
+) -> None:
+    """A ``stream: false`` answer: its failure (``send_failure``), else ``answer(result)`` as JSON; the record learns the status."""
+    if isinstance(result.terminal, Error):
+        await send_failure(record, send, headers, result.terminal, openai=openai)
+    else:
+        record.status = 200
+        await send_json(send, 200, json_body(answer(result)), headers)

@@ -14,17 +14,12 @@ from app.routes.http import (
     ClientGone,
     convert,
     decode_object,
-    json_body,
     read_body,
     send_error,
-    send_json,
-    send_upstream_failure,
-    upstream_failure_status,
 )
 from app.runtime import Runtime
 from app.schemas import ChatRequest
 from app.streaming.encoders import OpenAIChunks, openai_completion
-from app.streaming.events import Error
 from app.streaming.generation import Route
 from app.streaming.request import GenerationRequest
 from app.streaming.respond import relay_collected, relay_stream
@@ -32,8 +27,6 @@ from app.types import Receive, Scope, Send
 
 # What the relay decides itself; every other field the client sent goes to the upstream as sent.
 _RELAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
-
-
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> Coroutine[Any, Any, None] | None:
@@ -60,26 +53,17 @@ async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRec
     if chat.stream:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
         encoder = OpenAIChunks(completion_id, model, include_usage)
-        record.status = 200  # unless the upstream refuses it before the head (``_refuse``)
+        record.status = 200  # unless the upstream refuses it before the head (``seam.send_failure``)
         return relay_stream(
             receive, send, upstream, request, encoder, settings, runtime.live,
             head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
-            refuse=functools.partial(_refuse, send, headers, record), record=record,
+            refuse=functools.partial(seam.send_failure, record, send, headers, openai=True), record=record,
         )
     result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes, record=record)
     if result is None:
         return None
-    record.status = upstream_failure_status(result.terminal) if isinstance(result.terminal, Error) else 200
-    if isinstance(result.terminal, Error):
-        await send_upstream_failure(send, result.terminal, headers, openai=True)
-    else:
-        await send_json(send, 200, json_body(openai_completion(completion_id, model, result)), headers)
+    await seam.send_whole(record, send, headers, result, lambda whole: openai_completion(completion_id, model, whole), openai=True)
     return None
-
-
-async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], record: RequestRecord, error: Error) -> None:
-    record.status = upstream_failure_status(error)
-    await send_upstream_failure(send, error, headers, openai=True)
 
 
 def admit_chat(runtime: Runtime, raw: dict[str, Any], *, choices: bool = True) -> tuple[ChatRequest, Route]:

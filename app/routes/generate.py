@@ -15,25 +15,18 @@ from app.routes.http import (
     SSE_HEADERS,
     ClientGone,
     decode,
-    json_body,
     read_body,
     send_error,
-    send_json,
-    send_upstream_failure,
-    upstream_failure_status,
 )
 from app.runtime import Runtime
 from app.schemas import GenerateRequest, generate_decoder
 from app.streaming.encoders import NativeEvents, native_completion
-from app.streaming.events import Error
 from app.streaming.generation import Route
 from app.streaming.request import GenerationRequest
 from app.streaming.respond import relay_collected, relay_stream
 from app.types import Receive, Scope, Send
 
 DEFAULT_MAX_TOKENS = 512
-
-
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRecord) -> Coroutine[Any, Any, None] | None:
@@ -56,26 +49,17 @@ async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRec
         await send_error(send, exc)
         return None
     if body.stream:
-        record.status = 200  # unless the upstream refuses it before the head (``_refuse``)
+        record.status = 200  # unless the upstream refuses it before the head (``seam.send_failure``)
         return relay_stream(
             receive, send, upstream, request, NativeEvents(), settings, runtime.live,
             head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
-            refuse=functools.partial(_refuse, send, headers, record), record=record,
+            refuse=functools.partial(seam.send_failure, record, send, headers, openai=False), record=record,
         )
     result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes, record=record)
     if result is None:
         return None
-    record.status = upstream_failure_status(result.terminal) if isinstance(result.terminal, Error) else 200
-    if isinstance(result.terminal, Error):
-        await send_upstream_failure(send, result.terminal, headers, openai=False)
-    else:
-        await send_json(send, 200, json_body(native_completion(result)), headers)
+    await seam.send_whole(record, send, headers, result, native_completion, openai=False)
     return None
-
-
-async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], record: RequestRecord, error: Error) -> None:
-    record.status = upstream_failure_status(error)
-    await send_upstream_failure(send, error, headers, openai=False)
 
 
 async def with_default_model(runtime: Runtime, body: GenerateRequest) -> GenerateRequest:

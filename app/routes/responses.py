@@ -16,15 +16,10 @@ from app.routes.http import (
     ClientGone,
     convert,
     decode_object,
-    json_body,
     read_body,
     send_error,
-    send_json,
-    send_upstream_failure,
-    upstream_failure_status,
 )
 from app.runtime import Runtime
-from app.streaming.events import Error
 from app.streaming.respond import relay_collected, relay_stream
 from app.types import Receive, Scope, Send
 
@@ -65,26 +60,17 @@ async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRec
         return None
     response = response_object("resp_" + rid, request.model, _echo(request))
     if request.stream:
-        record.status = 200  # unless the upstream refuses it before the head (``_refuse``)
+        record.status = 200  # unless the upstream refuses it before the head (``seam.send_failure``)
         return relay_stream(
             receive, send, route, generation, ResponseEvents(response, settings.max_collected_bytes), settings, runtime.live,
             head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
-            refuse=functools.partial(_refuse, send, headers, record), record=record,
+            refuse=functools.partial(seam.send_failure, record, send, headers, openai=True), record=record,
         )
     result = await relay_collected(receive, route, generation, runtime.live, limit=settings.max_collected_bytes, record=record)
     if result is None:
         return None
-    record.status = upstream_failure_status(result.terminal) if isinstance(result.terminal, Error) else 200
-    if isinstance(result.terminal, Error):
-        await send_upstream_failure(send, result.terminal, headers, openai=True)
-    else:
-        await send_json(send, 200, json_body(whole_response(response, result)), headers)
+    await seam.send_whole(record, send, headers, result, lambda whole: whole_response(response, whole), openai=True)
     return None
-
-
-async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], record: RequestRecord, error: Error) -> None:
-    record.status = upstream_failure_status(error)
-    await send_upstream_failure(send, error, headers, openai=True)
 
 
 responses = seam.endpoint("openai_responses", _answer)
