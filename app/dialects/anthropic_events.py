@@ -12,7 +12,8 @@ Parts are taken in their order, so a text after a call is a block of its own. A 
 piled up for a lagging client goes out as one delta per block, whatever it held. Blocks never
 overlap, though an upstream may interleave parallel calls' fragments (OpenAI's servers do):
 while the open call's arguments are not yet a whole JSON value, another call's fragments are
-held (bounded by the request's ``max_tokens``), and its block follows once the open one ends.
+held (up to ``limit`` characters, RELAY_MAX_COLLECTED_BYTES: past it the stream ends with
+``response_too_large``), and its block follows once the open one ends.
 
 Logprobs have no place in this API and are not sent. ``usage.input_tokens`` in ``message_start``
 is the upstream's count when it came before the content (0 until then: that event's counts are
@@ -130,9 +131,11 @@ class MessageEvents:
     """The stream encoder (``StreamEncoder``) of the Messages API: see the module's docstring."""
 
     heartbeat = PING
-    full = False  # what it holds (a call's fragments until its block opens) is bounded by the request's max_tokens
 
-    def __init__(self, message_id: str, model: str) -> None:
+    def __init__(self, message_id: str, model: str, limit: int) -> None:
+        """``limit``: the characters of calls' fragments it may hold back until their blocks open; past it, ``full``."""
+        self.full = False
+        self._room = limit
         self._id = message_id
         self._model = model
         self._started = False
@@ -226,6 +229,12 @@ class MessageEvents:
             if part.arguments:
                 out += self._delta(call.block, _INPUT, part.arguments)
         elif self._open is not None and self._open >= 0 and not self._json.complete:
+            self._room -= len(part.arguments)
+            if self._room < 0:  # a model server's fragments are not bounded by its tokens: let them go, and end the stream
+                self.full = True
+                for held in self._calls.values():
+                    held.held = []
+                return
             call.held.append(part.arguments)
         else:
             self._to(part.index, out)

@@ -42,7 +42,7 @@ async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRec
     if request.stream:
         record.status = 200  # unless the upstream refuses it before the head (``_send_failure``)
         return relay_stream(
-            receive, send, route, generation, MessageEvents(message_id, request.model), settings, runtime.live,
+            receive, send, route, generation, MessageEvents(message_id, request.model, settings.max_collected_bytes), settings, runtime.live,
             head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
             refuse=functools.partial(_refused, send, headers, record), record=record,
         )

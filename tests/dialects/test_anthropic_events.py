@@ -41,8 +41,11 @@ EXPECTED = [
 ]
 
 
+LIMIT = 1 << 20
+
+
 def stream(batches: list[list[Part]], terminal: Terminal) -> dict[str, Any]:
-    encoder = MessageEvents("msg_1", "m")
+    encoder = MessageEvents("msg_1", "m", LIMIT)
     body = b"".join(encoder.delta(batch[0].text) if len(batch) == 1 and type(batch[0]) is Delta else encoder.encode(batch) for batch in batches)
     return reassembled(SSEParser().feed(body + encoder.terminal(terminal)))
 
@@ -60,13 +63,13 @@ def test_blocks_are_well_formed_and_whole_however_the_parts_are_batched(size: in
 
 
 def test_a_batch_is_one_delta_per_block() -> None:
-    encoder = MessageEvents("msg_1", "m")
+    encoder = MessageEvents("msg_1", "m", LIMIT)
     events = SSEParser().feed(encoder.encode(INTERLEAVED) + encoder.terminal(Finish("tool_calls")))
     assert [event.event for event in events].count("content_block_delta") == 5  # thinking, its signature, text, and each call's input
 
 
 def test_the_usage_known_before_the_content_is_in_message_start() -> None:
-    encoder = MessageEvents("msg_1", "m")
+    encoder = MessageEvents("msg_1", "m", LIMIT)
     usage = Usage(30, None, None, PromptTokensDetails(cached_tokens=20, cache_write_tokens=4))
     [start, *_] = SSEParser().feed(encoder.encode([usage, Delta("hi")]) + encoder.terminal(Finish()))
     assert '"usage":{"input_tokens":6,"output_tokens":0,"cache_read_input_tokens":20,"cache_creation_input_tokens":4}' in start.data
@@ -98,7 +101,7 @@ def test_finish_reasons_are_stop_reasons(reason: str, stop_reason: str) -> None:
 
 
 def test_an_error_after_the_head_stops_the_open_blocks_and_is_the_last_event() -> None:
-    encoder = MessageEvents("msg_1", "m")
+    encoder = MessageEvents("msg_1", "m", LIMIT)
     error = Error("upstream_error", "upstream_disconnected", "gone", "stream")
     body = encoder.encode([Delta("half"), ToolCall(0, "c", "f", '{"a":')]) + encoder.terminal(error)
     events = SSEParser().feed(body)
@@ -108,13 +111,13 @@ def test_an_error_after_the_head_stops_the_open_blocks_and_is_the_last_event() -
 
 
 def test_an_error_before_anything_is_the_only_event() -> None:
-    events = SSEParser().feed(MessageEvents("msg_1", "m").terminal(Error("timeout", "first_token_timeout", "slow", "first_token")))
+    events = SSEParser().feed(MessageEvents("msg_1", "m", LIMIT).terminal(Error("timeout", "first_token_timeout", "slow", "first_token")))
     assert [event.event for event in events] == ["error"]
     assert reassembled(events)["error"]["type"] == "timeout_error"
 
 
 def test_the_heartbeat_is_a_ping_event() -> None:
-    [ping] = SSEParser().feed(MessageEvents("msg_1", "m").heartbeat)
+    [ping] = SSEParser().feed(MessageEvents("msg_1", "m", LIMIT).heartbeat)
     assert (ping.event, ping.data, PING) == ("ping", '{"type":"ping"}', MessageEvents.heartbeat)
 
 
@@ -124,3 +127,15 @@ def test_the_whole_message_has_its_blocks_in_order_and_its_usage() -> None:
         "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": EXPECTED,
         "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 7},
     }
+
+
+def test_fragments_held_back_past_the_limit_let_go_and_the_encoder_is_full() -> None:
+    """Calls' fragments wait for the open call's block to end: what a model server sends that way is bounded, not by its tokens."""
+    encoder = MessageEvents("msg_1", "m", 100)
+    encoder.encode([ToolCall(0, "call_a", "get_weather", '{"city": ')])
+    encoder.encode([ToolCall(1, "call_b", "get_time", "x" * 60)])
+    assert not encoder.full
+    encoder.encode([ToolCall(1, None, None, "x" * 60)])
+    assert encoder.full
+    events = SSEParser().feed(encoder.terminal(Error("relay_error", "response_too_large", "full", "stream")))
+    assert [event.event for event in events][-1] == "error"
