@@ -201,8 +201,8 @@ class Attempt:
                 self.end(event, fault=not event.rejected)
                 return
             self._commit(event, fault=False)
-        match event:
-            case Delta() | Reasoning() | RedactedReasoning() | ToolCall() | Refusal():
+        match event:  # the usual kinds first: a class pattern that fails costs as much as the rest of the case
+            case Delta() | ToolCall() | Reasoning() | Refusal() | RedactedReasoning():
                 # Any progress, not only content: a model may reason, or call a tool, for longer than a first-token timeout.
                 self.tokens += 1
                 self._deadline = self._loop.time() + self._idle

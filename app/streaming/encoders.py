@@ -85,6 +85,9 @@ def _fragment(index: int) -> bytes:
 
 
 _FRAGMENT = tuple(_fragment(index) for index in range(16))
+_FRAGMENT_END = b'}}]},"logprobs":null,"finish_reason":null}]}\n\n'
+_REASONING = b'{"index":0,"delta":{"reasoning_content":'
+_TEXT_END = b'},"logprobs":null,"finish_reason":null}]}\n\n'  # after a content or reasoning text of choice 0
 
 
 class OpenAIChunks:
@@ -117,14 +120,21 @@ class OpenAIChunks:
         return out
 
     def delta(self, text: str) -> bytes:
-        out = self._head + b'{"index":0,"delta":{"content":' + _encode(text) + b'},"logprobs":null,"finish_reason":null}]}\n\n'
+        out = self._head + b'{"index":0,"delta":{"content":' + _encode(text) + _TEXT_END
         return out if self._opened else self._open(0, True) + out
 
     def encode(self, events: list[Part]) -> bytes:
-        if len(events) == 1 and self._opened:
-            fast = self._alone(events[0])
-            if fast is not None:
-                return fast
+        if len(events) == 1 and self._opened:  # a lone argument fragment or reasoning delta of choice 0: as cheap as a content delta
+            part = events[0]
+            if type(part) is ToolCall and part.id is None and part.name is None and not part.choice:
+                index = part.index
+                return self._head + (_FRAGMENT[index] if index < len(_FRAGMENT) else _fragment(index)) + _encode(part.arguments) + _FRAGMENT_END
+            if type(part) is Reasoning and part.text and part.signature is None and not part.choice:
+                return self._head + _REASONING + _encode(part.text) + _TEXT_END
+        return self._merged(events)
+
+    def _merged(self, events: list[Part]) -> bytes:
+        """Any batch of parts, merged (``Merged``): one body per choice, in index order."""
         merged = Merged.of(events)
         if merged.usage is not None:
             self._usage = merged.usage
@@ -141,16 +151,6 @@ class OpenAIChunks:
         if bodies:
             out += self._head + _encode(bodies)[1:] + b"}\n\n"
         return out
-
-    def _alone(self, part: Part) -> bytes | None:
-        """A reasoning delta or an argument fragment of choice 0 alone, as cheaply as a content delta; else ``None``."""
-        if type(part) is ToolCall and part.id is None and part.name is None and not part.choice:
-            index = part.index
-            opening = _FRAGMENT[index] if index < len(_FRAGMENT) else _fragment(index)
-            return self._head + opening + _encode(part.arguments) + b'}}]},"logprobs":null,"finish_reason":null}]}\n\n'
-        if type(part) is Reasoning and part.text and part.signature is None and not part.choice:
-            return self._head + b'{"index":0,"delta":{"reasoning_content":' + _encode(part.text) + b'},"logprobs":null,"finish_reason":null}]}\n\n'
-        return None
 
     def terminal(self, event: Terminal) -> bytes:
         match event:

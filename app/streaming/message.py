@@ -24,16 +24,17 @@ def size(part: Part) -> int:
     """The characters of text a part carries (bytes, for ASCII), and at least 1: what a lagging client is bounded by.
 
     At least 1, so that parts without text (a usage, an empty logprobs list) are bounded in number too.
+    A direct stream asks this of every part but a content delta: the kinds it sends most come first.
     """
     match part:
-        case Delta() | Refusal():
-            return len(part.text) or 1
-        case Reasoning():
-            return len(part.text) + (len(part.signature) if part.signature is not None else 0) or 1
-        case RedactedReasoning():
-            return len(part.data) or 1
         case ToolCall():
             return len(part.arguments) + len(part.id or "") + len(part.name or "") or 1
+        case Reasoning():
+            return len(part.text) + (len(part.signature) if part.signature is not None else 0) or 1
+        case Delta() | Refusal():
+            return len(part.text) or 1
+        case RedactedReasoning():
+            return len(part.data) or 1
         case Logprobs():
             return sum(map(len, part.content or ())) + sum(map(len, part.refusal or ())) or 1
         case Usage():

@@ -139,7 +139,7 @@ class DirectStream:
             case Delta():
                 self._pending.append(event)
                 self._lag += len(event.text)
-            case Reasoning() | RedactedReasoning() | ToolCall() | Refusal() | Logprobs():
+            case ToolCall() | Reasoning() | Refusal() | RedactedReasoning() | Logprobs():  # the usual kinds first (attempt.py)
                 self._pending.append(event)
                 self._lag += size(event)
             case Usage():

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.streaming.encoders import Collected, NativeEvents, OpenAIChunks, native_completion, openai_completion
 from app.streaming.events import (
@@ -150,3 +152,21 @@ def test_a_whole_native_answer_carries_reasoning_calls_and_refusal() -> None:
         "output": "t", "tokens_used": None, "finish_reason": "tool_calls", "usage": None, "reasoning": "r", "refusal": "x",
         "tool_calls": [{"index": 0, "id": "c", "name": "f", "arguments": "{}"}], "logprobs": None,
     }
+
+
+_text = st.text(st.characters(codec="utf-8"), max_size=6)
+_lone = st.one_of(
+    st.builds(ToolCall, st.integers(0, 40), st.one_of(st.none(), _text), st.one_of(st.none(), _text), _text, st.integers(0, 2)),
+    st.builds(Reasoning, _text, st.integers(0, 2), st.one_of(st.none(), _text)),
+    st.builds(Delta, _text, st.integers(0, 2)),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_lone)
+def test_a_lone_part_on_its_fast_path_is_the_chunk_the_general_path_writes(part: ToolCall | Reasoning | Delta) -> None:
+    """A part alone (an argument fragment, a reasoning or content delta: a client that keeps up) is written with no merging; the bytes must be the same."""
+    fast, general = (OpenAIChunks("chatcmpl-1", "m", include_usage=True, created=0) for _ in range(2))
+    assert fast.delta("") == general._merged([Delta("")])  # both opened, as a stream is after its first part
+    written = fast.delta(part.text) if type(part) is Delta and not part.choice else fast.encode([part])
+    assert written == general._merged([part])

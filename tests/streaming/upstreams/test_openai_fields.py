@@ -23,7 +23,7 @@ from app.streaming.events import (
     ToolCall,
     Usage,
 )
-from app.streaming.upstreams.openai import MAX_CALLS, Calls
+from app.streaming.upstreams.openai import MAX_CALLS, Calls, ChatStream, _Chunk
 from tests.streaming.upstreams.test_wire_formats import FIXTURES, events_of, run
 
 
@@ -196,3 +196,35 @@ def test_a_flood_of_calls_is_cut_off_at_the_bound() -> None:
     events = run("openai", body)
     assert len(events) == MAX_CALLS + 1 and events[-1].code == "upstream_malformed"  # type: ignore[union-attr]
     assert "more than 4096 tool calls" in events[-1].message  # type: ignore[union-attr]
+
+
+# A delta as model servers send them: content, reasoning, refusal, and tool calls in a list (or one alone, as some
+# TGI versions do), each with or without its index, id and name, its arguments a text, an object or nothing.
+_function = st.fixed_dictionaries({}, optional={"name": st.sampled_from(["f", "g"]), "arguments": st.one_of(
+    st.text(max_size=4), st.dictionaries(st.sampled_from("ab"), st.integers(0, 9), max_size=2), st.none())})
+_call = st.fixed_dictionaries({}, optional={
+    "index": st.one_of(st.integers(0, 2), st.none()), "id": st.sampled_from(["c1", "c2", ""]), "function": _function, "type": st.just("function"),
+})
+_delta = st.fixed_dictionaries({}, optional={
+    "content": st.one_of(st.text(max_size=4), st.none()), "reasoning_content": st.text(max_size=3), "refusal": st.text(max_size=3),
+    "tool_calls": st.one_of(st.lists(_call, max_size=3), _call), "role": st.just("assistant"),
+})
+_chunks = st.lists(st.lists(st.tuples(st.integers(0, 1), _delta), min_size=1, max_size=2), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_chunks)
+def test_a_delta_of_calls_alone_gives_what_the_general_path_gives(chunks: list[list[tuple[int, dict[str, object]]]]) -> None:
+    """The adapter's fast path for a delta that is calls alone (the usual fragment) emits exactly what ``_on_rich``, which reads every field, emits."""
+    bodies = [json.dumps({"choices": [{"index": index, "delta": delta} for index, delta in choices]}).encode() for choices in chunks]
+    fast: list[Event] = []
+    handler = ChatStream(fast.append, lambda: None)
+    handler.on_response(200, [(b"content-type", b"text/event-stream")])
+    general: list[Event] = []
+    reference = ChatStream(general.append, lambda: None)
+    for body in bodies:
+        handler.on_body(b"data: " + body + b"\n\n")
+        for choice in msgspec.json.decode(body, type=_Chunk).choices:
+            if not reference._ended and choice.delta is not None:
+                reference._on_rich(choice.delta, choice.index)
+    assert fast == general
