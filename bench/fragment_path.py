@@ -7,14 +7,15 @@ the OpenAI adapter, the ``Attempt`` between them and the sink, a ``DirectStream`
 client keeps up (a coroutine that returns at once). Only the sockets are missing: a fake
 transport takes the connection's writes.
 
-Two streams (or ``--shapes``), one of text (one content delta a chunk, bench/fastmock.py's) and one of
-argument fragments (bench/fastmock.py's tools mode: every fragment but a call's first on a
-call already placed), are fed ``--chunks`` chunks each, in turns of ``--batch``, and each
-turn's ``time.process_time`` is kept: the figure is the median per chunk of each, and their
-ratio. ``--profile`` runs cProfile over the same turns instead and prints each shape's
-functions side by side.
+A stream of text (one content delta a chunk, bench/fastmock.py's) and one of argument
+fragments (bench/fastmock.py's tools mode: every fragment but a call's first on a call already
+placed), or the ``--shapes`` asked for (``reasoning`` too), are fed ``--chunks`` chunks each, in
+turns of ``--batch``, and each turn's ``time.process_time`` is kept: the figure is the median
+per chunk of each, and its ratio to text. With ``--streams N`` each shape is N streams fed a
+chunk each in turn, as a relay serves them: the CPU's caches then hold less of each.
+``--profile`` runs cProfile over the same turns instead, one shape after the other.
 
-    .venv/bin/python bench/fragment_path.py --chunks 200000
+    .venv/bin/python bench/fragment_path.py --chunks 200000 --streams 500
 """
 
 from __future__ import annotations
@@ -115,7 +116,22 @@ class Path_:
         self.at = at
 
 
-def measure(paths: dict[str, Path_], total: int, batch: int) -> dict[str, list[float]]:
+class Streams:
+    """``count`` streams of one shape, fed a chunk each in turn: what the CPU's caches no longer hold is then in the figure."""
+
+    def __init__(self, shape: str, count: int) -> None:
+        self.paths = [Path_(shape) for _ in range(count)]
+
+    def turn(self, count: int) -> None:
+        paths = self.paths
+        if len(paths) == 1:
+            paths[0].turn(count)
+            return
+        for i in range(count):
+            paths[i % len(paths)].turn(1)
+
+
+def measure(paths: dict[str, Streams], total: int, batch: int) -> dict[str, list[float]]:
     """Per shape, the CPU seconds per chunk of each turn, the shapes interleaved."""
     times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(total // batch):
@@ -126,7 +142,7 @@ def measure(paths: dict[str, Path_], total: int, batch: int) -> dict[str, list[f
     return times
 
 
-def profile(paths: dict[str, Path_], total: int, batch: int) -> None:
+def profile(paths: dict[str, Streams], total: int, batch: int) -> None:
     for name, path in paths.items():
         profiler = cProfile.Profile()
         for _ in range(total // batch):
@@ -138,9 +154,9 @@ def profile(paths: dict[str, Path_], total: int, batch: int) -> None:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    paths = {shape: Path_(shape) for shape in args.shapes}
+    paths = {shape: Streams(shape, args.streams) for shape in args.shapes}
     for path in paths.values():
-        path.turn(2 * TOKENS)  # warm: every chunk once, past the calls' first fragments
+        path.turn(2 * TOKENS * args.streams)  # warm: every chunk once, past the calls' first fragments
     if not args.gc:
         gc.disable()
     if args.profile:
@@ -156,6 +172,7 @@ def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", type=lambda text: text.split(","), default=["text", "tool calls"],
                    help=f"comma-separated, of: {', '.join(SHAPES)}")
+    p.add_argument("--streams", type=int, default=1, help="streams of each shape, fed in turns of one chunk each")
     p.add_argument("--chunks", type=int, default=200_000, help="chunks of each shape")
     p.add_argument("--batch", type=int, default=2_000, help="chunks of one shape per turn")
     p.add_argument("--profile", action="store_true", help="cProfile each shape instead of timing it")
