@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
 
 from app.streaming.attempt import UNWATCHED, Attempt, Sink, Watcher
 from app.streaming.events import Error, Terminal, Usage
@@ -87,18 +86,21 @@ class Generation:
             failure = Error("upstream_error", "upstream_unavailable", "no upstream of this model can take the request now", "connect")
         self._end(failure)
 
-    def start_soon(self, started: Callable[[asyncio.Task[None]], None]) -> None:
-        """Run ``start`` on a task of its own; ``started`` is called with the task when it is done.
+    def start_soon(self) -> None:
+        """Run ``start`` on a task of its own (``cancel_start`` cancels it while it connects or waits for the head).
 
         The task is held only while it runs: a stream waits for its first token long after its
         start has returned, and a finished task keeps its coroutine (about 700 bytes a stream).
         """
         task = self._starting = asyncio.get_running_loop().create_task(self.start())
-        task.add_done_callback(self._forget_start)
-        task.add_done_callback(started)
+        task.add_done_callback(self._started)
 
-    def _forget_start(self, task: asyncio.Task[None]) -> None:
+    def _started(self, task: asyncio.Task[None]) -> None:
+        """``start`` turns every failure into the terminal event: anything it raises is a defect, and still ends the stream."""
         self._starting = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("generation failed to start", exc_info=exc)
+            self.fail(Error("relay_error", "internal_error", f"the relay failed: {type(exc).__name__}", self.phase))
 
     def cancel_start(self) -> None:
         """Cancel ``start`` if it still runs (connecting, or waiting for the head)."""

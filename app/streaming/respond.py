@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -38,8 +37,6 @@ from app.streaming.generation import Generation, Route, Upstream
 from app.streaming.relay import CollectedStream, DirectStream, nothing
 from app.streaming.request import GenerationRequest
 from app.types import Message, Receive, Send
-
-logger = logging.getLogger("token_relay")
 
 
 class LiveRequests:
@@ -120,7 +117,7 @@ async def relay_stream(
                 # The generation connects and waits for the upstream's head on a task of its own,
                 # while this one waits on receive() for the client to leave (DirectStream.run):
                 # one plain task, and no cancellation at all unless the client leaves first.
-                _start(generation)
+                generation.start_soon()
                 try:
                     await stream.run(receive)
                 finally:
@@ -146,7 +143,7 @@ async def relay_collected(
     del request
     generation.watcher = record
     with live.track(generation):
-        _start(generation)
+        generation.start_soon()
         # Watches receive() until the client leaves, or until the answer is sent (ASGI's receive()
         # then says http.disconnect too): it ends by itself, nobody cancels it. While it waits, the
         # server's receive() holds its wake-up (uvicorn's, granian's and hypercorn's all do), so
@@ -168,14 +165,3 @@ async def _watch_collected(
     record.close(generation, sink.terminal)
     generation.cancel_start()
     sink.abandon()
-
-
-def _start(generation: Generation) -> None:
-    generation.start_soon(functools.partial(_started, generation))
-
-
-def _started(generation: Generation, task: asyncio.Task[None]) -> None:
-    """``Generation.start`` turns every failure into the terminal event: anything it raises is a defect, and still ends the stream."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        logger.error("generation failed to start", exc_info=exc)
-        generation.fail(Error("relay_error", "internal_error", f"the relay failed: {type(exc).__name__}", generation.phase))
