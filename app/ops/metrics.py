@@ -97,6 +97,8 @@ class Metrics:
         self.partial = Counter("relay_partial_usage", "Requests whose usage covers only what was generated before they stopped.", _REQUEST, registry=owned)
         # Incremented by the key limits, when a key is over one of its limits.
         self.limit_refusals = Counter("relay_limit_refusals", "Requests refused because a key was over a limit, by limit.", ("limit",), registry=owned)
+        # Each (dialect, model, upstream)'s children, looked up once: ``labels()`` checks and joins its values at every call.
+        self._series: dict[tuple[str, str, str], _Series] = {}
 
     def model_label(self, model: str | None) -> str:
         if model is None:
@@ -110,30 +112,34 @@ class Metrics:
 
     def request_ended(self, record: RequestRecord) -> None:
         labels = (record.dialect, self.model_label(record.model), self.upstream_label(record.upstream))
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = _Series(self, labels)
+        outcome = record.outcome
         code = record.code if record.code is None or _CODE.match(record.code) else OTHER
-        self.requests.labels(*labels, record.outcome, code or "").inc()
+        series.requests(outcome, code or "").inc()
         if code in LIMIT_CODES:
             self.limit_refusals.labels(code).inc()
-        self.duration.labels(*labels, record.outcome).observe(record.duration)
+        series.duration(outcome).observe(record.duration)
         if record.ttft is not None and record.counted:  # a first token, not an error or an empty answer
-            self.ttft.labels(*labels).observe(record.ttft)
+            series.ttft.observe(record.ttft)
         per_token = record.time_per_output_token
         if per_token is not None:
-            self.per_token.labels(*labels).observe(per_token)
+            series.per_token.observe(per_token)
         if record.prompt_tokens is not None:
-            self.tokens.labels(*labels, "input").observe(record.prompt_tokens)
+            series.input_tokens.observe(record.prompt_tokens)
         if record.completion_tokens is not None:
-            self.tokens.labels(*labels, "output").observe(record.completion_tokens)
+            series.output_tokens.observe(record.completion_tokens)
         if record.partial:
-            self.partial.labels(*labels).inc()
+            series.partial.inc()
         if record.attempts:
-            self.attempts.labels(labels[2]).inc(record.attempts)
+            series.attempts.inc(record.attempts)
         if record.attempts > 1:
-            self.failovers.labels(labels[2]).inc()
+            series.failovers.inc()
         if record.relay_latency is not None:
-            self.relay_latency.labels(record.dialect).observe(record.relay_latency)
+            series.relay_latency.observe(record.relay_latency)
         if record.disconnect_seconds is not None:
-            self.disconnect.labels(record.dialect).observe(record.disconnect_seconds)
+            series.disconnect.observe(record.disconnect_seconds)
 
     def exposition(self) -> bytes:
         if not self.multiprocess:
@@ -148,6 +154,45 @@ class Metrics:
             (b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store"),
         ]})
         await send({"type": "http.response.body", "body": body})
+
+
+class _Series:
+    """The children of every metric for one (dialect, model, upstream): the labels are bounded, so are these.
+
+    What also varies by outcome (and code) is looked up on first use and kept, as prometheus-client keeps the child itself.
+    """
+
+    __slots__ = (
+        "_by_outcome", "_by_result", "_labels", "_metrics", "attempts", "disconnect", "failovers", "input_tokens", "output_tokens",
+        "partial", "per_token", "relay_latency", "ttft",
+    )
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, str, str]) -> None:
+        self._metrics, self._labels = metrics, labels
+        dialect, _, upstream = labels
+        self.ttft = metrics.ttft.labels(*labels)
+        self.per_token = metrics.per_token.labels(*labels)
+        self.input_tokens = metrics.tokens.labels(*labels, "input")
+        self.output_tokens = metrics.tokens.labels(*labels, "output")
+        self.partial = metrics.partial.labels(*labels)
+        self.attempts = metrics.attempts.labels(upstream)
+        self.failovers = metrics.failovers.labels(upstream)
+        self.relay_latency = metrics.relay_latency.labels(dialect)
+        self.disconnect = metrics.disconnect.labels(dialect)
+        self._by_outcome: dict[str, Histogram] = {}
+        self._by_result: dict[tuple[str, str], Counter] = {}
+
+    def duration(self, outcome: str) -> Histogram:
+        child = self._by_outcome.get(outcome)
+        if child is None:
+            child = self._by_outcome[outcome] = self._metrics.duration.labels(*self._labels, outcome)
+        return child
+
+    def requests(self, outcome: str, code: str) -> Counter:
+        child = self._by_result.get((outcome, code))
+        if child is None:
+            child = self._by_result[outcome, code] = self._metrics.requests.labels(*self._labels, outcome, code)
+        return child
 
 
 class State:

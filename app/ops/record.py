@@ -40,14 +40,22 @@ _T = TypeVar("_T")
 
 
 class _End:
-    """What a record learns at the end (and the two timings taken once on the way): made then, not held while the request waits."""
+    """What a record learns after its request has waited: its first event's time, its outcome and its end.
+
+    Made when the first of these is known (its first event, a refusal, or the end): a request
+    that waits for its first token holds none of it.
+    """
 
     __slots__ = (
-        "attempts", "completion_tokens", "counted", "disconnect_seconds", "duration", "estimated", "generated", "partial", "phase",
-        "prompt_tokens", "relay_latency", "upstream", "usage",
+        "attempts", "code", "completion_tokens", "counted", "disconnect_seconds", "duration", "ended", "estimated", "first_event_at", "generated",
+        "outcome", "partial", "phase", "prompt_tokens", "relay_latency", "upstream", "usage",
     )
 
     def __init__(self) -> None:
+        self.outcome: Outcome = "error"
+        self.code: str | None = None
+        self.first_event_at: float | None = None  # from perf_counter
+        self.ended = False
         self.upstream: str | None = None
         self.attempts = 0
         self.phase: str | None = None
@@ -67,7 +75,7 @@ _NOT_YET = _End()  # every record's end until it has one of its own: read, never
 
 
 class _Late(Generic[_T]):
-    """A field of the record's ``_End``, read and written as the record's own (reads run once per request, at its end)."""
+    """A field of the record's ``_End``, read and written as the record's own (a few reads and writes a request)."""
 
     __slots__ = ("_name",)
 
@@ -85,29 +93,29 @@ class _Late(Generic[_T]):
 class RequestRecord:
     """What one request did, in the terms of the log line and the metrics (their names, docs in README.md).
 
-    While the request waits it holds only what the route gave it and its times: what is known
-    at the end lives in an ``_End`` made then (the fields below, read as the record's own).
+    While the request waits it holds only what the route gave it and its start: what is known
+    later lives in an ``_End`` made then (the fields below, read as the record's own).
     """
 
     __slots__ = (
         "_end",
-        "_ended",
-        "_first_event",
         "_generation",
         "_operations",
         "_started",
         "_stream",
         "admission",
-        "code",
         "dialect",
         "key",
         "model",
-        "outcome",
         "request_id",
         "resumable",
         "status",
     )
 
+    outcome: _Late[Outcome] = _Late()
+    code: _Late[str | None] = _Late()
+    first_event_at: _Late[float | None] = _Late()
+    ended: _Late[bool] = _Late()
     upstream: _Late[str | None] = _Late()
     attempts: _Late[int] = _Late()
     phase: _Late[str | None] = _Late()
@@ -131,15 +139,11 @@ class RequestRecord:
         self.resumable = resumable
         self.model: str | None = None
         self.admission = NO_LIMITS  # its hold on its key's limits, ended with its usage (``app.ops.limits.Debits``)
-        self.outcome: Outcome = "error"
-        self.code: str | None = None
         self.status: int | None = None
         self._operations = operations  # whose gauges count it while it is in flight
         self._end = _NOT_YET
         # Times from perf_counter: uvloop's loop.time() moves in whole milliseconds, coarser than the relay's own latency.
         self._started = time.perf_counter()
-        self._first_event: float | None = None
-        self._ended = False
         self._generation: Generation | None = None  # a direct stream's, from ``watch`` to ``take``
         self._stream: DirectStream | None = None
 
@@ -151,36 +155,34 @@ class RequestRecord:
     @property
     def ttft(self) -> float | None:
         """Seconds from the start to the first event."""
-        first = self._first_event
+        first = self.first_event_at
         return None if first is None else first - self._started
 
     @ttft.setter
     def ttft(self, seconds: float) -> None:
-        self._first_event = self._started + seconds
+        self.first_event_at = self._started + seconds
 
     @property
     def waiting(self) -> bool:
         """Whether the request is still waiting for its first event."""
-        return self._first_event is None and not self._ended
+        return self.first_event_at is None and not self.ended
 
     def refused(self, status: int, code: str) -> None:
         """The request was answered with an error before (or instead of) a generation."""
         self.status, self.code, self.outcome = status, code, "error"
 
     def first_event(self) -> None:
-        """The first event of the generation reached its sink (called once, in the upstream's callback)."""
-        if self._first_event is None and not self._ended and self._operations is not None:
-            self._operations.waiting -= 1
-        self._first_event = time.perf_counter()
+        """The first event of the generation reached its sink (called once, in the upstream's callback: the record is its ``Watcher``).
 
-    def first_streamed(self) -> None:
-        """``first_event``, for a direct stream: the relay's own latency is measured on it.
-
-        From this callback to the end of the loop's turn, during which the event is encoded and
-        written to a client that keeps up: one measure per stream, none per event.
+        On a direct stream (one the record ``watch``es) the relay's own latency is measured on it:
+        from this callback to the end of the loop's turn, during which the event is encoded and
+        written to a client that keeps up. One measure per stream, none per event.
         """
-        self.first_event()
-        asyncio.get_running_loop().call_soon(self._written, time.perf_counter())
+        if self.waiting and self._operations is not None:
+            self._operations.waiting -= 1
+        now = self.first_event_at = time.perf_counter()
+        if self._stream is not None:
+            asyncio.get_running_loop().call_soon(self._written, now)
 
     def _written(self, since: float) -> None:
         self.relay_latency = time.perf_counter() - since
@@ -229,11 +231,11 @@ class RequestRecord:
 
     def end(self) -> bool:
         """Close the record (only the first call counts): the duration, and the usage as it will be reported."""
-        if self._ended:
+        if self.ended:
             return False
         if self._operations is not None:
             self._operations.left(self)
-        self._ended = True
+        self.ended = True
         self.duration = time.perf_counter() - self._started
         self.partial = self.outcome != "done" and (self.counted > 0 or self.usage is not None)
         usage = self.usage

@@ -65,6 +65,22 @@ async def send_failure(record: RequestRecord, send: Send, headers: list[tuple[by
     await send_upstream_failure(send, error, headers, openai=openai)
 
 
+class Refusal:
+    """``send_failure`` for a stream whose head is held: what it sends, in place of the stream, when the upstream refuses the request.
+
+    Four slots, made for every stream while it waits, where a ``functools.partial`` would be three
+    objects (it, its arguments, its keywords: about 260 bytes more).
+    """
+
+    __slots__ = ("_headers", "_openai", "_record", "_send")
+
+    def __init__(self, record: RequestRecord, send: Send, headers: list[tuple[bytes, bytes]], *, openai: bool) -> None:
+        self._record, self._send, self._headers, self._openai = record, send, headers, openai
+
+    async def __call__(self, error: Error) -> None:
+        await send_failure(self._record, self._send, self._headers, error, openai=self._openai)
+
+
 async def send_whole(
     record: RequestRecord, send: Send, headers: list[tuple[bytes, bytes]], result: Collected, answer: Callable[[Collected], Any], *, openai: bool,
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Coroutine
 from typing import Any
 
@@ -49,11 +48,11 @@ async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRec
         await send_error(send, exc)
         return None
     if body.stream:
-        record.status = 200  # unless the upstream refuses it before the head (``seam.send_failure``)
+        record.status = 200  # unless the upstream refuses it before the head (``seam.Refusal``)
         return relay_stream(
             receive, send, upstream, request, NativeEvents(), settings, runtime.live,
             head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
-            refuse=functools.partial(seam.send_failure, record, send, headers, openai=False), record=record,
+            refuse=seam.Refusal(record, send, headers, openai=False), record=record,
         )
     result = await relay_collected(receive, upstream, request, runtime.live, limit=settings.max_collected_bytes, record=record)
     if result is None:

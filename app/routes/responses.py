@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Coroutine
 from typing import Any
 
@@ -60,11 +59,11 @@ async def _answer(scope: Scope, receive: Receive, send: Send, record: RequestRec
         return None
     response = response_object("resp_" + rid, request.model, _echo(request))
     if request.stream:
-        record.status = 200  # unless the upstream refuses it before the head (``seam.send_failure``)
+        record.status = 200  # unless the upstream refuses it before the head (``seam.Refusal``)
         return relay_stream(
             receive, send, route, generation, ResponseEvents(response, settings.max_collected_bytes), settings, runtime.live,
             head={"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers},
-            refuse=functools.partial(seam.send_failure, record, send, headers, openai=True), record=record,
+            refuse=seam.Refusal(record, send, headers, openai=True), record=record,
         )
     result = await relay_collected(receive, route, generation, runtime.live, limit=settings.max_collected_bytes, record=record)
     if result is None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Protocol, assert_never
 
 import msgspec
@@ -41,7 +40,7 @@ from app.streaming.request import GenerationRequest
 from app.streaming.routing import Target
 from app.streaming.upstreams.transport import Exchange
 
-__all__ = ["Attempt", "Sink"]
+__all__ = ["Attempt", "Sink", "Watcher"]
 
 logger = logging.getLogger("token_relay")
 
@@ -63,19 +62,36 @@ class Sink(Protocol):
         """The upstream's head has arrived with a good status: a client may now be told that its stream has begun."""
 
 
+class Watcher(Protocol):
+    """Who is told of a generation's first event (the request's record, app/ops/record.py, times it).
+
+    An object with a method, not a callback: a waiting stream holds its record anyway, and a bound method would be one more object each.
+    """
+
+    def first_event(self) -> None: ...
+
+
+class _Unwatched:
+    def first_event(self) -> None:
+        pass
+
+
+UNWATCHED: Watcher = _Unwatched()
+
+
 class Attempt:
     __slots__ = (
         "_deadline", "_exchange", "_first", "_idle", "_loop", "_number", "_probe", "_request_id", "_sink", "_state", "_target",
-        "_timer", "_total_deadline", "on_first", "terminal", "tokens", "usage",
+        "_timer", "_total_deadline", "_watcher", "terminal", "tokens", "usage",
     )
 
     def __init__(self, target: Target, sink: Sink, *, number: int, request_id: str, probe: bool, total_deadline: float,
-                 on_first: Callable[[], None]) -> None:
+                 watcher: Watcher) -> None:
         """An attempt on ``target``, holding the slot of its circuit that was taken for it (``probe``: as the probe).
 
-        ``on_first`` is called when its first event goes to the sink (the request's record times it).
+        ``watcher`` is told when its first event goes to the sink.
         """
-        self.on_first = on_first
+        self._watcher = watcher
         self._target = target
         self._sink = sink
         self._number = number
@@ -223,7 +239,7 @@ class Attempt:
     def _commit(self, event: Event, *, fault: bool) -> None:
         """The first event goes to the sink: the stream belongs to this upstream from now on."""
         self._state = _STREAMING
-        self.on_first()
+        self._watcher.first_event()
         first, self._first = self._first, None
         if first is not None and not first.done():
             first.set_result(None)

@@ -27,9 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
 
-from app.streaming.attempt import Attempt, Sink
+from app.streaming.attempt import UNWATCHED, Attempt, Sink, Watcher
 from app.streaming.events import Error, Terminal, Usage
 from app.streaming.request import GenerationRequest
 from app.streaming.routing import Route, Timeouts, Upstream
@@ -39,12 +38,8 @@ __all__ = ["Generation", "Route", "Sink", "Timeouts", "Upstream"]
 logger = logging.getLogger("token_relay")
 
 
-def _nothing() -> None:
-    pass
-
-
 class Generation:
-    __slots__ = ("_attempt", "_ended", "_request", "_route", "_sink", "_terminal", "on_first_event")
+    __slots__ = ("_attempt", "_ended", "_request", "_route", "_sink", "_starting", "_terminal", "watcher")
 
     def __init__(self, route: Route | Upstream, request: GenerationRequest, sink: Sink) -> None:
         self._route = route if isinstance(route, Route) else Route.to(route)
@@ -53,7 +48,8 @@ class Generation:
         self._attempt: Attempt | None = None  # the current one: live, ended, or failed over until the next one starts
         self._ended = False  # closed, or ended by the generation itself (no attempt had the stream)
         self._terminal: Error | None = None  # its own terminal event, when no attempt had the stream
-        self.on_first_event: Callable[[], None] = _nothing  # set by the request's record before the start
+        self.watcher: Watcher = UNWATCHED  # told of the first event: set by the request's record before the start
+        self._starting: asyncio.Task[None] | None = None  # ``start``'s task, while it runs
 
     async def start(self) -> None:
         """Connect and send the request (to the next upstream, while one fails before its first event).
@@ -78,7 +74,7 @@ class Generation:
                 continue
             fallback = number < len(targets)
             attempt = self._attempt = Attempt(target, self._sink, number=number, request_id=request_id, probe=probe,
-                                              total_deadline=total_deadline, on_first=self.on_first_event)
+                                              total_deadline=total_deadline, watcher=self.watcher)
             # Passed, not kept in a local: on the last upstream nothing here holds the prompt while the stream waits.
             failure = await attempt.run(self._request if fallback else self._take_request(), fallback=fallback)
             if failure is None or self.done:
@@ -89,6 +85,27 @@ class Generation:
             logger.warning("request %s: no upstream of its route can take it now", request_id)
             failure = Error("upstream_error", "upstream_unavailable", "no upstream of this model can take the request now", "connect")
         self._end(failure)
+
+    def start_soon(self) -> None:
+        """Run ``start`` on a task of its own (``cancel_start`` cancels it while it connects or waits for the head).
+
+        The task is held only while it runs: a stream waits for its first token long after its
+        start has returned, and a finished task keeps its coroutine (about 700 bytes a stream).
+        """
+        task = self._starting = asyncio.get_running_loop().create_task(self.start())
+        task.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        """``start`` turns every failure into the terminal event: anything it raises is a defect, and still ends the stream."""
+        self._starting = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("generation failed to start", exc_info=exc)
+            self.fail(Error("relay_error", "internal_error", f"the relay failed: {type(exc).__name__}", self.phase))
+
+    def cancel_start(self) -> None:
+        """Cancel ``start`` if it still runs (connecting, or waiting for the head)."""
+        if self._starting is not None:
+            self._starting.cancel()
 
     def _take_request(self) -> GenerationRequest:
         request, self._request = self._request, None

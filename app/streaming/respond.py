@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -38,8 +37,6 @@ from app.streaming.generation import Generation, Route, Upstream
 from app.streaming.relay import CollectedStream, DirectStream, nothing
 from app.streaming.request import GenerationRequest
 from app.types import Message, Receive, Send
-
-logger = logging.getLogger("token_relay")
 
 
 class LiveRequests:
@@ -112,7 +109,7 @@ async def relay_stream(
             )
             generation = Generation(upstream, request, stream)
             del request  # the generation drops it once sent
-            generation.on_first_event = record.first_streamed
+            generation.watcher = record  # its first event times the relay's own latency: a direct stream's record watches it (``watch``)
             # The stream ends early: the client left (the time to close the upstream is measured), or fell too far behind.
             stream.on_abort = record.watch(generation, stream)
             with live.track(generation):
@@ -120,14 +117,14 @@ async def relay_stream(
                 # The generation connects and waits for the upstream's head on a task of its own,
                 # while this one waits on receive() for the client to leave (DirectStream.run):
                 # one plain task, and no cancellation at all unless the client leaves first.
-                starting = _start(generation)
+                generation.start_soon()
                 try:
                     await stream.run(receive)
                 finally:
                     generation.close()
                     stream.stop_heartbeats()
                     stream.on_abort = nothing  # the stream and the generation hold each other: let refcounting free them
-                    starting.cancel()  # if it is still connecting or waiting for the head
+                    generation.cancel_start()  # if it is still connecting or waiting for the head
                     record.take(generation, stream.terminal)
     except TimeoutError:
         if not cut.expired():
@@ -144,40 +141,27 @@ async def relay_collected(
     sink = CollectedStream(limit)
     generation = Generation(upstream, request, sink)
     del request
-    generation.on_first_event = record.first_event
+    generation.watcher = record
     with live.track(generation):
-        starting = _start(generation)
+        generation.start_soon()
         # Watches receive() until the client leaves, or until the answer is sent (ASGI's receive()
         # then says http.disconnect too): it ends by itself, nobody cancels it. While it waits, the
         # server's receive() holds its wake-up (uvicorn's, granian's and hypercorn's all do), so
         # it needs no other reference.
-        asyncio.get_running_loop().create_task(_watch_collected(receive, generation, sink, starting, record))
+        asyncio.get_running_loop().create_task(_watch_collected(receive, generation, sink, record))
         try:
             return await sink.result()
         finally:
             generation.close()
-            starting.cancel()
+            generation.cancel_start()
             record.take(generation, sink.terminal)
 
 
 async def _watch_collected(
-    receive: Receive, generation: Generation, sink: CollectedStream, starting: asyncio.Task[None], record: RequestRecord,
+    receive: Receive, generation: Generation, sink: CollectedStream, record: RequestRecord,
 ) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     record.close(generation, sink.terminal)
-    starting.cancel()
+    generation.cancel_start()
     sink.abandon()
-
-
-def _start(generation: Generation) -> asyncio.Task[None]:
-    task = asyncio.get_running_loop().create_task(generation.start())
-    task.add_done_callback(functools.partial(_started, generation))
-    return task
-
-
-def _started(generation: Generation, task: asyncio.Task[None]) -> None:
-    """``Generation.start`` turns every failure into the terminal event: anything it raises is a defect, and still ends the stream."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        logger.error("generation failed to start", exc_info=exc)
-        generation.fail(Error("relay_error", "internal_error", f"the relay failed: {type(exc).__name__}", generation.phase))

@@ -91,7 +91,7 @@ class ResumableStream:
         self._connecting = anyio.CancelScope()
         self._generation = Generation(upstream, request, self)
         if record is not None:
-            self._generation.on_first_event = record.first_event
+            self._generation.watcher = record
         self._grace: asyncio.TimerHandle | None = None
         self._usage: Usage | None = None
         self._bytes = 0

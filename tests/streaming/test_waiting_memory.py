@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import subprocess
@@ -89,3 +90,21 @@ async def _wait_for_the_first_token(stalling_upstream: str, path: str, content: 
                 while (await client.get(stalling_upstream + "/mock/stats")).json()["requests"] == before:  # noqa: ASYNC110 (another process)
                     await anyio.sleep(0.02)
                 assert _holders_of_the_prompt() == []
+
+
+async def test_a_waiting_stream_holds_no_finished_start_task(stalling_upstream: str) -> None:
+    """The task that connected and sent the request is let go once it has returned: a finished task keeps its coroutine (~700 bytes)."""
+    content = json.dumps({"model": "mock", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    async with httpx.AsyncClient(timeout=10) as client:
+        before = (await client.get(stalling_upstream + "/mock/stats")).json()["requests"]
+        with relay_server(stalling_upstream + "/v1", models=("mock",)) as relay_url, anyio.fail_after(10):
+            async with client.stream("POST", relay_url + "/v1/chat/completions", content=content,
+                                     headers={"content-type": "application/json"}) as response:
+                assert response.status_code == 200  # the upstream's head has come: the start has returned
+                while (await client.get(stalling_upstream + "/mock/stats")).json()["requests"] == before:  # noqa: ASYNC110 (another process)
+                    await anyio.sleep(0.02)
+                assert _start_tasks() == []
+
+
+def _start_tasks() -> list[asyncio.Task[None]]:
+    return [obj for obj in gc.get_objects() if isinstance(obj, asyncio.Task) and obj.get_coro().__qualname__ == "Generation.start"]

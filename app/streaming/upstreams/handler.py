@@ -177,6 +177,12 @@ class StreamHandler:
     content_types: ClassVar[tuple[bytes, ...]] = (b"text/event-stream",)
     # What a body that ends too soon ended before, for its error's message.
     end_marker: ClassVar[str] = "its end"
+    # The request's Accept header, from ``content_types``: made once per protocol, not per request.
+    _accept: ClassVar[tuple[str, str]] = ("Accept", "text/event-stream")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._accept = ("Accept", cls.content_types[0].decode())
 
     def __init__(self, emit: Callable[[Event], None], flush: Callable[[], None]) -> None:
         self._emit: Callable[[Event], None] = _FirstEvent(self, emit)
@@ -192,7 +198,7 @@ class StreamHandler:
     def build_request(cls, request: GenerationRequest, api_key: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
         """The path (after the upstream's base URL), headers and body of the streaming request for ``request``."""
         headers = [
-            ("Content-Type", "application/json"), ("Accept", cls.content_types[0].decode()), ("X-Request-Id", request.request_id), *cls.headers,
+            ("Content-Type", "application/json"), cls._accept, ("X-Request-Id", request.request_id), *cls.headers,
         ]
         if api_key:
             name, prefix = cls.auth
