@@ -22,7 +22,7 @@ from uvicorn.lifespan.on import LifespanOn
 
 from app.main import create_app
 from app.mock import MockModel, mock_text
-from app.server import RelayConfig
+from app.server import YOUNG_THRESHOLD, RelayConfig
 from tests.processes import Start, relay_processes
 from tests.rawhttp import Response, open_request, read_until
 from tests.servers import mock_server, relay_settings, serve_in_thread
@@ -226,13 +226,13 @@ async def test_the_app_leaves_the_signal_handlers_to_the_runner(mock: tuple[Mock
 
 
 @pytest.mark.usefixtures("collector")
-def test_the_runner_freezes_what_start_up_built_and_keeps_the_default_thresholds() -> None:
+def test_the_runner_freezes_what_start_up_built_and_raises_the_young_threshold_alone() -> None:
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)
     config = RelayConfig(relay_settings(None), log_config=None)
     config.load()
     assert gc.get_freeze_count() > 0
-    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, 10, 10)
 def _children(pid: int) -> list[int]:
     children = []
     for entry in os.listdir("/proc"):
