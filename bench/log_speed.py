@@ -12,6 +12,7 @@ the writer thread's included (every 500 lines the handlers are flushed, so nothi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import logging.config
 import os
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+
+import uvloop
 
 
 def _flush_all() -> None:
@@ -42,12 +45,31 @@ def measure(fn: Callable[[], None], lines: int, rounds: int) -> float:
     return statistics.median(per_line)
 
 
+def paced(fn: Callable[[], object], rate: float, seconds: float) -> float:
+    """µs of CPU per call of ``fn``, called ``rate`` times a second for ``seconds`` on a uvloop loop idle in between (a relay at low load)."""
+    calls = int(rate * seconds)
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        start = time.process_time()
+        began = loop.time()
+        for i in range(calls):
+            fn()
+            await asyncio.sleep(max(0.0, began + (i + 1) / rate - loop.time()))
+        await asyncio.sleep(0.2)  # the last batch's timer
+        return time.process_time() - start
+
+    return uvloop.run(run()) / calls * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument("--tree", help="the tree whose app/ is measured (default: this one)")
     parser.add_argument("--lines", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--paced", type=float, help="requests a second: both lines of a request, then idle until the next (the writer's wake-ups counted)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="with --paced: for how long")
     args = parser.parse_args()
     sys.path.insert(0, args.tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
@@ -81,7 +103,15 @@ def main() -> None:
     def request_line() -> None:
         requests.request_ended(record)
 
-    results = {name: measure(fn, args.lines, args.rounds) for name, fn in (("access line", access_line), ("request line", request_line))}
+    if args.paced:
+        results = {
+            "nothing, paced (the loop's own cost)": paced(lambda: None, args.paced, args.seconds),
+            "access line, paced": paced(access_line, args.paced, args.seconds),
+            "request line, paced": paced(request_line, args.paced, args.seconds),
+            "both lines, paced": paced(lambda: (access_line(), request_line()), args.paced, args.seconds),
+        }
+    else:
+        results = {name: measure(fn, args.lines, args.rounds) for name, fn in (("access line", access_line), ("request line", request_line))}
     size = os.fstat(out.fileno()).st_size
     for name, value in results.items():
         report.write(f"{args.format} {name}: {value:.2f} µs\n")
