@@ -11,7 +11,9 @@ Past the formatter, logging itself costs a line more than the format: a ``LogRec
 caller's frame, the handler's lock, the filter. When the ``uvicorn.access`` logger writes
 through the relay's own configuration alone (``access_log_of``), the relay's protocol
 (app/connections.py) is given an ``AccessLog`` instead: it makes the same line, text or JSON,
-from uvicorn's five arguments, redacted as the filter would, and hands it to the handler.
+from uvicorn's five arguments, redacted as the filter would, and hands it to the handler. The
+request log is given ``RequestLines`` likewise (``request_lines_of``): its line is redacted
+where it is made.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from uvicorn.logging import DefaultFormatter as UvicornDefaultFormatter
 
 from app.log_stream import BatchedStreamHandler
 from app.ops.requestlog import JsonFormatter, access_fields, json_line
-from app.redaction import RedactTokens, redact
+from app.redaction import PRE_REDACTED, RedactTokens, redact
 
 # uvicorn's own default formats: the lines written directly.
 DEFAULT_FORMAT: str = LOGGING_CONFIG["formatters"]["access"]["fmt"]
@@ -78,7 +80,18 @@ class DefaultFormatter(UvicornDefaultFormatter):
         return f"{_prefix(record.levelname)} {record.message}"
 
 
-class AccessLog(logging.Logger):
+class _Direct(logging.Logger):
+    """A stand-in for ``logger`` whose lines of one known call are made directly and handed to ``handler``; its level is the logger's."""
+
+    def __init__(self, logger: logging.Logger, handler: BatchedStreamHandler) -> None:
+        super().__init__(logger.name)
+        self._logger, self._handler = logger, handler
+
+    def isEnabledFor(self, level: int) -> bool:
+        return self._logger.isEnabledFor(level)
+
+
+class AccessLog(_Direct):
     """The ``uvicorn.access`` logger as the relay's protocol calls it: each access line made and handed to the handler, no record.
 
     Only uvicorn's call (``info`` with its five arguments) takes the direct way; anything else,
@@ -87,8 +100,8 @@ class AccessLog(logging.Logger):
     """
 
     def __init__(self, logger: logging.Logger, handler: BatchedStreamHandler, line: Callable[[tuple[Any, ...]], str | None]) -> None:
-        super().__init__(logger.name)
-        self._logger, self._handler, self._line = logger, handler, line
+        super().__init__(logger, handler)
+        self._line = line
 
     def info(self, msg: object, *args: object, **kwargs: Any) -> None:
         if not self._logger.isEnabledFor(logging.INFO):
@@ -100,18 +113,65 @@ class AccessLog(logging.Logger):
         self._handler.write(text)
 
 
+class RequestLines(_Direct):
+    """The request log's logger as ``RequestLog`` calls it (app/ops/requestlog.py): its line, redacted already, made and handed to the handler.
+
+    Only a call whose ``extra`` has the request's fields and ``PRE_REDACTED`` takes the direct way.
+    """
+
+    def __init__(self, logger: logging.Logger, handler: BatchedStreamHandler, line: Callable[[str, dict[str, Any]], str]) -> None:
+        super().__init__(logger, handler)
+        self._line = line
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return
+        extra = kwargs.get("extra")
+        if kwargs.keys() != {"extra"} or not isinstance(extra, dict) or extra.get(PRE_REDACTED) is not True or not isinstance(extra.get("request"), dict):
+            self._logger.info(msg, *args, **kwargs)
+            return
+        self._handler.write(self._line(str(msg) % args, extra["request"]))
+
+
+def _relays_handler(logger: logging.Logger) -> BatchedStreamHandler | None:
+    """The one handler every record of ``logger`` reaches, if it is the relay's own (batching ``logger``'s lines, redacting, at INFO).
+
+    And nothing filters on the way.
+    """
+    current: logging.Logger | None = logger
+    while current is not None and not current.filters:
+        if current.handlers:
+            handler = current.handlers[0]
+            if current.propagate or len(current.handlers) != 1 or not isinstance(handler, BatchedStreamHandler):
+                return None
+            if logger.name not in handler.batched or handler.level > logging.INFO:
+                return None
+            return handler if len(handler.filters) == 1 and isinstance(handler.filters[0], RedactTokens) else None
+        current = current.parent if current.propagate else None
+    return None
+
+
 def access_log_of(logger: logging.Logger) -> AccessLog | None:
     """An ``AccessLog`` for ``logger`` when what it writes goes only through the relay's own handler, filter and formatter; else ``None``."""
-    if logger.propagate or logger.filters or len(logger.handlers) != 1:
-        return None
-    handler = logger.handlers[0]
-    if not isinstance(handler, BatchedStreamHandler) or handler.level > logging.INFO:
-        return None
-    if len(handler.filters) != 1 or not isinstance(handler.filters[0], RedactTokens):
+    handler = _relays_handler(logger)
+    if handler is None:
         return None
     formatter = handler.formatter
     if isinstance(formatter, AccessFormatter) and formatter._direct:
         return AccessLog(logger, handler, lambda args: access_text("INFO", args))
     if type(formatter) is JsonFormatter:
         return AccessLog(logger, handler, lambda args: json_line(time.time(), "INFO", logger.name, access_fields(args)))
+    return None
+
+
+def request_lines_of(logger: logging.Logger) -> RequestLines | None:
+    """``RequestLines`` for the request log's ``logger`` when its records go only through the relay's own handler, filter and formatter."""
+    handler = _relays_handler(logger)
+    if handler is None:
+        return None
+    formatter = handler.formatter
+    if isinstance(formatter, DefaultFormatter) and formatter._direct:
+        return RequestLines(logger, handler, lambda message, fields: f"{_prefix('INFO')} {message}")
+    if type(formatter) is JsonFormatter:
+        return RequestLines(logger, handler, lambda message, fields: json_line(time.time(), "INFO", logger.name, fields))
     return None

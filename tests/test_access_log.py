@@ -11,13 +11,15 @@ import pytest
 from uvicorn.logging import AccessFormatter as UvicornAccessFormatter
 from uvicorn.logging import DefaultFormatter as UvicornDefaultFormatter
 
-from app.access_log import DEFAULT_FORMAT, DEFAULT_MESSAGE_FORMAT, AccessFormatter, DefaultFormatter, access_log_of
+from app.access_log import DEFAULT_FORMAT, DEFAULT_MESSAGE_FORMAT, AccessFormatter, DefaultFormatter, access_log_of, request_lines_of
 from app.capability import SIGNATURE_LENGTH
 from app.log_stream import BatchedStreamHandler
-from app.ops.requestlog import JsonFormatter
+from app.ops.record import RequestRecord
+from app.ops.requestlog import JsonFormatter, RequestLog
 from app.redaction import RedactTokens
 from app.server import log_config
 from app.settings import Settings
+from app.streaming.events import Usage
 
 
 def _record(*args: object, level: int = logging.INFO) -> logging.LogRecord:
@@ -174,3 +176,44 @@ def test_the_relays_messages_keep_uvicorns_level_prefix() -> None:
     assert ours.format(record) == uvicorns.format(record) == "WARNING:  at the limit of 10 connections"
     coloured = DefaultFormatter(DEFAULT_MESSAGE_FORMAT, use_colors=True)
     assert coloured.format(record) == UvicornDefaultFormatter(DEFAULT_MESSAGE_FORMAT, use_colors=True).format(record)
+
+
+def _relay_loggers(formatter: logging.Formatter, stream: io.StringIO) -> logging.Logger:
+    """``token_relay`` and its ``token_relay.requests`` as the relay's log config makes them (loggers of their own, not the process's)."""
+    parent = logging.Logger("token_relay", logging.INFO)
+    parent.propagate = False
+    handler = BatchedStreamHandler(stream, batched=["token_relay.requests"], delay=60)
+    handler.setFormatter(formatter)
+    handler.addFilter(RedactTokens())
+    parent.addHandler(handler)
+    logger = logging.Logger("token_relay.requests")
+    logger.parent = parent
+    return logger
+
+
+@pytest.mark.parametrize("json_format", [False, True])
+def test_the_request_log_writes_the_line_logging_would(json_format: bool) -> None:
+    record = RequestRecord(f"req?token={TOKEN}", "chat.completions", None)
+    record.model, record.status, record.outcome = "mock", 200, "done"
+    record.usage = Usage(prompt_tokens=7, completion_tokens=5)
+    record.end()
+    stream = io.StringIO()
+    logger = _relay_loggers(JsonFormatter() if json_format else DefaultFormatter(DEFAULT_MESSAGE_FORMAT, use_colors=False), stream)
+    direct = request_lines_of(logger)
+    assert direct is not None
+    RequestLog(logger).request_ended(record)
+    RequestLog(direct).request_ended(record)
+    logger.parent.handlers[0].flush()  # type: ignore[union-attr]
+    through_logging, without_a_record = stream.getvalue().splitlines()
+    if json_format:
+        through_logging, without_a_record = (json.loads(line) | {"time": None} for line in (through_logging, without_a_record))
+    assert without_a_record == through_logging
+    assert TOKEN not in str(without_a_record) and "completion_tokens" in str(without_a_record)
+
+
+def test_the_request_log_keeps_the_loggers_own_way_elsewhere() -> None:
+    logger = _relay_loggers(DefaultFormatter(DEFAULT_MESSAGE_FORMAT, use_colors=False), io.StringIO())
+    logger.parent.handlers[0].batched = frozenset()  # type: ignore[union-attr]
+    assert request_lines_of(logger) is None  # its lines would not be batched
+    assert request_lines_of(_relay_loggers(DefaultFormatter("%(message)s", use_colors=False), io.StringIO())) is None
+    assert request_lines_of(logging.Logger("token_relay.requests")) is None  # no handler (a test's caplog: the root's)
