@@ -11,7 +11,8 @@ write blocks, and with it the whole event loop, until someone does. ``BatchedStr
 - **Every other line at once** (start-up, shutdown, warnings, errors), after the lines waiting
   before it: a process killed by the signal that stopped it, as uvicorn's re-raised SIGTERM
   does, has written them all. A line logged where no event loop runs (another thread, the
-  process before or after serving) is written at once too, as ``StreamHandler`` would.
+  process before or after serving) is written at once too, waiting at most ``delay`` for the
+  stream to take it (else it waits for the next line, a batch or the exit).
 - **No write the stream cannot take.** On the event loop, each write is preceded by a poll: a
   stream that is not writable keeps the lines waiting, and the timer tries again ``delay``
   later. A pipe or a socket that polls writable takes a write of ``PIPE_BUF`` bytes without
@@ -78,8 +79,8 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
             self._note_drops()
             self._lines.append(line)
             self._size += len(line) + 1
-            if loop is None:
-                self._drain(None)
+            if loop is None:  # another thread, or no loop yet: at once, but never held for long (the loop may wait for the guard)
+                self._drain(self.delay)
             elif at_once:
                 self._drain(0.0)
             if self._lines and loop is not None and (self._timer is None or self._timer_loop is not loop):
