@@ -191,7 +191,7 @@ def test_a_loop_that_ended_with_a_batch_waiting_does_not_hold_the_next_loops_lin
 
 
 def test_a_line_from_a_thread_without_a_loop_does_not_wait_for_a_stalled_stream(pipe: tuple[int, TextIO]) -> None:
-    read, stream = pipe
+    _, stream = pipe
     handler = BatchedStreamHandler(stream, delay=0.01, exit_wait=0.1)
     filler = "z" * 1000
     caller = threading.Thread(target=lambda: [handler.write(filler) for _ in range(200)])  # 200 KB: more than the pipe holds
