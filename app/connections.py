@@ -105,12 +105,13 @@ class OverCapacity:
 class ConnectionGuard:
     """One process's limits on its connections, and the app that answers those past the cap (``over_capacity``)."""
 
-    def __init__(self, settings: Settings, max_connections: int, over_capacity: ASGIApp) -> None:
+    def __init__(self, settings: Settings, max_connections: int, over_capacity: ASGIApp, access_log: logging.Logger | None = None) -> None:
         self.head_timeout = settings.request_head_timeout
         self.body_timeout = settings.request_body_timeout
         self.max_head_bytes = settings.max_request_head_bytes
         self.max_connections = max_connections
         self.over_capacity = over_capacity
+        self.access_log = access_log  # what writes the access line in uvicorn's logger's stead (app/access_log.py), if anything
         self.timed_out = _refusal(408, f"the request head did not arrive within {self.head_timeout:g} s", "request_timeout")
         self.too_large = _refusal(431, f"the request head is larger than {self.max_head_bytes} bytes", "request_head_too_large")
 
@@ -138,6 +139,8 @@ class RelayProtocol(HttpToolsProtocol):
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.guard = cast(_Guarded, config).guard
+        if self.access_log and self.guard.access_log is not None:
+            self.access_logger = self.guard.access_log
         self._owes = _HEAD
         self._moves = 0  # changes of _owes so far
         self._timed = 0  # the value of _moves that the deadline was armed for

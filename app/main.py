@@ -17,6 +17,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from app import contract, mock
+from app.access_log import request_lines_of
 from app.capability import Capabilities
 from app.hosts import AllowedHosts
 from app.middleware import ApiKeyAuth
@@ -24,7 +25,7 @@ from app.ops.keys import Keys
 from app.ops.limits import Debits
 from app.ops.metrics import Metrics, State, mark_dead, multiprocess_dir, serve_gauges
 from app.ops.record import Operations
-from app.ops.requestlog import RequestLog
+from app.ops.requestlog import REQUESTS_LOGGER, RequestLog
 from app.routes.completions import chat_completions
 from app.routes.generate import generate
 from app.routes.messages import messages, send_anthropic_error
@@ -85,7 +86,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             stack.callback(detached.cancel_scope.cancel)
             limits = StreamLimits(settings.stream_grace, settings.stream_retention, settings.stream_log_max_bytes)
             # Operations observe every request's end through one seam (app/ops/): key limits' debits, the metrics and the request log.
-            operations = Operations([Debits(), RequestLog()])
+            # The request log's lines made without a record when the relay's log configuration is in place (app/access_log.py).
+            operations = Operations([Debits(), RequestLog(request_lines_of(logging.getLogger(REQUESTS_LOGGER)))])
             streams = ResumableStreams(log, limits, live, detached, peers, operations)
             metrics_ = None
             if settings.metrics:

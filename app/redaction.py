@@ -22,6 +22,8 @@ from urllib.parse import unquote
 from app.capability import EXPIRY_DIGITS, SIGNATURE_LENGTH
 
 REDACTED = "[redacted]"
+# A record with this attribute true was made of texts redacted already (the request log's line: app/ops/requestlog.py).
+PRE_REDACTED = "redacted"
 
 # One character, literal or percent-escaped, the "%" itself escaped up to three more times (%2574).
 _ESCAPE = "%(?:25){0,3}"
@@ -38,8 +40,9 @@ _PARAMETER = re.compile(r"""(?:(?<=[?&;\s"'])|^)([^=&;#?\s"']++)=[^&;#\s"']*+"""
 
 def _parameter(match: re.Match[str]) -> str:
     name = match[1]
-    for _ in range(4):
-        name = unquote(name)
+    if "%" in name:  # without one, decoding leaves the name as it is (a request line's fifteen names are decoded in none)
+        for _ in range(4):
+            name = unquote(name)
     return f"{match[1]}={REDACTED}" if "token" in name.lower() else match[0]
 
 
@@ -62,6 +65,8 @@ class RedactTokens(logging.Filter):
     _traceback = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.__dict__.get(PRE_REDACTED) is True:
+            return True
         if record.name == "uvicorn.access" and isinstance(record.args, tuple):
             # uvicorn's access formatter reads the arguments (client, method, path…) themselves.
             record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)

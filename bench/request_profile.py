@@ -13,6 +13,7 @@ A profile under load: the shares are meaningful, the absolute times are not (py-
 ``--native`` pauses the process to unwind it, and the machine may be shared).
 
     .venv/bin/python bench/request_profile.py --target token-relay+log --seconds 10
+    .venv/bin/python bench/request_profile.py --target token-relay --clients 1000 --tokens 100 --interval 0.02 --per-connection 3
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="token-relay+log", help="token-relay, token-relay+log, token-relay@REV[+log]")
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--tokens", type=int, default=5, help="tokens per answer")
+    p.add_argument("--interval", type=float, default=0.0, help="seconds between the model server's tokens (0.02: the burst scenarios' pace)")
     p.add_argument("--per-connection", type=int, default=20, help="requests a kept-alive connection carries")
     p.add_argument("--seconds", type=float, default=10.0, help="py-spy's duration")
     p.add_argument("--rate", type=int, default=500)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = p.parse_args(argv)
     (BENCH / "out").mkdir(exist_ok=True)
     out = Path(cfg.out)
-    mock, mock_base = start_mock("fast", ttft=0.0, interval=0.0)
+    mock, mock_base = start_mock("fast", ttft=0.0, interval=cfg.interval)
     with running(mock):
         server, url = start_target(cfg.target, mock_base)
         assert server is not None

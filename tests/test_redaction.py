@@ -10,9 +10,12 @@ import time
 from uvicorn.logging import AccessFormatter, DefaultFormatter
 
 from app.capability import READ, Capabilities
+from app.ops.record import RequestRecord
+from app.ops.requestlog import REQUESTS_LOGGER, RequestLog
 from app.redaction import RedactTokens, redact
 from app.server import log_config
 from app.settings import Settings
+from app.streaming.events import Usage
 from tests.streams import decodes_to, misspelled_token_queries
 
 TOKEN, _ = Capabilities(b"k" * 32, ttl=60).issue("st_a", READ)
@@ -95,3 +98,22 @@ def test_the_shortest_token_shape_and_a_short_parameter_are_still_redacted() -> 
     assert redact(shortest) == "[redacted]"
     assert redact("?token=x") == "?token=[redacted]"
     assert redact(shortest[:-1]) == shortest[:-1]
+
+
+def test_the_request_lines_token_counts_are_shown_and_its_client_texts_redacted() -> None:
+    """Its fields are redacted where they are made: the filter must not take ``completion_tokens=`` for a token parameter."""
+    record = RequestRecord(TOKEN, "chat.completions", None)
+    record.model, record.status, record.outcome = f"mock?token={TOKEN}", 200, "done"
+    record.usage = Usage(prompt_tokens=7, completion_tokens=5)
+    record.end()
+    output = io.StringIO()
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s", use_colors=False))
+    handler.addFilter(RedactTokens())
+    logger = logging.Logger(REQUESTS_LOGGER, logging.INFO)
+    logger.addHandler(handler)
+    RequestLog(logger).request_ended(record)
+    line = output.getvalue()
+    assert "prompt_tokens=7 completion_tokens=5 tokens_estimated=false" in line
+    assert line.startswith("INFO:     request [redacted]: ") and "model=mock?token=[redacted] " in line
+    assert SIGNATURE not in line

@@ -22,7 +22,7 @@ from uvicorn.lifespan.on import LifespanOn
 
 from app.main import create_app
 from app.mock import MockModel, mock_text
-from app.server import RelayConfig
+from app.server import YOUNG_THRESHOLD, RelayConfig
 from tests.processes import Start, relay_processes
 from tests.rawhttp import Response, open_request, read_until
 from tests.servers import mock_server, relay_settings, serve_in_thread
@@ -157,6 +157,31 @@ async def test_no_log_line_shows_a_stream_token_whatever_its_spelling(serve, cli
         assert not decodes_to(log, url_with_token.split("token=")[1].split(".")[1])
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_every_access_and_request_line_is_written_whole_before_the_relay_exits(serve, client: httpx.AsyncClient, log_format: str) -> None:  # type: ignore[no-untyped-def]
+    """A request's lines wait for the next batch; SIGTERM right after the last request loses none of them."""
+    process, url = serve(RELAY_ACCESS_LOG="true", RELAY_LOG_FORMAT=log_format, RELAY_MOCK_TTFT="0", RELAY_MOCK_INTERVAL="0")
+    requests = 20
+    for _ in range(requests):
+        response = await client.post(url + "/v1/generate", json={"prompt": "hi", "max_tokens": 2})
+        assert response.status_code == 200
+    process.send_signal(signal.SIGTERM)
+    await anyio.to_thread.run_sync(process.wait, 10)
+    lines = process.stdout.read().decode().splitlines()
+    if log_format == "json":
+        records = [json.loads(line) for line in lines]  # every line whole, one object each
+        access = [r for r in records if r["logger"] == "uvicorn.access" and r["path"] == "/v1/generate"]
+        assert {(r["method"], r["http_version"], r["status"], r["level"]) for r in access} == {("POST", "1.1", 200, "info")}
+        ends = [r for r in records if r["logger"] == "token_relay.requests"]
+        assert {(r["outcome"], r["completion_tokens"]) for r in ends} == {("done", 2)}
+        assert records[-1]["message"].startswith("Finished server process")
+    else:
+        access = [line for line in lines if re.fullmatch(r'INFO:     127\.0\.0\.1:\d+ - "POST /v1/generate HTTP/1\.1" 200 OK', line)]
+        ends = [line for line in lines if re.fullmatch(r"INFO:     request \S+: .* outcome=done .*completion_tokens=2 .*status=200", line)]
+        assert lines[-1].startswith("INFO:     Finished server process")
+    assert len(access) == len(ends) == requests
+
+
 async def test_x_forwarded_proto_is_trusted_only_from_the_forwarded_allow_ips(serve) -> None:  # type: ignore[no-untyped-def]
     """Behind a TLS proxy the stream URLs are https://, but only a listed proxy may say so."""
     _, url = serve(RELAY_FORWARDED_ALLOW_IPS="127.0.0.2", FORWARDED_ALLOW_IPS="127.0.0.1")
@@ -226,13 +251,13 @@ async def test_the_app_leaves_the_signal_handlers_to_the_runner(mock: tuple[Mock
 
 
 @pytest.mark.usefixtures("collector")
-def test_the_runner_freezes_what_start_up_built_and_keeps_the_default_thresholds() -> None:
+def test_the_runner_freezes_what_start_up_built_and_raises_the_young_threshold_alone() -> None:
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)
     config = RelayConfig(relay_settings(None), log_config=None)
     config.load()
     assert gc.get_freeze_count() > 0
-    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, 10, 10)
 def _children(pid: int) -> list[int]:
     children = []
     for entry in os.listdir("/proc"):

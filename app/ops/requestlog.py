@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from app.ops.record import RequestRecord
-from app.redaction import redact
+from app.redaction import PRE_REDACTED, redact
 
 REQUESTS_LOGGER = "token_relay.requests"
 # The longest model name a line repeats, as a client sent it.
@@ -60,7 +60,8 @@ class RequestLog:
             return
         line = fields(record)
         text = " ".join(f"{name}={_text(value)}" for name, value in line.items() if name != "request_id")
-        self._logger.info("request %s: %s", line["request_id"], text, extra={"request": line})
+        # Every text of the line a client chose went through redact() in fields(): the filter need not scan it again.
+        self._logger.info("request %s: %s", line["request_id"], text, extra={"request": line, PRE_REDACTED: True})
 
 
 def _text(value: Any) -> str:
@@ -71,21 +72,33 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def json_head(created: float, levelname: str, name: str) -> dict[str, Any]:
+    """What every JSON line begins with: its time (UTC, ISO 8601, to the millisecond), level and logger."""
+    when = datetime.datetime.fromtimestamp(created, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {"time": when, "level": levelname.lower(), "logger": name}
+
+
+def access_fields(args: tuple[Any, ...]) -> dict[str, Any]:
+    """An access line's fields, from uvicorn's five arguments."""
+    client, method, path, version, status = args
+    return {"client": client, "method": method, "path": path, "http_version": version, "status": status}
+
+
+def json_line(created: float, levelname: str, name: str, fields: dict[str, Any]) -> str:
+    """A whole JSON line of ``fields`` (the access log's, without a ``LogRecord``: app/access_log.py)."""
+    return _encode(json_head(created, levelname, name) | fields).decode()
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and the request's fields (or the access log's) at the top level."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
+        line = json_head(record.created, record.levelname, record.name)
         request = getattr(record, "request", None)
         if isinstance(request, dict):
             line.update(request)
         elif record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
-            client, method, path, version, status = record.args
-            line.update({"client": client, "method": method, "path": path, "http_version": version, "status": status})
+            line.update(access_fields(record.args))
         else:
             line["message"] = record.getMessage()
         if record.exc_info and not record.exc_text:
