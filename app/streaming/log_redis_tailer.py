@@ -29,6 +29,7 @@ short by it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -65,7 +66,7 @@ class _Watch:
         self.recent: list[Entry] = []  # the tailer's latest batch of the stream, up to ``known``
         self.waiters = 0
         self.idle_since = 0.0
-        self.changed = anyio.Event()
+        self.changed = asyncio.Event()  # set and cleared by wake(): it wakes those waiting then
         self.gone = False
         self.error: BaseException | None = None
 
@@ -74,8 +75,8 @@ class _Watch:
         self.position = position
 
     def wake(self) -> None:
-        changed, self.changed = self.changed, anyio.Event()
-        changed.set()
+        self.changed.set()
+        self.changed.clear()
 
 
 class Tailer:
