@@ -19,12 +19,9 @@ has ended) comes from the log, and a ``DELETE`` reaches the process that generat
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-from collections.abc import Awaitable, Callable
 
 import anyio
-import msgspec
 
 from app.capability import CANCEL, READ, Capabilities
 from app.errors import RequestError
@@ -36,25 +33,13 @@ from app.routes.generate import admit_generate, with_default_model
 from app.routes.http import SSE_HEADERS, ClientGone, convert, decode_object, header, json_body, read_body, request_id, send_error, send_json
 from app.runtime import Runtime
 from app.schemas import GenerateRequest
-from app.streaming.encoders import error_body
-from app.streaming.eventlog import Entry, InvalidEventId, LogUnavailable, StreamInfo
-from app.streaming.events import Error
-from app.streaming.resumable import TERMINAL_EVENTS, ResumableStream, ResumableStreams
-from app.streaming.sse import HEARTBEAT
+from app.streaming.eventlog import InvalidEventId, LogUnavailable, StreamInfo
+from app.streaming.reader import LOG_UNAVAILABLE, READ_BATCH, Reader
+from app.streaming.resumable import ResumableStream, ResumableStreams
 from app.types import Receive, Scope, Send
 
-# Events read from the log at a time, per reader.
-READ_BATCH = 256
 # Who a signed URL's token lets in: whoever holds it, with or without a key.
 BY_TOKEN = "token"
-# For a reader still reading when the log drops its stream (its retention ended, or the log needed the room).
-EXPIRED = b"event: error\ndata: %b\n\n" % msgspec.json.encode(error_body(Error(
-    "relay_error", "stream_expired", "the relay dropped this stream's events before they were all read", "stream",
-)))
-# For a reader when the event log's Redis cannot be reached: no id, so that a reconnect later resumes where it was.
-LOG_UNAVAILABLE = b"event: error\ndata: %b\n\n" % msgspec.json.encode(error_body(Error(
-    "relay_error", "log_unavailable", "the relay's event log (Redis) cannot be reached", "stream",
-)))
 
 
 async def create_stream(scope: Scope, receive: Receive, send: Send) -> None:
@@ -160,50 +145,14 @@ async def stream_events(scope: Scope, receive: Receive, send: Send) -> None:
         return
     await send({"type": "http.response.body", "body": b"retry: %d\n\n" % settings.stream_retry_ms, "more_body": True})
 
-    async def send_within_grace(body: bytes, more: bool = True) -> None:
-        # A reader that takes nothing for this long is cut off: it holds no generation back, but
-        # it would hold its connection forever. A live browser reconnects and loses nothing.
-        with anyio.fail_after(settings.slow_consumer_grace):
-            await send({"type": "http.response.body", "body": body, "more_body": more})
-
+    reader = Reader(send, streams.log, stream_id, heartbeat=settings.heartbeat_interval, grace=settings.slow_consumer_grace)
     try:
         async with streams.reading(stream_id), anyio.create_task_group() as tg:
             tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-            with contextlib.suppress(TimeoutError):
-                try:
-                    await _follow(send_within_grace, streams, stream_id, after, entries, settings.heartbeat_interval)
-                except LogUnavailable:
-                    await send_within_grace(LOG_UNAVAILABLE)
-                await send_within_grace(b"", more=False)
+            await reader.run(after, entries)
             tg.cancel_scope.cancel()
     except LogUnavailable:  # joining as a reader of a stream another process owns failed
-        with contextlib.suppress(TimeoutError):
-            await send_within_grace(LOG_UNAVAILABLE, more=False)
-
-
-async def _follow(
-    send: Callable[[bytes], Awaitable[None]], streams: ResumableStreams, stream_id: str, after: str | None, entries: list[Entry], heartbeat: float,
-) -> None:
-    """Send ``entries``, then every later event, until the terminal one (or the log drops the stream). Raises ``LogUnavailable``."""
-    while True:
-        if entries:
-            await send(b"".join(map(_event, entries)))
-            after = entries[-1].id
-            if entries[-1].event in TERMINAL_EVENTS:
-                return
-        if len(entries) < READ_BATCH:
-            # Caught up, most likely: wait rather than read again, which would cost Redis a round trip per event
-            # and bring nothing. The wait returns at once if more came meanwhile (on Redis, for free when its
-            # tailer has seen them, and the read then takes them from the tailer's batch).
-            with anyio.move_on_after(heartbeat) as waiting:
-                await streams.log.wait(stream_id, after)
-            if waiting.cancelled_caught:
-                await send(HEARTBEAT)
-        read = await streams.log.read_after(stream_id, after, READ_BATCH)
-        if read is None:
-            await send(EXPIRED)
-            return
-        entries = read
+        await reader.end_with(LOG_UNAVAILABLE)
 
 
 async def cancel_stream(scope: Scope, receive: Receive, send: Send) -> None:
@@ -226,10 +175,6 @@ async def cancel_stream(scope: Scope, receive: Receive, send: Send) -> None:
         await send_error(send, RequestError(404, "stream_not_found", f"there is no stream {stream_id!r}: it never existed or has expired"))
         return
     await send_json(send, 200, json_body({"id": stream_id, "cancelled": info.end is None}))
-
-
-def _event(entry: Entry) -> bytes:
-    return b"id: %b\nevent: %b\ndata: %b\n\n" % (entry.id.encode(), entry.event.encode(), entry.data)
 
 
 async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -17,8 +17,6 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-import anyio
-
 from app.streaming.eventlog import NO_OWNER, AppendRefused, Entry, InvalidEventId, StreamInfo
 
 # What an entry costs beside its data (the Entry, its id string, the bytes' header, the list's slot), rounded up.
@@ -37,7 +35,7 @@ class _Stream:
         self.entries: list[Entry] = []
         self.trimmed = 0  # events dropped from the start by trim(): the first entry's id is trimmed + 1
         self.nbytes = STREAM_COST
-        self.changed = anyio.Event()
+        self.changed = asyncio.Event()  # set and cleared at each append: it wakes those waiting then
         self.expiry: asyncio.TimerHandle | None = None
 
     @property
@@ -100,8 +98,8 @@ class MemoryEventLog:
         entry = Entry(str(stream.last + 1), event, data)
         stream.entries.append(entry)
         self._grow(stream, len(data) + ENTRY_COST)
-        changed, stream.changed = stream.changed, anyio.Event()
-        changed.set()
+        stream.changed.set()
+        stream.changed.clear()
         return entry.id
 
     async def read_after(self, stream_id: str, after: str | None, limit: int) -> list[Entry] | None:

@@ -48,7 +48,12 @@ when the first append makes it). No key of the log ever lives without one.
 
 Waiting. ``wait`` goes to the process's ``Tailer`` (``app/streaming/log_redis_tailer.py``):
 one ``XREAD BLOCK`` for every stream its readers wait on, and ``read_after`` takes the
-events it has just brought, when it has them, without a round trip.
+events it has just brought, when it has them, without a round trip. A stream created here
+with an owner token is not read back from Redis while this process appends to it: each
+append's entries go to the tailer as its reply arrives, and from there to the waiters here.
+Its first failed or refused append, or its ``expire``, hands it over to the ``XREAD``. A
+reader here of a stream this process generates thus learns that Redis failed from that
+stream's next append (a generation appends at every flush), not from the tailer.
 
 Failures. A Redis error of any operation, ``wait`` included, becomes ``LogUnavailable``. The
 operations that can be repeated (``create``, ``read_after``, ``expire``) are tried once more
@@ -153,6 +158,7 @@ class RedisEventLog:
         self._tailer = Tailer(pool, self.redis, task_group, block=block, batch=batch)
         self._writer = Writer(pool, task_group)
         self._open: dict[str, int] = {}  # the bytes of each stream created here that has no expiry yet
+        self._local: dict[str, int] = {}  # the last id of each stream this process generates, while it appends to it
         self._open_bytes = 0
         self._drops: dict[str, asyncio.TimerHandle] = {}
         self._on_drop: Callable[[str], None] | None = None
@@ -185,21 +191,18 @@ class RedisEventLog:
             raise ValueError("an owner token is not empty")
         await self._call(self._create, self.keys(stream_id), (self._lifetime_ms, owner or "", key or "", self._lease_ms))
         self._count(stream_id, STREAM_COST, new=True)
+        if owner is not None:
+            self._local[stream_id] = 0
 
     async def append(self, stream_id: str, event: str, data: bytes) -> str:
         """Add one event; returns its id. Raises ``AppendRefused``, ``LogUnavailable``."""
-        entry_id = _appended(stream_id, await self._writer.call(self._append, self.keys(stream_id)[:2], (event, data)))[2:].decode()
-        self._count(stream_id, len(data) + ENTRY_COST)
-        return entry_id
+        return (await self.append_many(stream_id, ((event, data),)))[0]
 
     async def append_many(self, stream_id: str, events: Sequence[tuple[str, bytes]]) -> list[str]:
         """Add ``(event, data)`` pairs in one round trip; returns their ids. Raises ``AppendRefused``, ``LogUnavailable``."""
         if not events:
             return []
-        args = [part for event in events for part in event]
-        last = int(_appended(stream_id, await self._writer.call(self._append, self.keys(stream_id)[:2], args))[2:])
-        self._count(stream_id, sum(len(data) for _, data in events) + ENTRY_COST * len(events))
-        return [str(n) for n in range(last - len(events) + 1, last + 1)]
+        return await self._appended(stream_id, self._append, self.keys(stream_id)[:2], [part for event in events for part in event], events)
 
     async def append_terminal(self, stream_id: str, event: str, data: bytes, *, owner: str | None = None) -> str:
         """Add the stream's terminal event, fenced (see the module's docstring); returns its id.
@@ -207,9 +210,27 @@ class RedisEventLog:
         Raises ``AppendRefused``, ``LogUnavailable``.
         """
         args = ("0" if owner is None else "1", owner or "", event, data)
-        entry_id = _appended(stream_id, await self._writer.call(self._append_terminal, self.keys(stream_id), args))[2:].decode()
-        self._count(stream_id, len(data) + ENTRY_COST)
-        return entry_id
+        return (await self._appended(stream_id, self._append_terminal, self.keys(stream_id), args, ((event, data),)))[0]
+
+    async def _appended(
+        self, stream_id: str, script: AsyncScript, keys: Sequence[bytes], args: Sequence[bytes | str], events: Sequence[tuple[str, bytes]],
+    ) -> list[str]:
+        """Append ``events`` with ``script``; their ids. A stream appended here hands them to its local waiters."""
+        try:
+            reply = await self._writer.call(script, keys, args)
+            if isinstance(reply, int):
+                raise AppendRefused(stream_id, _REFUSED[reply])
+        except (AppendRefused, LogUnavailable):
+            self._release(stream_id)  # whatever comes next (another process's terminal event, the stream gone) comes by the XREAD
+            raise
+        last = int(reply[2:])
+        first = last - len(events) + 1
+        ids = [str(n) for n in range(first, last + 1)]
+        self._count(stream_id, sum(len(data) for _, data in events) + ENTRY_COST * len(events))
+        if stream_id in self._local:
+            self._local[stream_id] = last
+            self._tailer.appended(keys[0], [Entry(entry_id, event, data) for entry_id, (event, data) in zip(ids, events, strict=True)])
+        return ids
 
     async def info(self, stream_id: str) -> StreamInfo | None:
         _, meta, owner = self.keys(stream_id)
@@ -234,9 +255,10 @@ class RedisEventLog:
     async def wait(self, stream_id: str, after: str | None) -> None:
         start = _position(after)
         stream, meta, _ = self.keys(stream_id)
-        await self._tailer.wait(stream, meta, start)
+        await self._tailer.wait(stream, meta, start, local=self._local.get(stream_id))
 
     async def expire(self, stream_id: str, ttl: float) -> None:
+        self._release(stream_id)
         await self._call(self._expire, self.keys(stream_id), (max(0, math.ceil(ttl * 1000)),))
         self._open_bytes -= self._open.pop(stream_id, 0)
         if self._on_drop is not None:
@@ -256,6 +278,10 @@ class RedisEventLog:
         await self._tailer.aclose()
         await self._writer.aclose()
         await self.redis.aclose()
+
+    def _release(self, stream_id: str) -> None:
+        if self._local.pop(stream_id, None) is not None:
+            self._tailer.release(self.keys(stream_id)[0])
 
     def _count(self, stream_id: str, nbytes: int, *, new: bool = False) -> None:
         if new or stream_id in self._open:
@@ -279,7 +305,3 @@ class RedisEventLog:
             raise LogUnavailable(f"the event log's Redis failed: {exc}") from exc
 
 
-def _appended(stream_id: str, reply: bytes | int) -> bytes:
-    if isinstance(reply, int):
-        raise AppendRefused(stream_id, _REFUSED[reply])
-    return reply

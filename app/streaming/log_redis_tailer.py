@@ -17,6 +17,9 @@ with the pool's settings but outside the pool:
 - the entries each ``XREAD`` brings are kept (the latest batch of each stream) so that the
   readers it wakes read them without a round trip (``recent``);
 - a stream nobody has waited on for ``block`` seconds (up to a quarter more) is dropped from the ``XREAD``;
+- a stream this process appends to (one it generates) is not in the ``XREAD``: the log hands
+  its appends to ``appended``, which wakes its waiters with the entries, until ``release``
+  (its appends ended or failed: another process may write to it from then on);
 - every ``block`` seconds the tailer checks that the watched streams still exist, and wakes
   the waiters of those that are gone (expired or deleted: ``XREAD`` would block on them);
 - when its connection fails (or no reply comes within ``block`` + ``REPLY_GRACE`` seconds),
@@ -29,6 +32,7 @@ short by it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -65,7 +69,7 @@ class _Watch:
         self.recent: list[Entry] = []  # the tailer's latest batch of the stream, up to ``known``
         self.waiters = 0
         self.idle_since = 0.0
-        self.changed = anyio.Event()
+        self.changed = asyncio.Event()  # set and cleared by wake(): it wakes those waiting then
         self.gone = False
         self.error: BaseException | None = None
 
@@ -74,8 +78,8 @@ class _Watch:
         self.position = position
 
     def wake(self) -> None:
-        changed, self.changed = self.changed, anyio.Event()
-        changed.set()
+        self.changed.set()
+        self.changed.clear()
 
 
 class Tailer:
@@ -88,7 +92,9 @@ class Tailer:
         self._block = block
         self._batch = batch
         self._existing = redis.register_script(_EXISTING)
-        self._watches: dict[bytes, _Watch] = {}
+        self._watches: dict[bytes, _Watch] = {}  # the streams the XREAD reads
+        self._local: dict[bytes, _Watch] = {}  # the streams this process appends to, woken by ``appended``
+        self._loop = asyncio.get_running_loop()
         self._version = 0  # counts the changes that need the XREAD to read from elsewhere
         self._issued = 0  # the version the XREAD in flight was built from
         self._connection_id = 0  # the tailer connection's client id in Redis
@@ -102,17 +108,24 @@ class Tailer:
         self._started = False
         self._closed = False
 
-    async def wait(self, key: bytes, meta: bytes, after: int) -> None:
-        """Return when stream ``key`` has an entry after ``after``, or is gone. Raises ``LogUnavailable``."""
+    async def wait(self, key: bytes, meta: bytes, after: int, *, local: int | None = None) -> None:
+        """Return when stream ``key`` has an entry after ``after``, or is gone. Raises ``LogUnavailable``.
+
+        ``local``: the stream is one this process appends to, and this is its last id: its waiters are
+        woken by ``appended``, not by the ``XREAD``, until ``release``.
+        """
         if self._closed:
             return
-        watch = self._watches.get(key)
-        if watch is None:
+        watch = self._local.get(key) if local is not None else self._watches.get(key)
+        if watch is None and local is not None:
+            watch = self._local[key] = _Watch(meta, local)
+            watch.known = local
+        elif watch is None:
             watch = self._watches[key] = _Watch(meta, after)
             self._moved()
         elif watch.known > after:
             return
-        elif after < watch.cursor:  # read after an id the tailer is not at yet (a bogus Last-Event-ID came first)
+        elif after < watch.cursor and local is None:  # read after an id the tailer is not at yet (a bogus Last-Event-ID came first)
             watch.move(after, b"0-%d" % after)
             self._moved()
         watch.waiters += 1
@@ -122,13 +135,38 @@ class Tailer:
         finally:
             watch.waiters -= 1
             if not watch.waiters:
-                watch.idle_since = anyio.current_time()
+                watch.idle_since = self._loop.time()
         if watch.error is not None:
             raise LogUnavailable(f"lost Redis while waiting for events: {watch.error}") from watch.error
 
+    def appended(self, key: bytes, entries: list[Entry]) -> None:
+        """This process appended ``entries`` to the local stream ``key``: its waiters take them from here."""
+        watch = self._local.get(key)
+        if watch is None or not entries:
+            return
+        last = int(entries[-1].id)
+        # The latest entries, contiguous up to ``known``, at most a batch of them, as the XREAD keeps them.
+        if watch.recent and watch.known == last - len(entries):
+            watch.recent = (watch.recent + entries)[-self._batch :]
+        else:
+            watch.recent = entries
+        watch.known = last
+        watch.move(last, b"0-%d" % last)
+        watch.wake()
+
+    def release(self, key: bytes) -> None:
+        """The local stream ``key`` may take entries from elsewhere from now on (its appends here ended or failed): tail it."""
+        watch = self._local.pop(key, None)
+        if watch is None or self._closed:
+            return
+        if key not in self._watches:
+            self._watches[key] = watch
+            watch.idle_since = self._loop.time()
+        self._moved()
+
     def recent(self, key: bytes, after: int, limit: int) -> list[Entry]:
         """Up to ``limit`` entries after ``after`` from the tailer's latest batch of stream ``key`` (none if it has not them)."""
-        watch = self._watches.get(key)
+        watch = self._local.get(key) or self._watches.get(key)
         if watch is None:
             return []
         start = after - watch.known + len(watch.recent)
@@ -137,10 +175,11 @@ class Tailer:
     async def aclose(self) -> None:
         self._closed = True
         self._scope.cancel()
-        for watch in self._watches.values():
+        for watch in (*self._watches.values(), *self._local.values()):
             watch.gone = True
             watch.wake()
         self._watches.clear()
+        self._local.clear()
 
     def _moved(self) -> None:
         self._version += 1
@@ -177,7 +216,7 @@ class Tailer:
                 await connection.disconnect()
 
     async def _cycle(self, connection: AbstractConnection) -> None:
-        now = anyio.current_time()
+        now = self._loop.time()
         if now - self._checked >= self._block:
             self._checked = now
             await self._forget_gone()
@@ -243,7 +282,7 @@ class Tailer:
                 self._watches.pop(key, None)
 
     def _forget_idle(self) -> None:
-        now = anyio.current_time()
+        now = self._loop.time()
         if now - self._idle_checked < self._block / 4:  # not at every XREAD: that would cost a look at every stream each time
             return
         self._idle_checked = now

@@ -56,7 +56,6 @@ from app.streaming.respond import LiveRequests
 logger = logging.getLogger("token_relay")
 
 _encode = msgspec.json.Encoder().encode
-TERMINAL_EVENTS = frozenset({"done", "error"})
 # How a stream ended when its appends were refused: another process ended it first (the fence), or the log dropped it.
 _REFUSED = Error("relay_error", "append_refused", "the event log refused the stream's events", "stream")
 
@@ -87,7 +86,7 @@ class ResumableStream:
         self._log = log
         self._limits = limits
         self._pending: list[Event] = []
-        self._ready = anyio.Event()
+        self._ready = asyncio.Event()  # asyncio's: anyio's costs a look-up of the event loop's library at every flush
         self._connecting = anyio.CancelScope()
         self._generation = Generation(upstream, request, self)
         if record is not None:
@@ -199,7 +198,7 @@ class ResumableStream:
                     await generation.start()
                 while self.terminal is None:
                     await self._ready.wait()
-                    self._ready = anyio.Event()
+                    self._ready.clear()
                     events, self._pending = self._pending, []
                     await self._append(events)
         except AppendRefused as exc:  # another process ended it (the fence), or it is gone: nothing more to write

@@ -8,8 +8,6 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
-from types import SimpleNamespace
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -18,9 +16,10 @@ import pytest
 
 from app.capability import CANCEL, READ, Capabilities
 from app.mock import MockModel, mock_text
-from app.routes.streams import READ_BATCH, _follow
 from app.streaming.log_memory import MemoryEventLog
+from app.streaming.reader import READ_BATCH, Reader
 from app.streaming.sse import SSEParser
+from app.types import Message
 from tests.hostile import LAST_CHUNK, Conn, HostileUpstream, chunk, chunked_head, chunked_response, probing, sse
 from tests.rawhttp import Response, open_get, open_request, read_until
 from tests.servers import mock_server, relay_server
@@ -586,17 +585,16 @@ async def test_a_reader_still_reading_when_the_log_drops_its_stream_gets_a_termi
     await log.expire("st_old", 60)
     sent: list[bytes] = []
 
-    async def send(body: bytes) -> None:
-        sent.append(body)
+    async def send(message: Message) -> None:
+        sent.append(message["body"])
         if len(sent) == 1:  # between two batches of the replay, a new stream needs the room
             await log.create("st_new")
             await log.append("st_new", "token", b"x" * (MIB - 10 * KIB))
 
-    streams: Any = SimpleNamespace(log=log)
     first = await log.read_after("st_old", None, READ_BATCH)
     assert first is not None
     with anyio.fail_after(2):
-        await _follow(send, streams, "st_old", None, first, heartbeat=15)
+        await Reader(send, log, "st_old", heartbeat=15, grace=5).follow(None, first)
     assert await log.read_after("st_old", None, 1) is None
     events = SSEParser().feed(b"".join(sent))
     assert len(events) == READ_BATCH + 1

@@ -244,6 +244,41 @@ async def test_readers_woken_by_the_tailer_read_what_it_brought_without_a_round_
         assert [e.id for e in reads[0] or []] == ["1", "2", "3"]
 
 
+async def test_readers_of_a_stream_this_process_generates_are_woken_by_its_appends_without_reading_redis(redis_url: str) -> None:
+    sent: list[bytes] = []
+    async with another_process(redis_url, connection_class=counting(sent)) as log:
+        await log.create("s", owner="owner-a")
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(log.wait, "s", None)
+            await anyio.wait_all_tasks_blocked()
+            sent.clear()
+            with anyio.fail_after(1):
+                await log.append_many("s", [("token", b'{"n":%d}' % n) for n in range(3)])
+        assert not [command for command in sent if b"XREAD" in command]
+        sent.clear()
+        reads = [await log.read_after("s", None, 100) for _ in range(3)]
+        assert not sent
+        assert [[(e.id, e.data) for e in read or []] for read in reads] == [[("1", b'{"n":0}'), ("2", b'{"n":1}'), ("3", b'{"n":2}')]] * 3
+
+
+async def test_a_reader_of_a_stream_this_process_generates_gets_the_terminal_event_another_process_wrote(
+    redis_log: RedisEventLog, redis_url: str, redis: Redis,
+) -> None:
+    async with another_process(redis_url) as other:
+        await redis_log.create("s", owner="owner-a")
+        await redis_log.append("s", "token", b"{}")
+        await redis.delete(redis_log.keys("s")[2])  # the owner's lease ran out: another process ends the stream
+        assert await other.append_terminal("s", "error", b'{"code":"owner_lost"}', owner=NO_OWNER) == "2"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(redis_log.wait, "s", "1")  # waiting on the owner's appends
+            await anyio.wait_all_tasks_blocked()
+            assert await refused(lambda: redis_log.append("s", "token", b"late")) == "ended"
+            with anyio.fail_after(2):  # from now on the XREAD brings it
+                await redis_log.wait("s", "1")
+        assert [e.event for e in await redis_log.read_after("s", "1", 10) or []] == ["error"]
+
+
 async def test_readers_of_many_streams_on_another_process_each_get_every_event_once(redis_log: RedisEventLog, redis_url: str) -> None:
     """Readers that follow as the route does (read, wait within a heartbeat, read again) while the writer appends in batches."""
     rng = random.Random(13)
