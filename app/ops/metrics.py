@@ -4,7 +4,10 @@ Names follow the OpenTelemetry GenAI semantic conventions in their Prometheus fo
 exists (``gen_ai_client_token_usage``, ``gen_ai_client_operation_duration_seconds``,
 ``gen_ai_server_time_to_first_token_seconds``, ``gen_ai_server_time_per_output_token_seconds``),
 else they start with ``relay_``. Every label is bounded: a model name outside the configured
-set is ``other``, upstreams are the configured names, codes the relay's own.
+set is ``other``, upstreams are the configured names. A ``code`` is the relay's own or a model
+server's (its in-band error's, or the 4xx it refused with), which a model server may make up per
+request: a process keeps the first ``MAX_CODES`` codes it sees as themselves and counts any
+later one as ``other``, as OpenTelemetry's SDKs cap a metric's label sets.
 
 Cost: nothing per event. Histograms and counters are recorded once per request, from its
 ``RequestRecord``; time per output token is derived per request (the time after the first
@@ -36,6 +39,8 @@ NONE = "none"
 # Seconds between two copies of the gauges into the multiprocess files, in each worker.
 REFRESH_INTERVAL = 1.0
 _CODE = re.compile(r"^[a-z0-9_]{1,48}$")
+# Distinct ``code`` label values one process keeps (the relay has about 50 codes of its own).
+MAX_CODES = 128
 _CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 # Buckets: the OTel GenAI conventions' advice, stretched to the minutes a reasoning model takes.
@@ -60,6 +65,7 @@ class Metrics:
     def __init__(self, models: Iterable[str], upstreams: Iterable[str], *, multiprocess_dir: str | None = None) -> None:
         self._models = frozenset(models)
         self._upstreams = frozenset(upstreams)
+        self._codes: set[str] = set()  # the code label values kept (``code_label``)
         self.multiprocess = multiprocess_dir is not None
         self.registry = CollectorRegistry(auto_describe=True)
         # In multiprocess mode the values live in the directory's files, and a scrape reads them all back.
@@ -110,16 +116,26 @@ class Metrics:
             return NONE
         return upstream if upstream in self._upstreams else OTHER
 
+    def code_label(self, code: str | None) -> str:
+        """``code`` while this process has kept fewer than ``MAX_CODES`` codes (or already keeps it), else ``other``."""
+        if code is None:
+            return ""
+        if code in self._codes:
+            return code
+        if len(self._codes) < MAX_CODES and _CODE.match(code):
+            self._codes.add(code)
+            return code
+        return OTHER
+
     def request_ended(self, record: RequestRecord) -> None:
         labels = (record.dialect, self.model_label(record.model), self.upstream_label(record.upstream))
         series = self._series.get(labels)
         if series is None:
             series = self._series[labels] = _Series(self, labels)
         outcome = record.outcome
-        code = record.code if record.code is None or _CODE.match(record.code) else OTHER
-        series.requests(outcome, code or "").inc()
-        if code in LIMIT_CODES:
-            self.limit_refusals.labels(code).inc()
+        series.requests(outcome, self.code_label(record.code)).inc()
+        if record.code in LIMIT_CODES:
+            self.limit_refusals.labels(record.code).inc()
         series.duration(outcome).observe(record.duration)
         if record.ttft is not None and record.counted:  # a first token, not an error or an empty answer
             series.ttft.observe(record.ttft)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+
 import anyio
 import httpx
+import pytest
 
 from app.mock import MockModel
+from app.ops import metrics
+from app.types import Receive, Scope, Send
 from tests.ops.scrape import scrape, value
-from tests.servers import relay_server
+from tests.servers import relay_server, serve_in_thread
 from tests.sse import chat, post_stream
 
 KEY = "k" * 24
@@ -78,3 +83,26 @@ async def test_metrics_can_be_turned_off(mock: tuple[MockModel, str], client: ht
         assert response.status_code == 200 and events[-1].data == "[DONE]"
         off = await client.get(url + "/metrics")
     assert off.status_code == 404 and off.json()["error"]["code"] == "not_found"
+
+
+async def test_a_model_server_that_makes_up_a_code_per_request_does_not_grow_the_code_label(
+    monkeypatch: pytest.MonkeyPatch, client: httpx.AsyncClient,
+) -> None:
+    """Its in-band errors' codes become label values up to ``MAX_CODES``, then ``other``: the series stay bounded."""
+    monkeypatch.setattr(metrics, "MAX_CODES", 3)
+    errors = itertools.count()
+
+    async def upstream(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        body = b'data: {"error": {"code": "req_%d", "message": "made up"}}\n\n' % next(errors)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": body})
+
+    with serve_in_thread(upstream, lifespan="off") as base, relay_server(base + "/v1", circuit_failures=1000) as url:
+        for _ in range(6):
+            response, _events = await post_stream(client, url + "/v1/chat/completions", chat("mock", stream=True))
+            assert response.status_code == 200
+        samples = await scrape(client, url)
+    codes = {dict(labels)["code"]: count for (name, labels), count in samples.items() if name == "relay_requests_total"}
+    assert codes == {"req_0": 1, "req_1": 1, "req_2": 1, "other": 3}
