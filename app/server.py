@@ -52,7 +52,7 @@ def log_config(settings: Settings) -> dict[str, Any]:
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["token_relay"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
     config["filters"] = {"redact_tokens": {"()": RedactTokens}}
-    # The same lines, cheaper (app/access_log.py), written in batches by a thread (app/log_stream.py).
+    # The same lines, cheaper (app/access_log.py), written in batches by the event loop (app/log_stream.py).
     config["formatters"]["access"]["()"] = AccessFormatter
     config["formatters"]["default"]["()"] = DefaultFormatter
     if settings.log_format == "json":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import logging.config
 import os
 import re
 import select
@@ -16,7 +17,10 @@ import anyio
 import pytest
 
 from app import log_stream
+from app.access_log import access_log_of
 from app.log_stream import PIPE_BUF, BatchedStreamHandler
+from app.server import log_config
+from app.settings import Settings
 
 LINE = "x" * 99
 
@@ -160,9 +164,9 @@ async def test_each_write_is_whole_lines_of_at_most_pipe_buf_bytes(pipe: tuple[i
     with anyio.fail_after(10):
         assert await anyio.to_thread.run_sync(_read_lines, read, len(lines)) == lines
     assert len(writes) < len(lines)  # batched
-    for data in writes:
-        assert data.endswith(b"\n")
-        assert len(data) <= PIPE_BUF or data.count(b"\n") == 1
+    assert all(len(data) <= PIPE_BUF for data in writes)  # never more than a poll says the stream takes
+    cut = [data for data in writes if not data.endswith(b"\n")]
+    assert cut and all(set(data) == {ord("y")} for data in cut)  # only the line longer than PIPE_BUF, in pieces
     handler.close()
 
 
@@ -200,3 +204,90 @@ def test_a_line_from_a_thread_without_a_loop_does_not_wait_for_a_stalled_stream(
     assert not caller.is_alive(), "a thread's line waited for the stalled stream, holding what the loop needs"
     assert 0 < handler.waiting
     handler.close()
+
+
+def _full(write: int) -> None:
+    """Fill the pipe, then free one page of it: it polls writable, and takes no more than that page."""
+    os.set_blocking(write, False)
+    try:
+        while True:
+            os.write(write, b"f" * PIPE_BUF)
+    except BlockingIOError:
+        pass
+    os.set_blocking(write, True)
+
+
+def test_a_line_longer_than_pipe_buf_does_not_block_the_loop_on_a_nearly_full_pipe(pipe: tuple[int, TextIO]) -> None:
+    """A traceback longer than a page, while a log collector stalls: written a page at a time, after a poll each."""
+    read, stream = pipe
+    _full(stream.fileno())
+    os.read(read, PIPE_BUF)
+    handler = BatchedStreamHandler(stream, delay=0.001, exit_wait=0.2)
+    long = "Traceback line " * 1000
+
+    async def log() -> None:
+        handler.handle(_record("token_relay", long, logging.ERROR))  # at once, on the loop
+
+    caller = threading.Thread(target=asyncio.run, args=(log(),))
+    caller.start()
+    caller.join(10)
+    assert not caller.is_alive(), "the event loop waited in a write the stream could not take"
+    data = b""
+    for _ in range(1000):  # the reader is back: the whole line comes
+        data += _pending(read)
+        if data.endswith(long.encode() + b"\n"):
+            break
+        handler.flush()
+    assert data.replace(b"f", b"") == long.encode() + b"\n"
+    handler.close()
+
+
+def test_the_access_log_writes_again_after_its_reader_stalled_and_came_back(pipe: tuple[int, TextIO]) -> None:
+    """uvicorn's access formatter takes access lines only: the warning of the lines dropped meanwhile is written plainly, and the log goes on."""
+    read, stream = pipe
+    logging.config.dictConfig(log_config(Settings()))
+    logger = logging.getLogger("uvicorn.access")
+    handler = logger.handlers[0]
+    assert isinstance(handler, BatchedStreamHandler)
+    saved = logger.handlers[:]
+    logger.handlers[:] = [handler]  # pytest's capture aside: the relay's own configuration
+    handler.setStream(stream)
+    handler.limit, handler.delay = 8 * 1024, 0.001
+    access = access_log_of(logger)
+    assert access is not None
+    written = b""
+
+    async def log() -> None:
+        nonlocal written
+        for i in range(3_000):  # nobody reads: the pipe fills, then the limit
+            access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/v1/models", "1.1", 200)
+            if i % 50 == 0:
+                await asyncio.sleep(0.002)
+        for _ in range(100):  # the reader is back
+            _pending(read)
+            await asyncio.sleep(0.005)
+        _pending(read)
+        for _ in range(20):
+            access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5001", "GET", "/after-the-stall", "1.1", 200)
+            await asyncio.sleep(0.01)
+        written = _pending(read)
+
+    try:
+        asyncio.run(log())
+    finally:
+        handler.setStream(io.StringIO())
+        logger.handlers[:] = saved
+    assert b"/after-the-stall" in written
+
+
+async def test_a_line_written_at_once_writes_the_other_handlers_batches_too(pipe: tuple[int, TextIO]) -> None:
+    """uvicorn's last line goes to the default handler and then it re-raises SIGTERM: the access handler's batch must be out by then."""
+    read, stream = pipe
+    access = BatchedStreamHandler(stream, batched=["uvicorn.access"], delay=60.0)
+    default = BatchedStreamHandler(io.StringIO())
+    access.handle(_record("uvicorn.access", "a request"))
+    assert _pending(read) == b""  # in its batch, a minute away
+    default.handle(_record("uvicorn.error", "Finished server process"))
+    assert _pending(read) == b"a request\n"
+    access.close()
+    default.close()
