@@ -268,6 +268,7 @@ class RedisEventLog:
             self._drops[stream_id] = asyncio.get_running_loop().call_later(ttl, self._dropped, stream_id)
 
     async def trim(self, stream_id: str) -> None:
+        self._release(stream_id)  # a stream is trimmed once it has ended: this process appends no more (even if Redis fails the trim)
         await self._call(self._trim, self.keys(stream_id)[:1], ())
 
     async def aclose(self) -> None:

@@ -13,6 +13,7 @@ import anyio.lowlevel
 import pytest
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.streaming.eventlog import AppendRefused, Entry, LogUnavailable
 from app.streaming.log_redis import NO_OWNER, RedisEventLog
@@ -277,6 +278,26 @@ async def test_a_reader_of_a_stream_this_process_generates_gets_the_terminal_eve
             with anyio.fail_after(2):  # from now on the XREAD brings it
                 await redis_log.wait("s", "1")
         assert [e.event for e in await redis_log.read_after("s", "1", 10) or []] == ["error"]
+
+
+async def test_a_stream_whose_trim_fails_is_no_longer_held_as_this_process_s_own(
+    redis_log: RedisEventLog, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream cut for the log's budget is trimmed, then expired: when Redis fails the trim, the log lets go of it all the same."""
+    await redis_log.create("s", owner="owner-a")
+    await redis_log.append_terminal("s", "error", b'{"code":"stream_log_full"}', owner="owner-a")
+    async with anyio.create_task_group() as tg:  # a reader of it here: the tailer watches it as this process's own
+        tg.start_soon(redis_log.wait, "s", "1")
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+
+    async def failing(**_: Any) -> None:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(redis_log, "_trim", failing)
+    with pytest.raises(LogUnavailable):
+        await redis_log.trim("s")
+    assert "s" not in redis_log._local and redis_log.keys("s")[0] not in redis_log._tailer._local
 
 
 async def test_readers_of_many_streams_on_another_process_each_get_every_event_once(redis_log: RedisEventLog, redis_url: str) -> None:
