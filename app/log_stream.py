@@ -168,8 +168,11 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
         try:
             fd = stream.fileno()
         except (AttributeError, OSError, ValueError):  # not a file: an io.StringIO, a test's capture
-            stream.write("".join(line + "\n" for line in self._lines))
-            stream.flush()
+            try:
+                stream.write("".join(line + "\n" for line in self._lines))
+                stream.flush()
+            except (OSError, ValueError):  # closed: nothing can be written to it
+                pass
             self._lines, self._size = [], 0
             return True
         encoding = getattr(stream, "encoding", None) or "utf-8"

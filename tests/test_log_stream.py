@@ -291,3 +291,18 @@ async def test_a_line_written_at_once_writes_the_other_handlers_batches_too(pipe
     assert _pending(read) == b"a request\n"
     access.close()
     default.close()
+
+
+async def test_a_handler_whose_stream_was_closed_does_not_fail_the_lines_of_another() -> None:
+    """A line written at once drains every handler's batch: one whose stream is closed drops its lines, and the caller never sees it."""
+    closed = io.StringIO()
+    stale = BatchedStreamHandler(closed, batched=["uvicorn.access"], delay=60.0)
+    stale.handle(_record("uvicorn.access", "a request"))
+    closed.close()
+    stream = io.StringIO()
+    other = BatchedStreamHandler(stream)
+    other.handle(_record("uvicorn.error", "Finished server process"))
+    assert stream.getvalue() == "Finished server process\n"
+    assert stale.waiting == 0
+    other.close()
+    stale.close()
