@@ -38,7 +38,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.streaming.attempt import Attempt
+from app.streaming.attempt import UNWATCHED, Attempt
 from app.streaming.encoders import OpenAIChunks
 from app.streaming.relay import DirectStream
 from app.streaming.routing import Target, Timeouts, Upstream
@@ -96,7 +96,7 @@ class Path_:
         upstream = Upstream("bench", "http://127.0.0.1:9", Client(), Timeouts(5, 60, 60, None))
         stream = DirectStream(send, OpenAIChunks("chatcmpl-r1", "m", include_usage=True, created=0),
                               lag_limit=1 << 20, heartbeat_interval=3600, grace=5, cancel=lambda: None)
-        attempt = Attempt(Target(upstream), stream, number=1, request_id="r1", probe=False, total_deadline=math.inf, on_first=lambda: None)
+        attempt = Attempt(Target(upstream), stream, number=1, request_id="r1", probe=False, total_deadline=math.inf, watcher=UNWATCHED)
         handler = upstream.adapter.handler(attempt._emit, stream.flush)
         connection = _Connection(upstream.client, Origin("http://127.0.0.1:9"))  # type: ignore[arg-type]
         connection.connection_made(_Transport())  # type: ignore[arg-type]
