@@ -217,7 +217,13 @@ class Attempt:
                 self.end(event, fault=not event.rejected)
                 return
             self._commit(event, fault=False)
-        match event:  # the usual kinds first: a class pattern that fails costs as much as the rest of the case
+        kind = type(event)
+        if kind is Delta or kind is ToolCall:  # a stream's usual kinds, told by their type: a class pattern that fails costs ~75 ns on a Struct
+            self.tokens += 1
+            self._deadline = self._loop.time() + self._idle
+            self._sink.push(event)
+            return
+        match event:
             case Delta() | ToolCall() | Reasoning() | Refusal() | RedactedReasoning():
                 # Any progress, not only content: a model may reason, or call a tool, for longer than a first-token timeout.
                 self.tokens += 1

@@ -135,22 +135,21 @@ class DirectStream:
     def push(self, event: Event) -> None:
         if self._terminal is not None:
             return
-        match event:
-            case Delta():
-                self._pending.append(event)
-                self._lag += len(event.text)
-            case ToolCall() | Reasoning() | Refusal() | RedactedReasoning() | Logprobs():  # the usual kinds first (attempt.py)
-                self._pending.append(event)
-                self._lag += size(event)
-            case Usage():
-                self._pending.append(event)
-                self._lag += 1
-            case Finish() | Error():
-                self._terminal = event
-                self._deliver_terminal()
-                return
-            case _:
-                assert_never(event)
+        if type(event) is Delta:  # a stream's usual kinds, told by their type first (attempt.py)
+            self._lag += len(event.text)
+        elif type(event) is ToolCall:
+            self._lag += len(event.arguments) + len(event.id or "") + len(event.name or "") or 1  # size()'s, written out
+        else:
+            match event:
+                case Delta() | ToolCall() | Reasoning() | Refusal() | RedactedReasoning() | Logprobs() | Usage():
+                    self._lag += size(event)
+                case Finish() | Error():
+                    self._terminal = event
+                    self._deliver_terminal()
+                    return
+                case _:
+                    assert_never(event)
+        self._pending.append(event)
         # Only a send that waits says the client is behind: a fast client takes even one large read whole, at the flush.
         if self._lag > self._lag_limit and (self._busy or self._suspended is not None):
             self._end_early(Error("relay_error", "slow_consumer", f"the client fell more than {self._lag_limit} bytes behind the model", "stream"))

@@ -220,6 +220,14 @@ class ChatStream(SSEStreamHandler):
                         self._emit(Delta(delta.content, index))
                 elif type(calls) is list and not delta.content:  # calls alone, a tool call's usual delta: no more work than a content delta's
                     for call in calls:
+                        function = call.function
+                        # The usual fragment, an argument text on a call already placed: what every fragment of a call but its first is.
+                        if call.id is None and function is not None and function.name is None and type(arguments := function.arguments) is str \
+                                and self._calls is not None and (placed := self._calls.get(index)) is not None \
+                                and (relay := placed.follow(call.index)) is not None:
+                            if arguments:
+                                self._emit(ToolCall(relay, None, None, arguments, index))
+                            continue
                         self._on_call(call, index)
                         if self._ended:
                             return
@@ -252,17 +260,7 @@ class ChatStream(SSEStreamHandler):
                 return
 
     def _on_call(self, call: _ToolCall, choice: int) -> None:
-        function = call.function
-        # The usual fragment, an argument text on a call already placed: what every other fragment of a call is.
-        if call.id is None and function is not None and function.name is None and type(arguments := function.arguments) is str \
-                and self._calls is not None and (calls := self._calls.get(choice)) is not None \
-                and (index := calls.follow(call.index)) is not None:
-            if arguments:
-                self._emit(ToolCall(index, None, None, arguments, choice))
-            return
-        self._on_new_call(call, choice)
-
-    def _on_new_call(self, call: _ToolCall, choice: int) -> None:
+        """Any fragment of a call: placed (``Calls``), its arguments JSON-encoded when they are an object."""
         if self._calls is None:
             self._calls = {}
         calls = self._calls.get(choice)
