@@ -142,7 +142,7 @@ class Calls:
 
 
 class ChatStream(SSEStreamHandler):
-    __slots__ = ("_calls", "_finish_reason", "_reasons")
+    __slots__ = ("_calls", "_finish_reason", "_reasons", "_run_choice", "_run_index", "_run_relay")
 
     path = "/chat/completions"
     passes = None  # the client's own protocol: every parameter, as sent
@@ -155,6 +155,11 @@ class ChatStream(SSEStreamHandler):
         self._finish_reason: str | None = None  # choice 0's
         self._reasons: dict[int, str | None] | None = None  # with several choices, each one's (None: not finished)
         self._calls: dict[int, Calls] | None = None
+        # The call the latest fragment went on, when it came by the fast path (its choice, its upstream index, the relay's index):
+        # a call's fragments come in a run, and the next one goes on the same call with no lookup. Any other fragment forgets it.
+        self._run_choice = 0
+        self._run_index: int | None = None
+        self._run_relay = 0
 
     @classmethod
     def body(cls, request: GenerationRequest, parameters: dict[str, Any]) -> Any:
@@ -222,12 +227,18 @@ class ChatStream(SSEStreamHandler):
                     for call in calls:
                         function = call.function
                         # The usual fragment, an argument text on a call already placed: what every fragment of a call but its first is.
-                        if call.id is None and function is not None and function.name is None and type(arguments := function.arguments) is str \
-                                and self._calls is not None and (placed := self._calls.get(index)) is not None \
-                                and (relay := placed.follow(call.index)) is not None:
-                            if arguments:
-                                self._emit(ToolCall(relay, None, None, arguments, index))
-                            continue
+                        if call.id is None and function is not None and function.name is None and type(arguments := function.arguments) is str:
+                            upstream = call.index
+                            if upstream is not None and upstream == self._run_index and index == self._run_choice:
+                                if arguments:
+                                    self._emit(ToolCall(self._run_relay, None, None, arguments, index))
+                                continue
+                            if self._calls is not None and (placed := self._calls.get(index)) is not None \
+                                    and (relay := placed.follow(upstream)) is not None:
+                                self._run_choice, self._run_index, self._run_relay = index, upstream, relay
+                                if arguments:
+                                    self._emit(ToolCall(relay, None, None, arguments, index))
+                                continue
                         self._on_call(call, index)
                         if self._ended:
                             return
@@ -261,6 +272,7 @@ class ChatStream(SSEStreamHandler):
 
     def _on_call(self, call: _ToolCall, choice: int) -> None:
         """Any fragment of a call: placed (``Calls``), its arguments JSON-encoded when they are an object."""
+        self._run_index = None
         if self._calls is None:
             self._calls = {}
         calls = self._calls.get(choice)
