@@ -16,7 +16,9 @@ A request with ``tools`` is answered with two parallel tool calls instead (the b
 are the argument fragments of call 0, the rest those of call 1, OpenAI's chunk shape
 (``delta.tool_calls[{index, id, type, function: {name, arguments}}]`` on a call's first
 fragment, ``{index, function: {arguments}}`` after), the arguments of each call a JSON object
-``{"text": "…"}``, ``finish_reason`` ``tool_calls`` (or ``length``).
+``{"text": "…"}``, ``finish_reason`` ``tool_calls`` (or ``length``). With ``--pad N``, each text
+token ends with N underscores: at 42, a content chunk is as long as an argument fragment's,
+both as the mock sends it and as the relay re-encodes it (the bench's "text, as long").
 
     python bench/fastmock.py --port 8001 --ttft 0 --interval 0.02 --tokens 100
 """
@@ -44,8 +46,9 @@ SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control
 
 
 class Model:
-    def __init__(self, ttft: float, interval: float, tokens: int) -> None:
+    def __init__(self, ttft: float, interval: float, tokens: int, pad: int = 0) -> None:
         self.ttft = ttft
+        self.pad = "_" * pad
         self.interval = interval
         self.tokens = tokens
         self.requests = 0
@@ -240,6 +243,8 @@ class Connection(asyncio.Protocol):
         prompt = prompt_of(request.messages)
         tokens = mock_text(prompt, min(limit, natural))
         names = [_encode(tool.function.name) for tool in request.tools or () if tool.function is not None and tool.function.name][:2]
+        if model.pad and not names:
+            tokens = [token + model.pad for token in tokens]
         reason = "length" if limit < natural else ("tool_calls" if names else "stop")
         rid = headers.get(b"x-request-id", b"").decode()
         record: dict[str, Any] = {"request_id": rid, "model": request.model, "tokens_sent": 0}
@@ -277,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ttft", type=float, default=0.2)
     p.add_argument("--interval", type=float, default=0.02)
     p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--pad", type=int, default=0, help="underscores at the end of each text token")
     args = p.parse_args(argv)
     try:
-        uvloop.run(serve(args.host, args.port, Model(args.ttft, args.interval, args.tokens)))
+        uvloop.run(serve(args.host, args.port, Model(args.ttft, args.interval, args.tokens, args.pad)))
     except KeyboardInterrupt:
         pass
     return 0

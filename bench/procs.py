@@ -109,11 +109,14 @@ def running(*procs: Proc | None) -> Iterator[None]:
                 proc.stop()
 
 
-def start_mock(kind: str, *, ttft: float, interval: float, tokens: int = 100_000, core: str = LOAD_CORE) -> tuple[Proc, str]:
+def start_mock(kind: str, *, ttft: float, interval: float, tokens: int = 100_000, core: str = LOAD_CORE, pad: int = 0) -> tuple[Proc, str]:
+    """``pad``: underscores at the end of each text token (bench/fastmock.py's ``--pad``; the fast mock only)."""
     port = free_port()
     args = ["--port", str(port), "--ttft", str(ttft), "--interval", str(interval), "--tokens", str(tokens)]
     if kind == "fast":
-        proc = Proc("fastmock", [PY, str(BENCH / "fastmock.py"), *args], core)
+        proc = Proc("fastmock", [PY, str(BENCH / "fastmock.py"), *args, "--pad", str(pad)], core)
+    elif pad:
+        raise ValueError("only the fast mock pads its tokens")
     else:
         proc = Proc("mock", [PY, "-m", "app", "mock", *args], core, {"RELAY_LOG_LEVEL": "warning"})
     base = f"http://127.0.0.1:{port}"

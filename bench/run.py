@@ -42,9 +42,10 @@ Scenarios:
 - ``dialects``: the steady scenario once per client API for each Token Relay target (chat
   completions, Anthropic's Messages, OpenAI's Responses) on the same model server: server CPU
   per content event of each, and its ratio to chat completions'; see bench/dialects.py.
-- ``tool-calls``: the steady scenario twice for each Token Relay target, once streaming text and
-  once streaming two parallel tool calls' argument fragments (one chunk per token, the same
-  pace and counts), side by side: server CPU per SSE event of either shape; see bench/toolcalls.py.
+- ``tool-calls``: the steady scenario three times for each Token Relay target (and nginx, when it
+  is a target), streaming text, text padded to the fragments' length, and two parallel tool
+  calls' argument fragments (one chunk per token, the same pace and counts), side by side:
+  server CPU per SSE event of each shape; see bench/toolcalls.py.
 - ``ttft``: sequential requests, round-robin over all targets at once (so each relayed
   request has a direct one beside it); TTFT from the request write to the first content
   event, and the per-pair difference to direct.
@@ -106,9 +107,9 @@ DEFAULT_TARGETS = ("direct", "token-relay", "nginx", "usual-httpx", "usual-httpx
 ALL_SCENARIOS = ("steady", "cancel", "memory", "ttft", "burst", "burst-100", "throughput", "held", "resumable", "tool-calls", "dialects")
 
 
-def steady(target: str, cfg: argparse.Namespace, path: str | None = None, **load: Any) -> dict[str, Any]:
-    """``path``: another of a relay's streaming endpoints than chat completions (bench/dialects.py)."""
-    mock, mock_base = start_mock(cfg.steady_mock, ttft=0.0, interval=cfg.interval)
+def steady(target: str, cfg: argparse.Namespace, path: str | None = None, pad: int = 0, **load: Any) -> dict[str, Any]:
+    """``path``: another of a relay's streaming endpoints than chat completions (bench/dialects.py); ``pad``: the mock's (start_mock)."""
+    mock, mock_base = start_mock(cfg.steady_mock, ttft=0.0, interval=cfg.interval, pad=pad)
     server: Proc | None = None
     with running(mock):
         server, url = start_target(target, mock_base)
@@ -665,9 +666,11 @@ def run(cfg: argparse.Namespace, targets: list[str], scenarios: list[str], argv:
     if "tool-calls" in scenarios:
         from toolcalls import run_tool_calls, tool_calls_table
 
-        results["tool-calls"] = runs = [run_tool_calls(relays, cfg, steady) for _ in range(cfg.runs)]
+        # nginx beside the relays: what the same two streams cost a server that only copies their bytes (the wire's share)
+        shapes = relays + [t for t in targets if t == "nginx"]
+        results["tool-calls"] = runs = [run_tool_calls(shapes, cfg, steady) for _ in range(cfg.runs)]
         title = f"tool-calls: {cfg.streams} streams x {1 / cfg.interval:.0f} chunks/s of text, then of tool-call fragments"
-        section(title + f", {cfg.window:.0f} s window, median of {cfg.runs}", tool_calls_table(runs, relays))
+        section(title + f", {cfg.window:.0f} s window, median of {cfg.runs}", tool_calls_table(runs, shapes))
         lap("tool-calls")
     if "dialects" in scenarios:
         from dialects import dialects_table, run_dialects

@@ -12,6 +12,13 @@ The figure is the server's CPU (utime + stime over the window) per SSE event the
 received (``sse_events``, of any kind: content events are only the text's), and its ratio to
 the text run beside it. A client that keeps up gets one event per upstream chunk in both
 shapes; a relay that falls behind coalesces, and then sends fewer, larger events.
+
+A third run streams text again, each token padded to make its chunk exactly as long as an
+argument fragment's, both ways (``text, as long``: bench/fastmock.py ``--pad 42``): a fragment
+carries 42 bytes more than a content delta upstream and again downstream, and what those
+bytes cost (the reads, the writes, the loopback) is the wire's, not the kind's. Against it,
+only the kind of event differs. nginx, when it is a target, runs the same three streams: a
+server that only copies their bytes shows what the difference between them costs the wire.
 """
 
 from __future__ import annotations
@@ -23,23 +30,25 @@ from typing import Any
 
 from procs import median
 
-SHAPES = ("text", "tool calls")
+SHAPES = ("text", "text, as long", "tool calls")
+# The bytes an argument fragment's chunk has more than a content delta's, from the model server and to the client alike.
+PAD = 42
 
 
 def run_tool_calls(relays: list[str], cfg: argparse.Namespace, steady: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """One run: for each relay target, the steady scenario with text, then with tool calls."""
+    """One run: for each target, the steady scenario with text, with text as long as the fragments, then with tool calls."""
     run: dict[str, dict[str, Any]] = {}
     for target in relays:
         for shape in SHAPES:
-            run[f"{target} {shape}"] = figures = steady(target, cfg, tools=shape == "tool calls")
+            run[f"{target} {shape}"] = figures = steady(target, cfg, tools=shape == "tool calls", pad=PAD if shape == "text, as long" else 0)
             print(f"tool-calls {target} {shape}: {json.dumps(figures)}", flush=True)
     return run
 
 
 def tool_calls_table(runs: list[dict[str, dict[str, Any]]], relays: list[str]) -> str:
     lines = [
-        "| target | chunks | SSE events/s | server CPU % | server CPU µs/event | vs text (per run) | ends (run 1) |",
-        "|---|---|---|---|---|---|---|",
+        "| target | chunks | SSE events/s | server CPU % | server CPU µs/event | vs text (per run) | vs text as long (per run) | ends (run 1) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for target in relays:
         for shape in SHAPES:
@@ -47,17 +56,22 @@ def tool_calls_table(runs: list[dict[str, dict[str, Any]]], relays: list[str]) -
             rows = [run[key] for run in runs if key in run]
             if not rows:
                 continue
-            ratios = [
-                run[key]["server_us_per_sse_event"] / run[f"{target} text"]["server_us_per_sse_event"]
-                for run in runs
-                if run.get(key, {}).get("server_us_per_sse_event") and run.get(f"{target} text", {}).get("server_us_per_sse_event")
-            ]
             lines.append(
                 f"| {target} | {shape} | {_fmt(median([r['sse_events_per_s'] for r in rows]), 0)} "
                 f"| {_fmt(median([r['server_cpu_pct'] for r in rows]), 0)} | {_fmt(median([r['server_us_per_sse_event'] for r in rows]))} "
-                f"| {_fmt(median(ratios), 2)}x | {rows[0]['ends']} |"
+                f"| {_ratio(runs, key, f'{target} text')} | {_ratio(runs, key, f'{target} text, as long')} | {rows[0]['ends']} |"
             )
     return "\n".join(lines)
+
+
+def _ratio(runs: list[dict[str, dict[str, Any]]], key: str, base: str) -> str:
+    """The median over the runs of ``key``'s CPU per event against ``base``'s in the same run."""
+    ratios = [
+        run[key]["server_us_per_sse_event"] / run[base]["server_us_per_sse_event"]
+        for run in runs
+        if run.get(key, {}).get("server_us_per_sse_event") and run.get(base, {}).get("server_us_per_sse_event")
+    ]
+    return f"{_fmt(median(ratios) if ratios else None, 2)}x" if ratios else "—"
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
