@@ -116,7 +116,8 @@ def test_the_load_generator_reads_each_argument_fragment_as_a_content_event(fast
 
 def test_the_in_process_fragment_path_runs_on_the_relay_s_own_objects() -> None:
     """bench/fragment_path.py builds a stream's path from the relay's classes: when one of them changes its signature, this fails, not the bench."""
-    argv = [sys.executable, str(Path(__file__).parents[2] / "bench" / "fragment_path.py"), "--chunks", "400", "--batch", "200", "--shapes", "text,tool calls,reasoning"]
+    script = Path(__file__).parents[2] / "bench" / "fragment_path.py"
+    argv = [sys.executable, str(script), "--chunks", "400", "--batch", "200", "--shapes", "text,tool calls,reasoning"]
     out = subprocess.run(argv, capture_output=True, check=True, timeout=60, text=True).stdout
     figures = ast.literal_eval(out.strip().splitlines()[-1])
     assert set(figures) == {"text", "tool calls", "reasoning"} and all(shape["us_per_chunk"] > 0 for shape in figures.values())

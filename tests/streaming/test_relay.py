@@ -104,7 +104,8 @@ async def test_a_send_that_raises_when_called_fails_the_request_task_not_the_ups
 
 
 @pytest.mark.parametrize(("part", "count"), [
-    (Delta("x" * 64), 20), (Reasoning("x" * 64), 20), (ToolCall(0, arguments="x" * 64), 20), (ToolCall(0, "i" * 32, "n" * 32), 20), (ToolCall(0), 1_001), (Refusal("x" * 64), 20),
+    (Delta("x" * 64), 20), (Reasoning("x" * 64), 20), (ToolCall(0, arguments="x" * 64), 20), (ToolCall(0, "i" * 32, "n" * 32), 20),
+    (ToolCall(0), 1_001), (Refusal("x" * 64), 20),
     (RedactedReasoning("x" * 64), 20), (Logprobs((msgspec.Raw(b'{"token":"' + b"x" * 64 + b'"}'),)), 20),
     (Logprobs(()), 1_001), (Usage(1, 1, 2), 1_001),
 ], ids=lambda part: type(part).__name__ if not isinstance(part, int) else str(part))
