@@ -15,7 +15,9 @@ How a stream ends (``outcome``), decided by the first of these to happen:
     no_terminal    the body ended, or the connection broke, before any terminal event
     http_status    the status was not 2xx
     connect_error  the connection could not be made (refused, unreachable, connect timeout)
-    timeout        no head, first content, or next event in time, or the stream outlived its limit
+    timeout        no head, no first output, or no next output in time, or the stream outlived its limit
+                   (output: content, reasoning, a refusal or a tool call's fragments; a model that reasons,
+                   or writes a call, for longer than the first-token timeout is not cut off)
     closed, cut    neither success nor failure: the tester closed it itself (after K content
                    events, or because the run's duration was over)
 
@@ -55,6 +57,15 @@ MAX_EVENT_BYTES = 64 * 1024 * 1024
 
 class _Delta(msgspec.Struct):
     content: str | None = None
+    # Output that is not content: it keeps a stream from timing out, and is not counted as content.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    refusal: str | None = None
+    tool_calls: Any = None  # not read: that there is one is enough
+
+    @property
+    def other_output(self) -> bool:
+        return bool(self.reasoning_content or self.reasoning or self.refusal or self.tool_calls)
 
 
 class _Choice(msgspec.Struct):
@@ -92,6 +103,9 @@ class _Data(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(_Data).decode
+# Named events that are not output: what a server sends before the model says anything, and Anthropic's heartbeat.
+# Every other event this tester does not read as content or an end is output (reasoning, a tool call, a refusal).
+_NOT_OUTPUT = frozenset({"ping", "message_start", "response.created", "response.in_progress"})
 
 
 class Sink(Protocol):
@@ -106,7 +120,7 @@ class Sink(Protocol):
 
 class Stream(asyncio.Protocol):
     __slots__ = (
-        "_parser", "_sink", "_sse", "_transport", "api", "bytes", "close_after", "content", "content_type", "detail",
+        "_parser", "_sink", "_sse", "_transport", "active", "api", "bytes", "close_after", "content", "content_type", "detail",
         "events", "index", "last", "local_port", "max_gap", "outcome", "request_id", "status", "t_end", "t_first", "t_head", "t_request",
         "t_start", "target", "terminal", "usage_tokens",
     )
@@ -137,6 +151,7 @@ class Stream(asyncio.Protocol):
         self.t_head = 0.0
         self.t_first = 0.0
         self.last = 0.0
+        self.active = 0.0  # the latest output of any kind (content too): what the first-token and idle timeouts watch
         self.t_end = 0.0
 
     @property
@@ -221,6 +236,8 @@ class Stream(asyncio.Protocol):
                     self._decide(OK, "")
             elif event.event == "message_stop":
                 self._decide(OK, "")
+            elif event.event not in _NOT_OUTPUT and not self.outcome:
+                self.active = now
             if self.terminal:
                 return
 
@@ -253,9 +270,12 @@ class Stream(asyncio.Protocol):
                 self.usage_tokens = decoded.usage.completion_tokens
             if decoded.choices:
                 choice = decoded.choices[0]
-                text = choice.delta.content if choice.delta is not None else choice.text
+                delta = choice.delta
+                text = delta.content if delta is not None else choice.text
                 if text:
                     self._content(text, now)
+                elif delta is not None and delta.other_output:
+                    self.active = now
             elif decoded.text:
                 self._content(decoded.text, now)
         elif data == "[DONE]":
@@ -283,6 +303,8 @@ class Stream(asyncio.Protocol):
         text = delta if isinstance(delta, str) else delta.text if delta is not None else None
         if text:
             self._content(text, now)
+        elif not self.outcome:
+            self.active = now  # thinking, a signature, a tool's input
 
     def _usage(self, data: str) -> None:
         try:
@@ -304,7 +326,7 @@ class Stream(asyncio.Protocol):
         else:
             self.t_first = now
             gap = -1.0
-        self.last = now
+        self.last = self.active = now
         self._sink.on_content(self, now, gap, text)
         if self.content == self.close_after:
             self.finish(CLOSED)
@@ -325,9 +347,9 @@ class Stream(asyncio.Protocol):
             return f"the stream took longer than {total:g} s"
         if not self.status:
             return f"no response head within {head:g} s" if head and now - self.t_request > head else None
-        if not self.t_first:
+        if not self.active:  # output of any kind: a reasoning model may think for minutes before its first content
             return f"no first token within {first:g} s" if first and now - self.t_request > first else None
-        return f"no token for {idle:g} s" if idle and now - self.last > idle else None
+        return f"no token for {idle:g} s" if idle and now - self.active > idle else None
 
     def finish(self, outcome: str, detail: str = "") -> None:
         """Settle the outcome (the first one decided wins), close the connection, tell the sink."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import httpx
+import pytest
 
 from app.loadtest.stream import CLOSED, CONNECT_ERROR, ERROR, HTTP_STATUS, MALFORMED, MAX_EVENT_BYTES, NO_TERMINAL, OK, TIMEOUT
 from app.mock import MockModel
-from tests.hostile import Conn, HostileUpstream, chunked_response, sse
+from tests.hostile import LAST_CHUNK, Conn, HostileUpstream, chunk, chunked_head, chunked_response, sse
 from tests.loadtest.conftest import load
 from tests.servers import relay_server
 from tests.streams import create, read
@@ -156,3 +158,40 @@ async def test_anthropic_messages_streams_are_read_as_their_api_ends_them(mock: 
     thinking = await load(url, model="mock-reasoning", max_tokens=10)  # of 10 tokens, the thinking's are not content
     assert outcomes(thinking) == {OK}
     assert 0 < thinking.content_events < 3 * 10
+
+
+async def _thinks_then_calls(conn: Conn) -> None:
+    """A model that reasons for 0.8 s before its first word of content, then writes a tool call's arguments for 0.8 s more."""
+    while await conn.read_request():
+        await conn.write(chunked_head() + chunk(b'data: {"choices":[{"index":0,"delta":{"role":"assistant"}}]}\n\n'))
+        for _ in range(8):
+            await asyncio.sleep(0.1)  # the model's pace, not a wait for the test
+            await conn.write(chunk(b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"hmm "}}]}\n\n'))
+        await conn.write(chunk(b'data: {"choices":[{"index":0,"delta":{"content":"Let me look."}}]}\n\n'))
+        call = b'{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}'
+        await conn.write(chunk(b'data: {"choices":[{"index":0,"delta":{"tool_calls":[%b]}}]}\n\n' % call))
+        for piece in (b'{\\"a\\"', b":", b"1", b"}", b"", b"", b"", b""):
+            await asyncio.sleep(0.1)
+            fragment = b'{"index":0,"function":{"arguments":"%b"}}' % piece
+            await conn.write(chunk(b'data: {"choices":[{"index":0,"delta":{"tool_calls":[%b]}}]}\n\n' % fragment))
+        await conn.write(chunk(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\ndata: [DONE]\n\n') + LAST_CHUNK)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/generate", "/v1/messages", "/v1/responses"])
+async def test_a_model_that_reasons_or_writes_a_call_past_the_timeouts_is_not_cut_off(path: str) -> None:
+    """Reasoning and a tool call's fragments are output: the first-token and idle timeouts watch them, as the relay's own do.
+    The time to first token and the gaps stay the content's."""
+    with HostileUpstream(_thinks_then_calls).serving() as upstream, relay_server(upstream) as relay:
+        runner = await load(relay + path, streams=2, first_timeout=0.4, idle_timeout=0.4)
+    assert outcomes(runner) == {OK}, runner.details
+    assert all(record["ttft_s"] is not None and record["ttft_s"] > 0.7 for record in runner.records)  # the content's: after the reasoning
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/generate", "/v1/messages", "/v1/responses"])
+async def test_a_stream_of_heartbeats_and_preamble_alone_still_times_out(mock: tuple[MockModel, str], path: str) -> None:
+    """What a dialect sends before the model says anything (Anthropic's ``message_start`` and ``ping``, the Responses API's
+    ``response.created``) is not output: a model that never answers is still a timeout."""
+    with relay_server(mock[1], models=["mock-fault-stall-first"], heartbeat_interval=0.1, first_token_timeout=30) as relay:
+        runner = await load(relay + path, model="mock-fault-stall-first", streams=1, first_timeout=0.6)
+    assert outcomes(runner) == {TIMEOUT}, runner.details
+    assert "first token" in runner.details[0]["detail"]
