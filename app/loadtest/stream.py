@@ -57,15 +57,6 @@ MAX_EVENT_BYTES = 64 * 1024 * 1024
 
 class _Delta(msgspec.Struct):
     content: str | None = None
-    # Output that is not content: it keeps a stream from timing out, and is not counted as content.
-    reasoning_content: str | None = None
-    reasoning: str | None = None
-    refusal: str | None = None
-    tool_calls: Any = None  # not read: that there is one is enough
-
-    @property
-    def other_output(self) -> bool:
-        return bool(self.reasoning_content or self.reasoning or self.refusal or self.tool_calls)
 
 
 class _Choice(msgspec.Struct):
@@ -103,6 +94,33 @@ class _Data(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(_Data).decode
+
+
+class _Output(msgspec.Struct):
+    """A chat chunk's output that is not content: it keeps a stream from timing out, and is not counted as content."""
+
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    refusal: str | None = None
+    tool_calls: Any = None  # not read: that there is one is enough
+
+
+class _OutputChoice(msgspec.Struct):
+    delta: _Output | None = None
+
+
+class _OutputData(msgspec.Struct):
+    choices: list[_OutputChoice] | None = None
+
+
+# Read only of a chunk without content (a text stream has two: its role and its finish), so that text costs nothing more.
+_decode_output = msgspec.json.Decoder(_OutputData).decode
+
+
+def _other_output(data: str) -> bool:
+    choices = _decode_output(data).choices
+    delta = choices[0].delta if choices else None
+    return delta is not None and bool(delta.reasoning_content or delta.reasoning or delta.refusal or delta.tool_calls)
 # Named events that are not output: what a server sends before the model says anything, and Anthropic's heartbeat.
 # Every other event this tester does not read as content or an end is output (reasoning, a tool call, a refusal).
 _NOT_OUTPUT = frozenset({"ping", "message_start", "response.created", "response.in_progress"})
@@ -274,7 +292,7 @@ class Stream(asyncio.Protocol):
                 text = delta.content if delta is not None else choice.text
                 if text:
                     self._content(text, now)
-                elif delta is not None and delta.other_output:
+                elif delta is not None and _other_output(data):
                     self.active = now
             elif decoded.text:
                 self._content(decoded.text, now)
