@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Protocol, assert_never
 
 import msgspec
@@ -81,7 +82,7 @@ UNWATCHED: Watcher = _Unwatched()
 
 class Attempt:
     __slots__ = (
-        "_deadline", "_exchange", "_first", "_idle", "_loop", "_number", "_probe", "_request_id", "_sink", "_state", "_target",
+        "_deadline", "_exchange", "_first", "_first_deadline", "_idle", "_loop", "_number", "_probe", "_request_id", "_sink", "_state", "_target",
         "_timer", "_total_deadline", "_watcher", "terminal", "tokens", "usage",
     )
 
@@ -103,6 +104,7 @@ class Attempt:
         self._exchange: Exchange | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0  # the idle deadline, once a part has come
+        self._first_deadline = math.inf  # the first part's, once the head has come
         self._first: asyncio.Future[Error | None] | None = None  # set while the attempt may still fail over
         self._state = _PENDING  # the only thing a part checks: whether it is _STREAMING
         # Read at the end by the request's record (app/ops/record.py): nothing more is done per event.
@@ -134,14 +136,15 @@ class Attempt:
         first: asyncio.Future[Error | None] | None = self._loop.create_future() if fallback else None
         self._first = first
         timeouts = upstream.timeouts
+        left = self._total_left()
         try:
             exchange = await upstream.client.request(
                 upstream.origin, "POST", path, headers, body, handler,
-                connect_timeout=min(timeouts.connect, self._total_left()),
-                head_timeout=min(timeouts.first_token, self._total_left()),
+                connect_timeout=min(timeouts.connect, left), head_timeout=min(timeouts.first_token, left),
             )
         except UpstreamError as exc:
-            if isinstance(exc, UpstreamTimeout) and self._total_left() <= 0:
+            # Told by the timer that fired, not by the clock: a timer may fire a little before its time (uvloop's count milliseconds).
+            if isinstance(exc, UpstreamTimeout) and (self._total_left() <= 0 or left <= (timeouts.connect if exc.phase == "connect" else timeouts.first_token)):
                 exc = TotalTimeout(timeouts.total or 0.0)
             self._raised(exc)
             return _verdict(first)
@@ -158,8 +161,8 @@ class Attempt:
         if not self.live:  # the whole answer arrived with the head
             self._release(finished=self._state is _FINISHED)
             return _verdict(first)
-        # Until the first part the deadline is the timer's own: ``_deadline`` (0.0) stays passed, and a part moves it.
-        self._arm(min(self._deadline or started + timeouts.first_token, self._total_deadline))
+        self._first_deadline = started + timeouts.first_token  # until the first part; then ``_deadline``, which each part moves
+        self._arm(min(self._deadline or self._first_deadline, self._total_deadline))
         if first is None or first.done():
             return _verdict(first)
         return await first
@@ -309,12 +312,13 @@ class Attempt:
             return
         now = self._loop.time()
         timeouts = self._target.upstream.timeouts
+        deadline = self._deadline or self._first_deadline
         if now >= self._total_deadline:
             self._raised(TotalTimeout(timeouts.total or 0.0))
-        elif now >= self._deadline:
+        elif now >= deadline:
             self._raised(UpstreamTimeout(self.phase, timeouts.idle if self._deadline else timeouts.first_token))
-        else:
-            self._arm(min(self._deadline, self._total_deadline))
+        else:  # a part moved the deadline, or the timer fired a little before its time (uvloop's count milliseconds)
+            self._arm(min(deadline, self._total_deadline))
 
 
 def _verdict(first: asyncio.Future[Error | None] | None) -> Error | None:

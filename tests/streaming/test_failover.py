@@ -159,19 +159,25 @@ async def test_a_resumable_stream_fails_over_too(upstream: tuple[MockModel, str]
     assert events[-1].event == "done"
 
 
+@pytest.mark.parametrize("fault", ["stall-first", "stall-head"])
 async def test_the_total_deadline_before_the_first_token_is_not_the_upstreams_fault(
-    upstream: tuple[MockModel, str], client: httpx.AsyncClient,
+    upstream: tuple[MockModel, str], client: httpx.AsyncClient, fault: str,
 ) -> None:
-    """The request's own budget ran out: the next upstream would have no more time, and the first one's circuit does not count it."""
+    """The request's own budget ran out: the next upstream would have no more time, and the first one's circuit does not count it.
+
+    Each time: a timer may fire a little before its time (uvloop's count milliseconds), and one that the total deadline set is
+    still the total's, not read as the first-token timeout (which failed over, about one request in three).
+    """
     model, base = upstream
-    upstreams = _upstreams(base, base_url=f"{base}/mock-fault-stall-first/v1", first_token_timeout=30)
-    since = len(model.paths)
+    upstreams = _upstreams(base, base_url=f"{base}/mock-fault-{fault}/v1", first_token_timeout=30)
     with relay_server(None, upstreams=upstreams, total_timeout=0.3, heartbeat_interval=0.05) as url:
-        with anyio.fail_after(10):
-            _, events = await post_stream(client, url + "/v1/generate", {"prompt": "x", "stream": True, "model": "m"})
+        for _ in range(5):
+            since = len(model.paths)
+            with anyio.fail_after(10):
+                _, events = await post_stream(client, url + "/v1/generate", {"prompt": "x", "stream": True, "model": "m"})
+            assert [e.event for e in events] == ["error"]
+            assert (data(events[-1])["code"], data(events[-1])["phase"]) == ("total_timeout", "total")
+            assert _asked(model, since) == [f"/mock-fault-{fault}/v1/chat/completions"]
         ready = (await client.get(url + "/readyz")).json()
-    assert [e.event for e in events] == ["error"]
-    assert (data(events[-1])["code"], data(events[-1])["phase"]) == ("total_timeout", "total")
-    assert _asked(model, since) == ["/mock-fault-stall-first/v1/chat/completions"]
     assert ready["upstreams"]["first"]["consecutive_failures"] == 0
     assert ready["upstreams"]["first"]["in_flight"] == 0
