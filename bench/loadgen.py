@@ -59,6 +59,7 @@ from app.loadtest.histogram import Histogram
 from app.loadtest.runner import LoadConfig, Runner
 from app.loadtest.stream import CLOSED, OK, Stream
 from app.loadtest.target import api_of, build_target
+from app.streaming.sse import SSEEvent
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = '{"model":"mock","messages":[{"role":"user","content":"Tell me a story about token relays."}],"stream":true,"max_tokens":%d}'
@@ -138,7 +139,7 @@ class CallStream(Stream):
 
     __slots__ = ()
 
-    def _message(self, event: Any, now: float) -> None:
+    def _message(self, event: SSEEvent, now: float) -> None:
         data = event.data
         if data[:1] == "{" and not self.outcome:
             try:

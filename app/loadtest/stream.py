@@ -121,6 +121,8 @@ def _other_output(data: str) -> bool:
     choices = _decode_output(data).choices
     delta = choices[0].delta if choices else None
     return delta is not None and bool(delta.reasoning_content or delta.reasoning or delta.refusal or delta.tool_calls)
+
+
 # Named events that are not output: what a server sends before the model says anything, and Anthropic's heartbeat.
 # Every other event this tester does not read as content or an end is output (reasoning, a tool call, a refusal).
 _NOT_OUTPUT = frozenset({"ping", "message_start", "response.created", "response.in_progress"})

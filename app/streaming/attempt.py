@@ -143,9 +143,11 @@ class Attempt:
                 connect_timeout=min(timeouts.connect, left), head_timeout=min(timeouts.first_token, left),
             )
         except UpstreamError as exc:
-            # Told by the timer that fired, not by the clock: a timer may fire a little before its time (uvloop's count milliseconds).
-            if isinstance(exc, UpstreamTimeout) and (self._total_left() <= 0 or left <= (timeouts.connect if exc.phase == "connect" else timeouts.first_token)):
-                exc = TotalTimeout(timeouts.total or 0.0)
+            if isinstance(exc, UpstreamTimeout):
+                # Told by the timer that fired, not by the clock: a timer may fire a little before its time (uvloop's count milliseconds).
+                cut_short = left <= (timeouts.connect if exc.phase == "connect" else timeouts.first_token)  # the total set that timer
+                if cut_short or self._total_left() <= 0:
+                    exc = TotalTimeout(timeouts.total or 0.0)
             self._raised(exc)
             return _verdict(first)
         except Exception as exc:  # a defect here must still end the stream with its terminal event
